@@ -1,0 +1,138 @@
+"""Per-modality encoders: ResNet-18, a small CNN, a 2-layer MLP.
+
+Every encoder maps one modality's batch to features (B, feature_dim).
+Convolutional encoders accept (B, H, W, C) or (B, T, H, W, C): T frames are
+folded into the batch, run through the network, and averaged over time and
+space after the last stage, as the OGM-GE reference does for visual clips.
+
+Initialisation follows the OGM-GE reference: Conv kaiming-normal (fan_out,
+ReLU gain, untruncated), Linear xavier-normal with zero bias, BatchNorm (1, 0).
+BatchNorm uses PyTorch's momentum 0.1 (Flax momentum 0.9) and eps 1e-5.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+dense_init = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+
+
+def _batch_norm(train: bool, dtype: Any, name: str | None = None) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      dtype=dtype, name=name)
+
+
+def _fold_frames(x):
+  """(B, T, H, W, C) -> (B*T, H, W, C), remembering T (1 for plain images)."""
+  if x.ndim == 5:
+    b, t = x.shape[:2]
+    return x.reshape((b * t,) + x.shape[2:]), t
+  return x, 1
+
+
+def _pool_over_time_and_space(maps_NxHxWxD, frames: int):
+  n, h, w, d = maps_NxHxWxD.shape
+  maps = maps_NxHxWxD.reshape((n // frames, frames * h * w, d))
+  return jnp.mean(maps.astype(jnp.float32), axis=1)
+
+
+class BasicBlock(nn.Module):
+  """ResNet basic block (two 3x3 convs) with a 1x1 projection when needed."""
+  features: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    residual = x
+    y = nn.Conv(self.features, (3, 3), self.strides, padding=((1, 1), (1, 1)),
+                use_bias=False, kernel_init=conv_init, dtype=self.dtype)(x)
+    y = nn.relu(_batch_norm(train, self.dtype)(y))
+    y = nn.Conv(self.features, (3, 3), 1, padding=((1, 1), (1, 1)),
+                use_bias=False, kernel_init=conv_init, dtype=self.dtype)(y)
+    y = _batch_norm(train, self.dtype)(y)
+    if self.strides != 1 or residual.shape[-1] != self.features:
+      residual = nn.Conv(self.features, (1, 1), self.strides, use_bias=False,
+                         kernel_init=conv_init, dtype=self.dtype, name="downsample_conv")(residual)
+      residual = _batch_norm(train, self.dtype, name="downsample_bn")(residual)
+    return nn.relu(y + residual)
+
+
+class ResNet18(nn.Module):
+  """ResNet-18 from scratch; any input channel count; features of width 512.
+
+  `feature_dim` other than 512 adds no projection: the reference's features are
+  the last stage's 512 channels, so the width of the stages is scaled instead
+  (feature_dim / 8 channels in the stem), which keeps the architecture's shape.
+  """
+  feature_dim: int = 512
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x, frames = _fold_frames(x)
+    width = self.feature_dim // 8
+    x = nn.Conv(width, (7, 7), 2, padding=((3, 3), (3, 3)), use_bias=False,
+                kernel_init=conv_init, dtype=self.dtype, name="stem_conv")(x.astype(self.dtype))
+    x = nn.relu(_batch_norm(train, self.dtype, name="stem_bn")(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for stage, multiplier in enumerate((1, 2, 4, 8)):
+      for block in range(2):
+        strides = 2 if (stage > 0 and block == 0) else 1
+        x = BasicBlock(width * multiplier, strides, self.dtype,
+                       name=f"stage{stage + 1}_block{block + 1}")(x, train)
+    return _pool_over_time_and_space(x, frames)
+
+
+class SmallCNN(nn.Module):
+  """Three conv-BN-ReLU stages (width, 2·width, 4·width) and a linear map to
+  `feature_dim`: the encoder for small images and spectrograms on a CPU."""
+  feature_dim: int = 512
+  width: int = 32
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x, frames = _fold_frames(x)
+    x = x.astype(self.dtype)
+    for stage, multiplier in enumerate((1, 2, 4)):
+      x = nn.Conv(self.width * multiplier, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                  kernel_init=conv_init, dtype=self.dtype, name=f"conv{stage + 1}")(x)
+      x = nn.relu(_batch_norm(train, self.dtype, name=f"bn{stage + 1}")(x))
+      if stage < 2:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    pooled = _pool_over_time_and_space(x, frames)
+    out = nn.Dense(self.feature_dim, kernel_init=dense_init, dtype=self.dtype, name="proj")(pooled)
+    return nn.relu(out).astype(jnp.float32)
+
+
+class MLPEncoder(nn.Module):
+  """Linear -> ReLU -> Dropout -> Linear -> ReLU, for pre-extracted features."""
+  feature_dim: int = 512
+  hidden_dim: int = 256
+  dropout: float = 0.1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Dense(self.hidden_dim, kernel_init=dense_init, dtype=self.dtype, name="fc1")(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
+    x = nn.Dense(self.feature_dim, kernel_init=dense_init, dtype=self.dtype, name="fc2")(x)
+    return nn.relu(x).astype(jnp.float32)
+
+
+def make_encoder(modality_cfg, feature_dim: int, dtype: Any, name: str) -> nn.Module:
+  """The encoder a modality's config names."""
+  kind = modality_cfg["encoder"]
+  if kind == "resnet18":
+    return ResNet18(feature_dim=feature_dim, dtype=dtype, name=name)
+  if kind == "small_cnn":
+    return SmallCNN(feature_dim=feature_dim, width=modality_cfg["cnn_width"], dtype=dtype, name=name)
+  if kind == "mlp":
+    return MLPEncoder(feature_dim=feature_dim, hidden_dim=modality_cfg["mlp_hidden_dim"],
+                      dropout=modality_cfg["dropout"], dtype=dtype, name=name)
+  raise ValueError(f"unknown encoder {kind!r} for modality {name!r}")

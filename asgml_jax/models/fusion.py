@@ -1,0 +1,114 @@
+"""Late-fusion modules: concat, sum, FiLM, gated (the four of the OGM-GE
+reference), generalised to N modalities.
+
+Each module takes the per-modality features (a tuple in the fixed modality
+order) and returns `(out_BxK, split_logits)`: `out` has K = `out_dim` columns
+(class logits when the model has no `fusion_dim`), and `split_logits` is the
+per-modality decomposition of `out` where the fusion is linear in each
+modality (concat, sum), else None.
+
+- concat: out = [f_1 … f_N] W + b, split_m = f_m W_m + b/N (OGM-GE), so
+  Σ_m split_m = out exactly.
+- sum: out = Σ_m (f_m W_m + b_m), split_m = f_m W_m + b_m (the reference keeps
+  the full bias of each modality's layer).
+- film: the condition modality c produces (γ_m, β_m) for every other modality m;
+  out = fc_out([γ_m ⊙ f_m + β_m]_m). For N = 2 this is the reference FiLM with
+  x_film=True (audio conditions visual).
+- gated: gate = σ(fc_c(f_c)); out = fc_out([gate ⊙ fc_m(f_m)]_m). For N = 2
+  this is the reference GatedFusion with x_gate=True.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from asgml_jax.models.encoders import dense_init
+
+
+def _dense(features: int, dtype: Any, name: str) -> nn.Dense:
+  return nn.Dense(features, kernel_init=dense_init, dtype=dtype, name=name)
+
+
+class ConcatFusion(nn.Module):
+  out_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feats: Sequence[jnp.ndarray]):
+    dims = [f.shape[-1] for f in feats]
+    kernel = self.param("kernel", dense_init, (sum(dims), self.out_dim), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.out_dim,), jnp.float32)
+    kernel, bias_c = kernel.astype(self.dtype), bias.astype(self.dtype)
+    out = jnp.concatenate(feats, axis=-1).astype(self.dtype) @ kernel + bias_c
+    split, offset = [], 0
+    for f, d in zip(feats, dims):
+      split.append(f.astype(self.dtype) @ kernel[offset:offset + d] + bias_c / len(feats))
+      offset += d
+    return out, tuple(split)
+
+
+class SumFusion(nn.Module):
+  out_dim: int
+  names: Sequence[str]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feats: Sequence[jnp.ndarray]):
+    split = tuple(_dense(self.out_dim, self.dtype, f"fc_{n}")(f) for n, f in zip(self.names, feats))
+    return sum(split[1:], split[0]), split
+
+
+class FiLMFusion(nn.Module):
+  out_dim: int
+  names: Sequence[str]
+  condition: str
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feats: Sequence[jnp.ndarray]):
+    by_name = dict(zip(self.names, feats))
+    cond = by_name[self.condition]
+    filmed = []
+    for name in self.names:
+      if name == self.condition:
+        continue
+      f = by_name[name]
+      gamma_beta = _dense(2 * f.shape[-1], self.dtype, f"film_{name}")(cond)
+      gamma, beta = jnp.split(gamma_beta, 2, axis=-1)
+      filmed.append(gamma * f + beta)
+    out = _dense(self.out_dim, self.dtype, "fc_out")(jnp.concatenate(filmed, axis=-1))
+    return out, None
+
+
+class GatedFusion(nn.Module):
+  out_dim: int
+  names: Sequence[str]
+  condition: str
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feats: Sequence[jnp.ndarray]):
+    by_name = dict(zip(self.names, feats))
+    width = by_name[self.condition].shape[-1]
+    gate = nn.sigmoid(_dense(width, self.dtype, f"fc_{self.condition}")(by_name[self.condition]))
+    gated = [gate * _dense(width, self.dtype, f"fc_{name}")(by_name[name])
+             for name in self.names if name != self.condition]
+    out = _dense(self.out_dim, self.dtype, "fc_out")(jnp.concatenate(gated, axis=-1))
+    return out, None
+
+
+def make_fusion(kind: str, out_dim: int, names: Sequence[str], condition: str | None,
+                dtype: Any) -> nn.Module:
+  condition = condition or names[0]
+  if kind == "concat":
+    return ConcatFusion(out_dim, dtype, name="fusion")
+  if kind == "sum":
+    return SumFusion(out_dim, tuple(names), dtype, name="fusion")
+  if kind == "film":
+    return FiLMFusion(out_dim, tuple(names), condition, dtype, name="fusion")
+  if kind == "gated":
+    return GatedFusion(out_dim, tuple(names), condition, dtype, name="fusion")
+  raise ValueError(f"unknown fusion {kind!r}")

@@ -1,0 +1,123 @@
+"""The N-modality late-fusion classifier.
+
+Parameter tree (the contract every per-modality intervention relies on):
+
+    {"encoders": {<modality>: ...}, "fusion": ..., "heads": ...}
+
+`heads` holds the classifier after a `fusion_dim` layer and the per-modality
+unimodal heads, and exists only when the model needs one of them: for concat
+or sum fusion straight to classes, the unimodal logits are read off the fusion
+layer itself (split weight, SPEC §2), so there is nothing to put in `heads`.
+
+Outputs a dict: `logits` (B, C) fused, `unimodal_logits` {m: (B, C)} and
+`features` {m: (B, D)}, all float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from asgml_jax.models.encoders import dense_init, make_encoder
+from asgml_jax.models.fusion import make_fusion
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+  """What a modality's encoder is (hashable, so the model stays a static value)."""
+  name: str
+  encoder: str
+  cnn_width: int = 32
+  mlp_hidden_dim: int = 256
+  dropout: float = 0.1
+
+  def __getitem__(self, key):
+    return getattr(self, key)
+
+
+class Encoders(nn.Module):
+  specs: tuple[EncoderSpec, ...]
+  feature_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: Mapping[str, jnp.ndarray], train: bool):
+    return {s.name: make_encoder(s, self.feature_dim, self.dtype, s.name)(inputs[s.name], train)
+            for s in self.specs}
+
+
+class Heads(nn.Module):
+  """Classifier after the fusion layer (optional) and per-modality heads (optional)."""
+  num_classes: int
+  with_classifier: bool
+  unimodal_names: tuple[str, ...]
+  stop_gradient: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, fused_hidden, feats: Mapping[str, jnp.ndarray]):
+    logits = None
+    if self.with_classifier:
+      logits = nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype,
+                        name="classifier")(nn.relu(fused_hidden))
+    unimodal = {}
+    for name in self.unimodal_names:
+      f = jax.lax.stop_gradient(feats[name]) if self.stop_gradient else feats[name]
+      unimodal[name] = nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype,
+                                name=f"unimodal_{name}")(f)
+    return logits, unimodal
+
+
+class MultimodalClassifier(nn.Module):
+  specs: tuple[EncoderSpec, ...]
+  num_classes: int
+  feature_dim: int = 512
+  fusion: str = "concat"
+  fusion_dim: int | None = None
+  condition_modality: str | None = None
+  unimodal_head_stop_gradient: bool = False
+  dtype: Any = jnp.float32
+
+  @property
+  def modality_names(self) -> tuple[str, ...]:
+    return tuple(s.name for s in self.specs)
+
+  @nn.compact
+  def __call__(self, inputs: Mapping[str, jnp.ndarray], train: bool = False):
+    names = self.modality_names
+    feats = Encoders(self.specs, self.feature_dim, self.dtype, name="encoders")(inputs, train)
+    out_dim = self.fusion_dim or self.num_classes
+    out, split = make_fusion(self.fusion, out_dim, names, self.condition_modality,
+                             self.dtype)(tuple(feats[n] for n in names))
+    needs_heads = self.fusion_dim is not None or split is None
+    if needs_heads:
+      logits, unimodal = Heads(self.num_classes, self.fusion_dim is not None, names,
+                               self.unimodal_head_stop_gradient, self.dtype, name="heads")(out, feats)
+      logits = out if logits is None else logits
+    else:
+      logits, unimodal = out, dict(zip(names, split))
+    as_f32 = lambda x: x.astype(jnp.float32)
+    return {"logits": as_f32(logits),
+            "unimodal_logits": {n: as_f32(unimodal[n]) for n in names},
+            "features": {n: as_f32(feats[n]) for n in names}}
+
+
+def model_from_config(config, num_classes: int) -> MultimodalClassifier:
+  """Builds the classifier a (validated) config describes."""
+  from asgml_jax.config_schema import modality_names
+  specs = tuple(
+      EncoderSpec(name=n, encoder=config.modalities[n].encoder,
+                  cnn_width=config.modalities[n].cnn_width,
+                  mlp_hidden_dim=config.modalities[n].mlp_hidden_dim,
+                  dropout=config.modalities[n].dropout)
+      for n in modality_names(config))
+  return MultimodalClassifier(
+      specs=specs, num_classes=num_classes, feature_dim=config.model.feature_dim,
+      fusion=config.model.fusion, fusion_dim=config.model.fusion_dim,
+      condition_modality=config.model.condition_modality,
+      unimodal_head_stop_gradient=config.model.unimodal_head_stop_gradient,
+      dtype=jnp.dtype(config.model.compute_dtype))

@@ -1,0 +1,52 @@
+"""The train state: one pytree, everything a step reads and writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+# `health` is [first bad step, code]; code 0 = loss, 1 + i = encoder of the
+# i-th modality, N + 1 = fusion/heads. [-1, -1] while everything is finite.
+HEALTHY = (-1, -1)
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Pure-functional train state.
+
+  `rng` is fixed for the run; per-step keys are `fold_in(rng, step)`, so a
+  resumed run draws the same dropout/noise as an uninterrupted one.
+  `signals` carries per-step inputs of the next `tx.update` (filled by the
+  interventions that need them); `probe_state` the probes' own state.
+  """
+  step: jnp.ndarray
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jnp.ndarray
+  health: jnp.ndarray
+  probe_state: Any = None
+  signals: Any = None
+
+  def variables(self) -> dict:
+    if self.batch_stats:
+      return {"params": self.params, "batch_stats": self.batch_stats}
+    return {"params": self.params}
+
+
+def create_train_state(model, tx, example_batch: dict, key: jnp.ndarray) -> TrainState:
+  """Initialises params (OGM-GE-reference init) and optimizer state from `key`."""
+  init_key, dropout_key, rng = jax.random.split(key, 3)
+  variables = jax.jit(lambda k1, k2, b: model.init({"params": k1, "dropout": k2}, b, train=False))(
+      init_key, dropout_key, example_batch)
+  params = variables["params"]
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=tx.init(params),
+      rng=rng,
+      health=jnp.asarray(HEALTHY, jnp.int32),
+      signals={})

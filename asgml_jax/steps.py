@@ -1,0 +1,113 @@
+"""Pure, module-level train and eval steps.
+
+`train_step` is the whole of one optimisation step as a function of pytrees:
+forward, the loss of SPEC §2, gradients, per-modality signals, and an explicit
+`tx.update(grads, opt_state, params, **extra_args)` (Flax's
+`TrainState.apply_gradients` cannot pass extra args, so it is not used).
+Static things (model, tx, loss weight) are bound with functools.partial before
+jit, so the step compiles once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from asgml_jax.state import TrainState
+
+
+def cross_entropy(logits_BxC: jnp.ndarray, labels_B: jnp.ndarray) -> jnp.ndarray:
+  """Mean softmax cross-entropy, computed in float32."""
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits_BxC.astype(jnp.float32), labels_B).mean()
+
+
+def accuracy(logits_BxC: jnp.ndarray, labels_B: jnp.ndarray) -> jnp.ndarray:
+  return jnp.mean(jnp.argmax(logits_BxC, -1) == labels_B)
+
+
+def multimodal_loss(outputs: Mapping[str, Any], labels_B: jnp.ndarray,
+                    unimodal_weight: float, update_gates: Mapping[str, jnp.ndarray]):
+  """L = CE(fused) + γ·Σ_m gate_m·CE(unimodal_m)   (SPEC §2).
+
+  `update_gates[m]` is 1 when modality m's encoder updates this step (always,
+  for joint training); a skipped modality's unimodal term is switched off.
+  Returns the loss and the unimodal CE per modality (ungated, for logging).
+  """
+  fused = cross_entropy(outputs["logits"], labels_B)
+  unimodal = {m: cross_entropy(z, labels_B) for m, z in outputs["unimodal_logits"].items()}
+  total = fused + unimodal_weight * sum(update_gates[m] * u for m, u in unimodal.items())
+  return total, fused, unimodal
+
+
+def _inputs(batch: Mapping[str, jnp.ndarray], names) -> dict:
+  return {m: batch[m] for m in names}
+
+
+def _first_nonfinite(loss, grads, names) -> jnp.ndarray:
+  """Code of the first non-finite quantity: 0 loss, 1+i encoder i, N+1 the rest; −1 none."""
+  rest = {k: v for k, v in grads.items() if k != "encoders"}
+  checks = [jnp.isfinite(loss)]
+  checks += [jnp.isfinite(optax.global_norm(grads["encoders"][m])) for m in names]
+  checks.append(jnp.isfinite(optax.global_norm(rest)) if rest else jnp.bool_(True))
+  bad = ~jnp.stack(checks)
+  return jnp.where(bad.any(), jnp.argmax(bad), -1).astype(jnp.int32)
+
+
+def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx,
+               unimodal_weight: float, lr_fn) -> tuple[TrainState, dict]:
+  """One step of joint training; returns the new state and scalar metrics.
+
+  A non-finite loss or gradient leaves the state untouched and records the step
+  and the culprit in `state.health`; once recorded, every later step is a no-op
+  too, so the host can stop with a precise error and nothing corrupt is saved.
+  """
+  names = model.modality_names
+  labels = batch["label"]
+  dropout_key = jax.random.fold_in(state.rng, state.step)
+  gates = {m: jnp.float32(1.0) for m in names}
+
+  def loss_fn(params):
+    variables = {"params": params}
+    if state.batch_stats:
+      variables["batch_stats"] = state.batch_stats
+    outputs, new_vars = model.apply(variables, _inputs(batch, names), train=True,
+                                    mutable=["batch_stats"], rngs={"dropout": dropout_key})
+    total, fused, unimodal = multimodal_loss(outputs, labels, unimodal_weight, gates)
+    return total, (outputs, new_vars.get("batch_stats", {}), fused, unimodal)
+
+  (loss, (outputs, new_batch_stats, fused_loss, unimodal)), grads = (
+      jax.value_and_grad(loss_fn, has_aux=True)(state.params))
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params, step=state.step)
+  new_params = optax.apply_updates(state.params, updates)
+
+  culprit = _first_nonfinite(loss, grads, names)
+  already_bad = state.health[0] >= 0
+  keep_old = already_bad | (culprit >= 0)
+  pick = lambda new, old: jax.tree.map(lambda n, o: jnp.where(keep_old, o, n), new, old)
+  health = jnp.where(already_bad, state.health,
+                     jnp.where(culprit >= 0, jnp.stack([state.step, culprit]), state.health))
+  new_state = state.replace(
+      step=state.step + 1,
+      params=pick(new_params, state.params),
+      batch_stats=pick(new_batch_stats, state.batch_stats),
+      opt_state=pick(new_opt_state, state.opt_state),
+      health=health.astype(jnp.int32))
+
+  metrics = {"loss": loss, "fused_loss": fused_loss,
+             "accuracy": accuracy(outputs["logits"], labels), "lr": lr_fn(state.step)}
+  for m in names:
+    metrics[f"unimodal_loss_{m}"] = unimodal[m]
+    metrics[f"unimodal_accuracy_{m}"] = accuracy(outputs["unimodal_logits"][m], labels)
+    metrics[f"grad_norm_{m}"] = optax.global_norm(grads["encoders"][m])
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model) -> dict:
+  """Logits of every head in inference mode (running BatchNorm statistics)."""
+  outputs = model.apply(state.variables(), _inputs(batch, model.modality_names), train=False)
+  return {"logits": outputs["logits"],
+          **{f"logits_{m}": z for m, z in outputs["unimodal_logits"].items()}}

@@ -1,0 +1,1 @@
+"""Per-modality interventions as optax gradient transformations."""

@@ -1,0 +1,38 @@
+r"""Train one run: `python -m launch.train --config configs/default.py --workdir runs/default`.
+
+Config values are overridden on the command line, e.g.
+`--config.num_epochs=5 --config.model.fusion=sum`; a variant is picked with
+`--config configs/<dataset>.py:<variant>`. Rerunning the same command with the
+same workdir resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from asgml_jax.config_schema import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (file.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the summary.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax/clu INFO lines would bury the progress
+  from asgml_jax import train  # imported late: flags first, heavy imports after
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ConfigError, train.NonFiniteError, FileNotFoundError) as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2 if isinstance(err, ConfigError) else 1)
+
+
+if __name__ == "__main__":
+  app.run(main)

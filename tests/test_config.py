@@ -1,0 +1,92 @@
+"""Config validation: every bad config fails at start with one line naming the key."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from asgml_jax.config_schema import ConfigError, validate
+from conftest import ROOT, tiny_config
+
+
+def _error(mutate) -> str:
+  config = tiny_config("/tmp/unused")
+  mutate(config)
+  with pytest.raises(ConfigError) as err:
+    validate(config)
+  message = str(err.value)
+  assert "\n" not in message
+  return message
+
+
+def test_valid_tiny_config_passes():
+  validate(tiny_config("/tmp/unused"))
+
+
+def test_default_config_is_valid():
+  from configs.default import get_config
+  validate(get_config())
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda c: c.update({"batch_size": 0}), "config.batch_size"),
+    (lambda c: c.optimizer.update({"learning_rate": -0.1}), "config.optimizer.learning_rate"),
+    (lambda c: c.model.update({"fusion": "attention"}), "config.model.fusion"),
+    (lambda c: c.modalities.audio.update({"encoder": "vgg"}), "config.modalities.audio.encoder"),
+    (lambda c: c.modalities.audio.update({"input_shape": (12,)}),
+     "config.modalities.audio.input_shape"),
+    (lambda c: c.dataset.synthetic.signal.update({"depth": 0.1}),
+     "config.dataset.synthetic.signal.depth"),
+    (lambda c: c.update({"eval_batch_size": -1}), "config.eval_batch_size"),
+    (lambda c: c.optimizer.update({"momentum": 1.0}), "config.optimizer.momentum"),
+    (lambda c: c.method.update({"name": "magic"}), "config.method.name"),
+    (lambda c: c.update({"batch_size": 10_000}), "config.batch_size"),
+])
+def test_impossible_values_name_the_key(mutate, key):
+  assert _error(mutate).startswith(key + ":")
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+  config = tiny_config("/tmp/unused")
+  config.unlock()
+  config.model.fuson = "concat"
+  with pytest.raises(ConfigError, match=r"config.model.fuson: unknown key \(did you mean 'fusion'\?\)"):
+    validate(config)
+
+
+def test_unknown_key_inside_a_modality():
+  config = tiny_config("/tmp/unused")
+  config.modalities.audio.unlock()
+  config.modalities.audio.encodr = "mlp"
+  with pytest.raises(ConfigError, match="config.modalities.audio.encodr: unknown key"):
+    validate(config)
+
+
+def test_modality_without_signal_is_named():
+  config = tiny_config("/tmp/unused", three_modalities=True)
+  del config.dataset.synthetic.signal["text"]
+  with pytest.raises(ConfigError, match="config.dataset.synthetic.signal.text: missing"):
+    validate(config)
+
+
+def test_command_line_rejects_bad_value_with_one_line(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.train", "--config", "configs/default.py",
+       "--workdir", str(tmp_path / "run"), "--config.batch_size=0"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: config.batch_size: must be a positive integer, got 0")
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_command_line_rejects_unknown_override(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.train", "--config", "configs/default.py",
+       "--workdir", str(tmp_path / "run"), "--config.model.fuson=sum"],
+      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode != 0
+  assert "fuson" in result.stderr
