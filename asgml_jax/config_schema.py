@@ -21,7 +21,7 @@ from ml_collections import config_dict
 ENCODERS = ("resnet18", "small_cnn", "mlp")
 FUSIONS = ("concat", "sum", "film", "gated")
 DATASETS = ("synthetic",)
-METHODS = ("baseline",)
+METHODS = ("baseline", "ogm", "ogm_ge")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
@@ -96,7 +96,17 @@ def base_config() -> ml_collections.ConfigDict:
       unimodal_weight=1.0,  # gamma of SPEC §2; 0 disables the unimodal terms
   ))
 
-  c.method = ml_collections.ConfigDict(dict(name="baseline"))
+  c.method = ml_collections.ConfigDict(dict(
+      name="baseline",
+      # OGM / OGM-GE (method.name ogm | ogm_ge): reference math of BASELINES.md.
+      ogm=ml_collections.ConfigDict(dict(
+          alpha=0.8,
+          modulation_starts=0,   # epochs, inclusive
+          modulation_ends=50,    # epochs, inclusive
+          leaves="all",          # all | conv (reference: 4-D only) | min_2d (seeds' code)
+          noise_on="all",        # all (reference) | dominant (seeds' code)
+      )),
+  ))
 
   c.batch_size = 64
   c.eval_batch_size = 256
@@ -177,6 +187,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            f"must be in (0, 1], got {config.optimizer.lr_decay!r}")
   _require(config.loss.unimodal_weight >= 0, "loss.unimodal_weight",
            f"must be >= 0, got {config.loss.unimodal_weight!r}")
+  ogm = config.method.ogm
+  _require(ogm.alpha >= 0, "method.ogm.alpha", f"must be >= 0, got {ogm.alpha!r}")
+  _one_of(ogm.leaves, ("all", "conv", "min_2d"), "method.ogm.leaves")
+  _one_of(ogm.noise_on, ("all", "dominant"), "method.ogm.noise_on")
+  _require(0 <= ogm.modulation_starts <= ogm.modulation_ends, "method.ogm.modulation_ends",
+           f"window [{ogm.modulation_starts}, {ogm.modulation_ends}] is empty or negative")
   if config.model.fusion_dim is not None:
     _positive(config, "model.fusion_dim", integer=True)
 

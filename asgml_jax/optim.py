@@ -16,6 +16,8 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import optax
 
+from asgml_jax.transforms.ogm_ge import ogm_ge
+
 
 def lr_schedule(config, steps_per_epoch: int) -> optax.Schedule:
   """StepLR(step_size=lr_step_epochs, gamma=lr_decay), stepped once per epoch."""
@@ -58,10 +60,21 @@ def base_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
   """The full gradient transformation for `config.method`.
 
-  `baseline` is joint training with the base optimizer. Interventions
-  (OGM-GE, boost, schedules) are chained in front of / around it.
+  `baseline` is joint training with the base optimizer. Interventions edit
+  the encoder gradients in front of it (SPEC §4.5: before weight decay and
+  momentum, as PyTorch code edits `.grad` before `optimizer.step()`).
   """
-  return base_optimizer(config, steps_per_epoch)
+  base = base_optimizer(config, steps_per_epoch)
+  method = config.method
+  if method.name in ("ogm", "ogm_ge"):
+    ogm = method.ogm
+    return optax.chain(
+        ogm_ge(ogm.alpha, steps_per_epoch=steps_per_epoch,
+               gradient_noise=method.name == "ogm_ge",
+               modulation_starts=ogm.modulation_starts, modulation_ends=ogm.modulation_ends,
+               leaves=ogm.leaves, noise_on=ogm.noise_on, seed=config.seed),
+        base)
+  return base
 
 
 def current_lr(config, steps_per_epoch: int, step) -> jnp.ndarray:

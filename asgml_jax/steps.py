@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from asgml_jax.state import TrainState
+from asgml_jax.transforms.ogm_ge import batch_scores
 
 
 def cross_entropy(logits_BxC: jnp.ndarray, labels_B: jnp.ndarray) -> jnp.ndarray:
@@ -81,7 +82,9 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
 
   (loss, (outputs, new_batch_stats, fused_loss, unimodal)), grads = (
       jax.value_and_grad(loss_fn, has_aux=True)(state.params))
-  updates, new_opt_state = tx.update(grads, state.opt_state, state.params, step=state.step)
+  scores = batch_scores(outputs["unimodal_logits"], labels)
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params, step=state.step,
+                                     ogm_scores=scores)
   new_params = optax.apply_updates(state.params, updates)
 
   culprit = _first_nonfinite(loss, grads, names)
@@ -103,7 +106,19 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
     metrics[f"unimodal_loss_{m}"] = unimodal[m]
     metrics[f"unimodal_accuracy_{m}"] = accuracy(outputs["unimodal_logits"][m], labels)
     metrics[f"grad_norm_{m}"] = optax.global_norm(grads["encoders"][m])
+    metrics[f"update_norm_{m}"] = optax.global_norm(updates["encoders"][m])
+  metrics.update(intervention_signals(new_opt_state))
   return new_state, metrics
+
+
+def intervention_signals(opt_state) -> dict:
+  """Per-modality signals the interventions keep in their states, for logging."""
+  out = {}
+  for field, prefix in (("coefficients", "ogm_coeff"), ("ratios", "ogm_ratio")):
+    values = optax.tree_utils.tree_get(opt_state, field)
+    if values is not None:
+      out.update({f"{prefix}_{m}": v for m, v in values.items()})
+  return out
 
 
 def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model) -> dict:

@@ -80,12 +80,17 @@ def _raise_if_unhealthy(state, names, steps_per_epoch: int) -> None:
                        f"the epochs before it")
 
 
-def make_train_fn(model, tx, config, steps_per_epoch: int, metric_keys):
-  """Jitted (state, metrics_acc, train_data, perm, i) -> (state, metrics_acc)."""
-  collection = train_metrics_collection(metric_keys)
+def make_train_fn(model, tx, config, steps_per_epoch: int, state, example_batch):
+  """Jitted (state, metrics_acc, train_data, perm, i) -> (state, metrics_acc).
+
+  The metric names are read off the step itself (`jax.eval_shape`), so each
+  method logs whatever signals its transformations keep.
+  """
   lr_fn = optim.lr_schedule(config, steps_per_epoch)
   step_fn = functools.partial(steps.train_step, model=model, tx=tx,
                               unimodal_weight=config.loss.unimodal_weight, lr_fn=lr_fn)
+  metric_keys = sorted(jax.eval_shape(step_fn, state, example_batch)[1])
+  collection = train_metrics_collection(metric_keys)
 
   # Donation saves a copy of the state per step on accelerators; XLA:CPU
   # cannot use donated buffers and would only warn.
@@ -119,13 +124,6 @@ def evaluate(eval_fn, state, split_data: dict, batch_size: int) -> dict[str, flo
     part = eval_fn(state, split_data, start)
     total = part if total is None else {k: total[k].merge(part[k]) for k in total}
   return summarize_confusions({k: v.compute() for k, v in total.items()})
-
-
-def _metric_keys(names) -> list[str]:
-  keys = ["loss", "fused_loss", "accuracy", "lr"]
-  for m in names:
-    keys += [f"unimodal_loss_{m}", f"unimodal_accuracy_{m}", f"grad_norm_{m}"]
-  return keys
 
 
 def _progress_line(epoch, num_epochs, step, total, scalars, names, rate, eta) -> str:
@@ -198,7 +196,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                           if isinstance(v, (int, float, str, bool))})
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps)
-  train_fn, collection = make_train_fn(model, tx, config, steps_per_epoch, _metric_keys(names))
+  train_fn, collection = make_train_fn(model, tx, config, steps_per_epoch, state, example)
   eval_fn = make_eval_fn(model, config.eval_batch_size)
   best_val = max((h["validation"]["accuracy"] for h in history), default=-1.0)
 

@@ -5,8 +5,8 @@ carries the stronger class signal, so it dominates joint training as audio
 does on CREMA-D, and visual stays under-trained: the imbalance ASGML targets.
 Small CNN encoders and 64-d features keep a run to a few minutes on 2 CPU cores.
 
-Variants: `configs/default.py:<method>` (only `baseline` until the
-interventions land).
+Variants: `configs/default.py:<method>` with method one of `baseline`, `ogm`,
+`ogm_ge` (OGM-GE α = 0.8, the reference's CREMA-D value).
 """
 
 from asgml_jax.config_schema import base_config, modality_config
