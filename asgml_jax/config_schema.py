@@ -21,7 +21,8 @@ from ml_collections import config_dict
 ENCODERS = ("resnet18", "small_cnn", "mlp")
 FUSIONS = ("concat", "sum", "film", "gated")
 DATASETS = ("synthetic",)
-METHODS = ("baseline", "ogm", "ogm_ge")
+METHODS = ("baseline", "ogm", "ogm_ge", "boost", "boost_ogm", "frequency", "frequency_control",
+           "staleness", "adaptive")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
@@ -81,7 +82,21 @@ def base_config() -> ml_collections.ConfigDict:
       # Per-modality heads (used where the fusion weight cannot be split):
       # stop the unimodal loss from reaching the encoder?
       unimodal_head_stop_gradient=False,
+      # split: unimodal logits from the split fusion weight (concat) or the
+      # per-modality fusion layers (sum); separate: Linear(D -> C) heads.
+      unimodal_heads="split",
       compute_dtype="float32",
+  ))
+
+  # Decoupled probes (SPEC §3), on in every run: they only watch.
+  c.probes = ml_collections.ConfigDict(dict(
+      kind="linear",          # linear | mlp_1layer
+      hidden_dim=256,
+      learning_rate=1e-3,     # Adam, the probes' own optimizer
+      eval_freq=20,           # refresh every this many steps
+      train_steps=10,         # probe steps per refresh, on the first half of the batch
+      score_ema=0.1,          # EMA of the held-out probe accuracy = utilization score
+      ema_init="first",       # first (design) | zero (seeds' code)
   ))
 
   c.optimizer = ml_collections.ConfigDict(dict(
@@ -98,6 +113,33 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.method = ml_collections.ConfigDict(dict(
       name="baseline",
+      # Turn on every difference of the seeds' PyTorch code (SPEC §10); this
+      # forces the options listed in `SEED_CODE_PRESET` whatever they are set to.
+      seed_code=False,
+      boost=ml_collections.ConfigDict(dict(
+          alpha=0.5, scale_max=2.0, ema_alpha=0.3,
+          noise_sigma=0.0,       # seeds' code: N(0, sigma*std(g)) on conv gradients
+      )),
+      frequency=ml_collections.ConfigDict(dict(
+          ratio=2,               # k: throttled encoders update when t mod k == 0
+          throttled="probe",     # comma-separated modalities, or "probe" (highest score)
+          soft_mask_scale=config_dict.placeholder(float),  # seeds' code: 0.1 instead of skip
+      )),
+      staleness=ml_collections.ConfigDict(dict(
+          tau=2,
+          modalities="",         # comma-separated modalities that use stale gradients
+          seed_code=False,       # g(t-tau+1), fresh while t < tau
+      )),
+      adaptive=ml_collections.ConfigDict(dict(
+          tau_base=2.0, tau_max=8.0, beta=0.5, lam=0.1, window=10, kappa=3.0,
+          warmup_steps=0,
+          source="dual",         # dual | probe | both
+          threshold_delta=0.0, update_ratio_min=0.0,
+          compensation="multiply",  # multiply | divide (seeds' code)
+          kappa_mode="relative",    # relative | absolute (seeds' code)
+          signals="design",         # design | seed_code
+          grad_norm_ema=0.1,
+      )),
       # OGM / OGM-GE (method.name ogm | ogm_ge): reference math of BASELINES.md.
       ogm=ml_collections.ConfigDict(dict(
           alpha=0.8,
@@ -195,6 +237,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            f"window [{ogm.modulation_starts}, {ogm.modulation_ends}] is empty or negative")
   if config.model.fusion_dim is not None:
     _positive(config, "model.fusion_dim", integer=True)
+  _one_of(config.model.unimodal_heads, ("split", "separate"), "model.unimodal_heads")
+  _one_of(config.probes.kind, ("linear", "mlp_1layer"), "probes.kind")
+  _one_of(config.probes.ema_init, ("first", "zero"), "probes.ema_init")
+  for key in ("probes.hidden_dim", "probes.eval_freq", "probes.train_steps"):
+    _positive(config, key, integer=True)
+  _positive(config, "probes.learning_rate")
+  _require(0 < config.probes.score_ema <= 1, "probes.score_ema",
+           f"must be in (0, 1], got {config.probes.score_ema!r}")
+  _validate_method(config)
 
   names = list(config.modalities.keys())
   _require(len(names) >= 1, "modalities", "no modality configured")
@@ -237,6 +288,80 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(syn.num_train >= config.batch_size, "batch_size",
              f"{config.batch_size} is larger than the training split ({syn.num_train})")
   return config
+
+
+def _names_list(value: str) -> list[str]:
+  return [n.strip() for n in value.split(",") if n.strip()]
+
+
+def _validate_method(config) -> None:
+  method, names = config.method, sorted(config.modalities.keys())
+  boost = method.boost
+  _require(boost.alpha >= 0, "method.boost.alpha", f"must be >= 0, got {boost.alpha!r}")
+  _require(boost.scale_max >= 1, "method.boost.scale_max", f"must be >= 1, got {boost.scale_max!r}")
+  _require(0 < boost.ema_alpha <= 1, "method.boost.ema_alpha",
+           f"must be in (0, 1], got {boost.ema_alpha!r}")
+  _require(boost.noise_sigma >= 0, "method.boost.noise_sigma", "must be >= 0")
+  freq = method.frequency
+  _positive(config, "method.frequency.ratio", integer=True)
+  if freq.throttled != "probe":
+    for n in _names_list(freq.throttled):
+      _one_of(n, names, "method.frequency.throttled")
+    _require(bool(_names_list(freq.throttled)), "method.frequency.throttled",
+             "name at least one modality, or 'probe'")
+  if freq.soft_mask_scale is not None:
+    _require(0 <= freq.soft_mask_scale <= 1, "method.frequency.soft_mask_scale", "must be in [0, 1]")
+  stale = method.staleness
+  _require(isinstance(stale.tau, int) and stale.tau >= 0, "method.staleness.tau",
+           f"must be an integer >= 0, got {stale.tau!r}")
+  for n in _names_list(stale.modalities):
+    _one_of(n, names, "method.staleness.modalities")
+  if method.name == "staleness":
+    _require(bool(_names_list(stale.modalities)), "method.staleness.modalities",
+             "name the modalities that use stale gradients (e.g. 'audio')")
+  ad = method.adaptive
+  _one_of(ad.source, ("dual", "probe", "both"), "method.adaptive.source")
+  _one_of(ad.compensation, ("multiply", "divide"), "method.adaptive.compensation")
+  _one_of(ad.kappa_mode, ("relative", "absolute"), "method.adaptive.kappa_mode")
+  _one_of(ad.signals, ("design", "seed_code"), "method.adaptive.signals")
+  _require(1 <= ad.tau_max, "method.adaptive.tau_max", f"must be >= 1, got {ad.tau_max!r}")
+  _require(0 <= ad.beta <= 1, "method.adaptive.beta", f"must be in [0, 1], got {ad.beta!r}")
+  _require(ad.kappa >= 1, "method.adaptive.kappa", f"must be >= 1, got {ad.kappa!r}")
+  _positive(config, "method.adaptive.window", integer=True)
+  _require(0 <= ad.update_ratio_min <= 1, "method.adaptive.update_ratio_min", "must be in [0, 1]")
+
+
+# SPEC §10: every difference of the seeds' PyTorch code, as (key, value).
+SEED_CODE_PRESET = (
+    ("method.frequency.soft_mask_scale", 0.1),
+    ("method.staleness.seed_code", True),
+    ("method.adaptive.compensation", "divide"),
+    ("method.adaptive.kappa_mode", "absolute"),
+    ("method.adaptive.signals", "seed_code"),
+    ("probes.ema_init", "zero"),
+    ("probes.learning_rate", 1e-3),
+    ("method.boost.ema_alpha", 0.3),
+    ("model.unimodal_heads", "separate"),
+    ("method.ogm.leaves", "min_2d"),
+    ("method.ogm.noise_on", "dominant"),
+    ("method.boost.noise_sigma", 0.1),
+    ("loss.unimodal_weight", 1.0),
+)
+
+
+def effective_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config a run uses: with `method.seed_code=True`, the SPEC §10 preset applied."""
+  if not config.method.seed_code:
+    return config
+  out = ml_collections.ConfigDict(config.to_dict())
+  for key, value in SEED_CODE_PRESET:
+    *path, leaf = key.split(".")
+    node = out
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  out.lock()
+  return out
 
 
 def modality_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -59,10 +59,17 @@ def macro_f1_from_confusion(counts: np.ndarray) -> float:
 
 
 def summarize_confusions(confusions: dict[str, np.ndarray]) -> dict[str, float]:
-  """{"logits": C×C, "logits_<m>": C×C} -> accuracy, macro_f1, unimodal_accuracy_<m>."""
+  """{"logits", "logits_<m>", "probe_<m>": C×C} -> accuracy, macro_f1,
+  unimodal_accuracy_<m>, probe_acc_<m> and the probes' utilization_gap."""
   out = {"accuracy": accuracy_from_confusion(confusions["logits"]),
          "macro_f1": macro_f1_from_confusion(confusions["logits"])}
-  for key, counts in confusions.items():
+  probes = []
+  for key, counts in sorted(confusions.items()):
     if key.startswith("logits_"):
       out[f"unimodal_accuracy_{key[len('logits_'):]}"] = accuracy_from_confusion(counts)
+    elif key.startswith("probe_"):
+      out[f"probe_acc_{key[len('probe_'):]}"] = accuracy_from_confusion(counts)
+      probes.append(out[f"probe_acc_{key[len('probe_'):]}"])
+  if probes:
+    out["utilization_gap"] = max(probes) - min(probes)
   return out

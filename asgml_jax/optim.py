@@ -11,12 +11,15 @@ shift its learning-rate schedule.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax.numpy as jnp
 import optax
 
+from asgml_jax.transforms.boost import boost
 from asgml_jax.transforms.ogm_ge import ogm_ge
+from asgml_jax.transforms.schedule import AdaptiveConfig, modality_schedule
 
 
 def lr_schedule(config, steps_per_epoch: int) -> optax.Schedule:
@@ -57,24 +60,59 @@ def base_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
   )
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
-  """The full gradient transformation for `config.method`.
+def _names(value: str) -> tuple[str, ...]:
+  return tuple(n.strip() for n in value.split(",") if n.strip())
 
-  `baseline` is joint training with the base optimizer. Interventions edit
-  the encoder gradients in front of it (SPEC §4.5: before weight decay and
-  momentum, as PyTorch code edits `.grad` before `optimizer.step()`).
+
+def _schedule(config, inner) -> optax.GradientTransformationExtraArgs:
+  """The per-modality update schedule of `config.method` around `inner`."""
+  method, all_names = config.method, tuple(sorted(config.modalities.keys()))
+  if method.name in ("frequency", "frequency_control"):
+    freq = method.frequency
+    control = method.name == "frequency_control"
+    if freq.throttled == "probe":
+      throttled = "probe_min" if control else "probe_max"
+    else:
+      named = _names(freq.throttled)
+      throttled = tuple(m for m in all_names if m not in named) if control else named
+    return modality_schedule(inner, "frequency", frequency_ratio=freq.ratio, throttled=throttled,
+                             soft_mask_scale=freq.soft_mask_scale)
+  if method.name == "staleness":
+    stale = method.staleness
+    return modality_schedule(inner, "staleness",
+                             staleness={m: stale.tau for m in _names(stale.modalities)},
+                             staleness_seed_code=stale.seed_code)
+  if method.name == "adaptive":
+    ad = method.adaptive
+    cfg = AdaptiveConfig(**{f.name: ad[f.name] for f in dataclasses.fields(AdaptiveConfig)})
+    return modality_schedule(inner, "adaptive", adaptive=cfg)
+  return modality_schedule(inner, "joint")
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
+  """The full gradient transformation for `config.method` (SPEC §4.5):
+
+      chain(OGM-GE?, boost?, schedule(inner = weight decay + SGD momentum + lr))
+
+  Interventions edit the encoder gradients before weight decay and momentum,
+  as the PyTorch code edits `.grad` before `optimizer.step()`. `baseline` has
+  neither and a `joint` schedule (every encoder updates every step).
   """
-  base = base_optimizer(config, steps_per_epoch)
   method = config.method
-  if method.name in ("ogm", "ogm_ge"):
+  parts = []
+  if method.name in ("ogm", "ogm_ge", "boost_ogm"):
     ogm = method.ogm
-    return optax.chain(
-        ogm_ge(ogm.alpha, steps_per_epoch=steps_per_epoch,
-               gradient_noise=method.name == "ogm_ge",
-               modulation_starts=ogm.modulation_starts, modulation_ends=ogm.modulation_ends,
-               leaves=ogm.leaves, noise_on=ogm.noise_on, seed=config.seed),
-        base)
-  return base
+    parts.append(ogm_ge(ogm.alpha, steps_per_epoch=steps_per_epoch,
+                        gradient_noise=method.name != "ogm",
+                        modulation_starts=ogm.modulation_starts,
+                        modulation_ends=ogm.modulation_ends,
+                        leaves=ogm.leaves, noise_on=ogm.noise_on, seed=config.seed))
+  if method.name in ("boost", "boost_ogm"):
+    b = method.boost
+    parts.append(boost(b.alpha, b.scale_max, b.ema_alpha, noise_sigma=b.noise_sigma,
+                       seed=config.seed + 1))
+  parts.append(_schedule(config, base_optimizer(config, steps_per_epoch)))
+  return optax.chain(*parts)
 
 
 def current_lr(config, steps_per_epoch: int, step) -> jnp.ndarray:

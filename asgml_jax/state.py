@@ -36,9 +36,12 @@ class TrainState(flax.struct.PyTreeNode):
     return {"params": self.params}
 
 
-def create_train_state(model, tx, example_batch: dict, key: jnp.ndarray) -> TrainState:
-  """Initialises params (OGM-GE-reference init) and optimizer state from `key`."""
+def create_train_state(model, tx, example_batch: dict, key: jnp.ndarray,
+                       probe_cfg=None) -> TrainState:
+  """Initialises params (OGM-GE-reference init), optimizer and probe state from `key`."""
+  from asgml_jax.probes import init_probe_state
   init_key, dropout_key, rng = jax.random.split(key, 3)
+  probe_key = jax.random.fold_in(key, 1)
   variables = jax.jit(lambda k1, k2, b: model.init({"params": k1, "dropout": k2}, b, train=False))(
       init_key, dropout_key, example_batch)
   params = variables["params"]
@@ -49,4 +52,6 @@ def create_train_state(model, tx, example_batch: dict, key: jnp.ndarray) -> Trai
       opt_state=tx.init(params),
       rng=rng,
       health=jnp.asarray(HEALTHY, jnp.int32),
+      probe_state=(init_probe_state(probe_cfg, probe_key, model.feature_dim)
+                   if probe_cfg is not None else None),
       signals={})

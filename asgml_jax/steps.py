@@ -16,8 +16,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from asgml_jax.probes import ProbeConfig, maybe_refresh, probe_logits, utilization_gap
 from asgml_jax.state import TrainState
 from asgml_jax.transforms.ogm_ge import batch_scores
+from asgml_jax.transforms.schedule import update_gates
 
 
 def cross_entropy(logits_BxC: jnp.ndarray, labels_B: jnp.ndarray) -> jnp.ndarray:
@@ -59,8 +61,12 @@ def _first_nonfinite(loss, grads, names) -> jnp.ndarray:
 
 
 def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx,
-               unimodal_weight: float, lr_fn) -> tuple[TrainState, dict]:
-  """One step of joint training; returns the new state and scalar metrics.
+               unimodal_weight: float, lr_fn, probe_cfg: ProbeConfig) -> tuple[TrainState, dict]:
+  """One optimisation step; returns the new state and scalar metrics.
+
+  Order: forward/backward with the unimodal terms gated by the schedule's
+  predicted flags; probe refresh on stop-gradient features (every
+  `eval_freq` steps); `tx.update` with this step's signals as extra args.
 
   A non-finite loss or gradient leaves the state untouched and records the step
   and the culprit in `state.health`; once recorded, every later step is a no-op
@@ -69,7 +75,7 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
   names = model.modality_names
   labels = batch["label"]
   dropout_key = jax.random.fold_in(state.rng, state.step)
-  gates = {m: jnp.float32(1.0) for m in names}
+  gates = update_gates(state.opt_state, names)
 
   def loss_fn(params):
     variables = {"params": params}
@@ -82,9 +88,13 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
 
   (loss, (outputs, new_batch_stats, fused_loss, unimodal)), grads = (
       jax.value_and_grad(loss_fn, has_aux=True)(state.params))
-  scores = batch_scores(outputs["unimodal_logits"], labels)
-  updates, new_opt_state = tx.update(grads, state.opt_state, state.params, step=state.step,
-                                     ogm_scores=scores)
+  probe_state = maybe_refresh(probe_cfg, state.probe_state, state.step, outputs["features"], labels)
+  grad_norms = {m: optax.global_norm(grads["encoders"][m]) for m in names}
+  updates, new_opt_state = tx.update(
+      grads, state.opt_state, state.params, step=state.step,
+      ogm_scores=batch_scores(outputs["unimodal_logits"], labels),
+      probe_scores=probe_state.score, probe_refreshes=probe_state.refreshes,
+      encoder_grad_norms=grad_norms, unimodal_losses=unimodal)
   new_params = optax.apply_updates(state.params, updates)
 
   culprit = _first_nonfinite(loss, grads, names)
@@ -98,6 +108,7 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
       params=pick(new_params, state.params),
       batch_stats=pick(new_batch_stats, state.batch_stats),
       opt_state=pick(new_opt_state, state.opt_state),
+      probe_state=pick(probe_state, state.probe_state),
       health=health.astype(jnp.int32))
 
   metrics = {"loss": loss, "fused_loss": fused_loss,
@@ -105,24 +116,35 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
   for m in names:
     metrics[f"unimodal_loss_{m}"] = unimodal[m]
     metrics[f"unimodal_accuracy_{m}"] = accuracy(outputs["unimodal_logits"][m], labels)
-    metrics[f"grad_norm_{m}"] = optax.global_norm(grads["encoders"][m])
-    metrics[f"update_norm_{m}"] = optax.global_norm(updates["encoders"][m])
+    metrics[f"grad_norm_{m}"] = grad_norms[m]
+    metrics[f"probe/acc_{m}"] = probe_state.accuracy[m]
+    metrics[f"probe/score_{m}"] = probe_state.score[m]
+  metrics["probe/utilization_gap"] = utilization_gap(probe_state.accuracy)
   metrics.update(intervention_signals(new_opt_state))
   return new_state, metrics
+
+
+# (state field, log prefix) of the per-modality signals transformations keep.
+_SIGNALS = (("coefficients", "ogm/coeff"), ("ratios", "ogm/score_ratio"),
+            ("scales", "boost/scale"), ("tau", "sched/tau"), ("flags", "sched/update"),
+            ("update_ratio", "sched/update_ratio"), ("grad_norms_in", "grad_norm_after"))
 
 
 def intervention_signals(opt_state) -> dict:
   """Per-modality signals the interventions keep in their states, for logging."""
   out = {}
-  for field, prefix in (("coefficients", "ogm_coeff"), ("ratios", "ogm_ratio")):
+  for field, prefix in _SIGNALS:
     values = optax.tree_utils.tree_get(opt_state, field)
     if values is not None:
       out.update({f"{prefix}_{m}": v for m, v in values.items()})
   return out
 
 
-def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model) -> dict:
-  """Logits of every head in inference mode (running BatchNorm statistics)."""
+def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model,
+              probe_cfg: ProbeConfig) -> dict:
+  """Logits of every head and probe in inference mode (running BatchNorm statistics)."""
   outputs = model.apply(state.variables(), _inputs(batch, model.modality_names), train=False)
+  probes = probe_logits(probe_cfg, state.probe_state, outputs["features"])
   return {"logits": outputs["logits"],
-          **{f"logits_{m}": z for m, z in outputs["unimodal_logits"].items()}}
+          **{f"logits_{m}": z for m, z in outputs["unimodal_logits"].items()},
+          **{f"probe_{m}": z for m, z in probes.items()}}

@@ -21,9 +21,10 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from asgml_jax import checkpointing, input_pipeline, optim, steps
-from asgml_jax.config_schema import ConfigError, modality_names, validate
+from asgml_jax.config_schema import ConfigError, effective_config, modality_names, validate
 from asgml_jax.metrics import ConfusionMatrix, summarize_confusions, train_metrics_collection
 from asgml_jax.models import model_from_config
+from asgml_jax.probes import probe_config_from
 from asgml_jax.state import create_train_state
 
 # Keys whose value may change between a run and its resumption.
@@ -80,7 +81,18 @@ def _raise_if_unhealthy(state, names, steps_per_epoch: int) -> None:
                        f"the epochs before it")
 
 
-def make_train_fn(model, tx, config, steps_per_epoch: int, state, example_batch):
+def _field(metric: str) -> str:
+  """Metric name -> Collection field (an identifier): "probe/acc_audio" -> "probe__acc_audio"."""
+  return metric.replace("/", "__")
+
+
+def _tag(field: str) -> str:
+  """Collection field -> TensorBoard tag; plain names go under train/."""
+  name = field.replace("__", "/")
+  return name if "/" in name else f"train/{name}"
+
+
+def make_train_fn(model, tx, config, steps_per_epoch: int, state, example_batch, probe_cfg):
   """Jitted (state, metrics_acc, train_data, perm, i) -> (state, metrics_acc).
 
   The metric names are read off the step itself (`jax.eval_shape`), so each
@@ -88,9 +100,10 @@ def make_train_fn(model, tx, config, steps_per_epoch: int, state, example_batch)
   """
   lr_fn = optim.lr_schedule(config, steps_per_epoch)
   step_fn = functools.partial(steps.train_step, model=model, tx=tx,
-                              unimodal_weight=config.loss.unimodal_weight, lr_fn=lr_fn)
+                              unimodal_weight=config.loss.unimodal_weight, lr_fn=lr_fn,
+                              probe_cfg=probe_cfg)
   metric_keys = sorted(jax.eval_shape(step_fn, state, example_batch)[1])
-  collection = train_metrics_collection(metric_keys)
+  collection = train_metrics_collection([_field(k) for k in metric_keys])
 
   # Donation saves a copy of the state per step on accelerators; XLA:CPU
   # cannot use donated buffers and would only warn.
@@ -100,18 +113,19 @@ def make_train_fn(model, tx, config, steps_per_epoch: int, state, example_batch)
   def train_fn(state, metrics_acc, data, perm, batch_index):
     batch = input_pipeline.gather_batch(data, perm, batch_index, config.batch_size)
     state, metrics = step_fn(state, batch)
-    return state, metrics_acc.merge(collection.single_from_model_output(**metrics))
+    fields = {_field(k): v for k, v in metrics.items()}
+    return state, metrics_acc.merge(collection.single_from_model_output(**fields))
 
   return train_fn, collection
 
 
-def make_eval_fn(model, batch_size: int):
-  """Jitted (state, split_data, start) -> {head: ConfusionMatrix, "n": count}."""
+def make_eval_fn(model, batch_size: int, probe_cfg):
+  """Jitted (state, split_data, start) -> {head or probe: ConfusionMatrix}."""
 
   @jax.jit
   def eval_fn(state, data, start):
     batch = input_pipeline.slice_batch(data, start, batch_size)
-    logits = steps.eval_step(state, batch, model=model)
+    logits = steps.eval_step(state, batch, model=model, probe_cfg=probe_cfg)
     return {k: ConfusionMatrix.from_logits(v, batch["label"], batch["mask"])
             for k, v in logits.items()}
 
@@ -129,7 +143,8 @@ def evaluate(eval_fn, state, split_data: dict, batch_size: int) -> dict[str, flo
 def _progress_line(epoch, num_epochs, step, total, scalars, names, rate, eta) -> str:
   uni = " ".join(f"{m} {scalars[f'unimodal_accuracy_{m}']:.3f}" for m in names)
   return (f"epoch {epoch + 1}/{num_epochs}  step {step}/{total}  loss {scalars['loss']:.4f}  "
-          f"acc {scalars['accuracy']:.3f}  unimodal acc: {uni}  |  {rate:.1f} steps/s  "
+          f"acc {scalars['accuracy']:.3f}  unimodal acc: {uni}  probe gap "
+          f"{scalars[_field('probe/utilization_gap')]:.3f}  |  {rate:.1f} steps/s  "
           f"ETA {time.strftime('%H:%M:%S', time.gmtime(max(eta, 0)))}")
 
 
@@ -147,6 +162,10 @@ def _summary(history: list[dict], config, workdir: str) -> dict:
       "at_best_val": {"validation": best["validation"], "test": best["test"]},
       "final": {"validation": final["validation"], "test": final["test"]},
       "convergence_epoch": convergence,
+      # SPEC §7: mean probe utilization gap over the last 10 epochs.
+      "utilization_gap_last10": {
+          split: float(np.mean([h[split]["utilization_gap"] for h in history[-10:]]))
+          for split in ("validation", "test")},
       "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])),
       # Only for comparison with papers that select on test; never for model selection.
       "best_on_test_for_literature_comparison": {"epoch": best_on_test["epoch"],
@@ -157,7 +176,7 @@ def _summary(history: list[dict], config, workdir: str) -> dict:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds a run); returns the summary."""
-  validate(config)
+  config = effective_config(validate(config))
   workdir = os.path.abspath(os.path.expanduser(workdir))
   _check_config_matches_workdir(config, workdir)
   names = modality_names(config)
@@ -171,7 +190,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   init_key, data_key = jax.random.split(root_key)
   example = input_pipeline.gather_batch(data.train, jnp.arange(config.batch_size), 0,
                                         config.batch_size)
-  state = create_train_state(model, tx, example, init_key)
+  probe_cfg = probe_config_from(config, data.num_classes)
+  state = create_train_state(model, tx, example, init_key, probe_cfg)
 
   ckpts = checkpointing.Checkpoints(workdir, config.checkpoint_keep)
   restored = ckpts.restore_latest(state)
@@ -196,8 +216,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                           if isinstance(v, (int, float, str, bool))})
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps)
-  train_fn, collection = make_train_fn(model, tx, config, steps_per_epoch, state, example)
-  eval_fn = make_eval_fn(model, config.eval_batch_size)
+  train_fn, collection = make_train_fn(model, tx, config, steps_per_epoch, state, example,
+                                       probe_cfg)
+  eval_fn = make_eval_fn(model, config.eval_batch_size, probe_cfg)
   best_val = max((h["validation"]["accuracy"] for h in history), default=-1.0)
 
   print(f"training {config.method.name} on {config.dataset.name} ({', '.join(names)}): "
@@ -216,7 +237,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if step % config.log_every_steps == 0 or batch_index == steps_per_epoch - 1:
           scalars = {k: float(v) for k, v in metrics_acc.compute().items()}
           _raise_if_unhealthy(state, names, steps_per_epoch)
-          writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+          writer.write_scalars(step, {_tag(k): v for k, v in scalars.items()})
           now = time.time()
           rate = (step - window_step) / max(now - window_start, 1e-9)
           print(_progress_line(epoch, config.num_epochs, step, total_steps, scalars, names, rate,
@@ -237,6 +258,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             f"f1 {record['validation']['macro_f1']:.4f} | test acc "
             f"{record['test']['accuracy']:.4f} f1 {record['test']['macro_f1']:.4f} | "
             + " ".join(f"{m} {record['validation'][f'unimodal_accuracy_{m}']:.3f}" for m in names)
+            + f" | probe gap {record['validation']['utilization_gap']:.3f}"
             + f" | {record['seconds']:.1f}s", flush=True)
       writer.flush()
   finally:

@@ -67,6 +67,24 @@ def test_ogm_scales_the_dominant_encoder_and_nothing_else(leaves):
   assert float(new_state.ratios["visual"]) == pytest.approx(20 / 30)
 
 
+@pytest.mark.parametrize("leaves", ["all", "conv"])
+def test_ogm_three_modalities_modulates_only_the_dominant(leaves):
+  grads = _grads()
+  grads["encoders"]["text"] = {"dense": jnp.full((2, 2), 3.0), "conv": jnp.ones((1, 1, 1, 2))}
+  tx = ogm_ge(0.5, steps_per_epoch=10, gradient_noise=False, leaves=leaves)
+  scores = {"audio": jnp.float32(10.0), "text": jnp.float32(30.0), "visual": jnp.float32(20.0)}
+  out, state = jax.jit(tx.update)(grads, tx.init(grads), None, ogm_scores=scores,
+                                  step=jnp.int32(0))
+  c = throttle(30 / 15, 0.5)  # text: 30 / mean(10, 20)
+  np.testing.assert_allclose(out["encoders"]["text"]["conv"], c * np.ones((1, 1, 1, 2)), rtol=1e-6)
+  np.testing.assert_allclose(out["encoders"]["text"]["dense"],
+                             3.0 * (c if leaves == "all" else 1.0) * np.ones((2, 2)), rtol=1e-6)
+  for m in ("audio", "visual"):
+    for a, b in zip(jax.tree.leaves(out["encoders"][m]), jax.tree.leaves(grads["encoders"][m])):
+      np.testing.assert_array_equal(a, b)
+  assert float(state.coefficients["text"]) == pytest.approx(c, abs=1e-6)
+
+
 def test_ogm_is_identity_outside_the_modulation_window():
   tx = ogm_ge(0.8, steps_per_epoch=10, gradient_noise=True, modulation_starts=1,
               modulation_ends=2)
@@ -124,6 +142,7 @@ def test_min_2d_leaves_skip_vectors():
 def test_ogm_ge_variant_trains_end_to_end_and_logs_its_signals(tmp_path, tfds_dir):
   from asgml_jax import input_pipeline, optim, steps, train
   from asgml_jax.models import model_from_config
+  from asgml_jax.probes import probe_config_from
   from asgml_jax.state import create_train_state
   from conftest import tiny_config
   config = tiny_config(tfds_dir, num_epochs=1)
@@ -132,12 +151,13 @@ def test_ogm_ge_variant_trains_end_to_end_and_logs_its_signals(tmp_path, tfds_di
   model = model_from_config(config, data.num_classes)
   tx = optim.make_optimizer(config, 6)
   batch = {k: v[:32] for k, v in data.train.items()}
-  state = create_train_state(model, tx, batch, jax.random.PRNGKey(0))
-  _, metrics = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
-                                         unimodal_weight=1.0, lr_fn=lambda s: 0.1))(state, batch)
-  coeffs = [float(metrics[f"ogm_coeff_{m}"]) for m in ("audio", "visual")]
+  probe_cfg = probe_config_from(config, data.num_classes)
+  state = create_train_state(model, tx, batch, jax.random.PRNGKey(0), probe_cfg)
+  _, metrics = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, unimodal_weight=1.0,
+                                         lr_fn=lambda s: 0.1, probe_cfg=probe_cfg))(state, batch)
+  coeffs = [float(metrics[f"ogm/coeff_{m}"]) for m in ("audio", "visual")]
   assert min(coeffs) < 1.0 and max(coeffs) == 1.0  # exactly one modality throttled
-  ratio = float(metrics["ogm_ratio_audio"])
-  assert ratio * float(metrics["ogm_ratio_visual"]) == pytest.approx(1.0, rel=1e-5)
+  ratio = float(metrics["ogm/score_ratio_audio"])
+  assert ratio * float(metrics["ogm/score_ratio_visual"]) == pytest.approx(1.0, rel=1e-5)
   summary = train.train_and_evaluate(config, str(tmp_path / "ogm"))
   assert summary["num_epochs"] == 1

@@ -8,6 +8,7 @@ import numpy as np
 
 from asgml_jax import optim, steps
 from asgml_jax.models import model_from_config
+from asgml_jax.probes import probe_config_from
 from asgml_jax.state import create_train_state
 from conftest import tiny_config
 from data_prep.synthetic import SyntheticSpec, generate_split
@@ -17,8 +18,8 @@ def test_sgd_momentum_weight_decay_steplr_match_pytorch_by_hand():
   config = tiny_config("/tmp/unused")
   config.optimizer.update(dict(learning_rate=0.1, momentum=0.9, weight_decay=0.01,
                                lr_step_epochs=2, lr_decay=0.1))
-  tx = jax.jit(optim.make_optimizer(config, steps_per_epoch=1).update)
-  init = optim.make_optimizer(config, steps_per_epoch=1).init
+  base = optim.base_optimizer(config, steps_per_epoch=1)
+  tx, init = jax.jit(base.update), base.init
   theta = {"w": jnp.array([1.0, -2.0])}
   grads = [jnp.array([0.5, 0.25]), jnp.array([-1.0, 2.0]), jnp.array([0.1, 0.1])]
   state = init(theta)
@@ -63,9 +64,10 @@ def _golden_setup():
   batch["label"] = batch["label"].astype(jnp.int32)
   model = model_from_config(config, spec.num_classes)
   tx = optim.make_optimizer(config, steps_per_epoch=6)
-  state = create_train_state(model, tx, batch, jax.random.PRNGKey(config.seed))
+  probe_cfg = probe_config_from(config, spec.num_classes)
+  state = create_train_state(model, tx, batch, jax.random.PRNGKey(config.seed), probe_cfg)
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, unimodal_weight=1.0,
-                                   lr_fn=optim.lr_schedule(config, 6)))
+                                   lr_fn=optim.lr_schedule(config, 6), probe_cfg=probe_cfg))
   return state, step, batch
 
 

@@ -47,12 +47,13 @@ def _final_params(workdir, like):
 def _state_like(config):
   from asgml_jax import input_pipeline, optim
   from asgml_jax.models import model_from_config
+  from asgml_jax.probes import probe_config_from
   from asgml_jax.state import create_train_state
   data = input_pipeline.load(config)
   tx = optim.make_optimizer(config, 6)
   example = {k: v[:config.batch_size] for k, v in data.train.items()}
   return create_train_state(model_from_config(config, data.num_classes), tx, example,
-                            jax.random.PRNGKey(0))
+                            jax.random.PRNGKey(0), probe_config_from(config, data.num_classes))
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, tfds_dir, monkeypatch):

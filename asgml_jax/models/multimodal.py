@@ -7,7 +7,8 @@ Parameter tree (the contract every per-modality intervention relies on):
 `heads` holds the classifier after a `fusion_dim` layer and the per-modality
 unimodal heads, and exists only when the model needs one of them: for concat
 or sum fusion straight to classes, the unimodal logits are read off the fusion
-layer itself (split weight, SPEC §2), so there is nothing to put in `heads`.
+layer itself (split weight, SPEC §2), so there is nothing to put in `heads`
+(unless `unimodal_heads="separate"`, the seeds' code).
 
 Outputs a dict: `logits` (B, C) fused, `unimodal_logits` {m: (B, C)} and
 `features` {m: (B, D)}, all float32.
@@ -80,6 +81,9 @@ class MultimodalClassifier(nn.Module):
   fusion_dim: int | None = None
   condition_modality: str | None = None
   unimodal_head_stop_gradient: bool = False
+  # "split": unimodal logits from the fusion layer where it is linear per
+  # modality (OGM-GE); "separate": always Linear(D -> C) heads (seeds' code).
+  unimodal_heads: str = "split"
   dtype: Any = jnp.float32
 
   @property
@@ -93,6 +97,8 @@ class MultimodalClassifier(nn.Module):
     out_dim = self.fusion_dim or self.num_classes
     out, split = make_fusion(self.fusion, out_dim, names, self.condition_modality,
                              self.dtype)(tuple(feats[n] for n in names))
+    if self.unimodal_heads == "separate":
+      split = None
     needs_heads = self.fusion_dim is not None or split is None
     if needs_heads:
       logits, unimodal = Heads(self.num_classes, self.fusion_dim is not None, names,
@@ -120,4 +126,5 @@ def model_from_config(config, num_classes: int) -> MultimodalClassifier:
       fusion=config.model.fusion, fusion_dim=config.model.fusion_dim,
       condition_modality=config.model.condition_modality,
       unimodal_head_stop_gradient=config.model.unimodal_head_stop_gradient,
+      unimodal_heads=config.model.unimodal_heads,
       dtype=jnp.dtype(config.model.compute_dtype))
