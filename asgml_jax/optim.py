@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
-import jax.numpy as jnp
 import optax
 
 from asgml_jax.transforms.boost import boost
@@ -114,6 +113,3 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
   parts.append(_schedule(config, base_optimizer(config, steps_per_epoch)))
   return optax.chain(*parts)
 
-
-def current_lr(config, steps_per_epoch: int, step) -> jnp.ndarray:
-  return lr_schedule(config, steps_per_epoch)(step)

@@ -17,9 +17,12 @@ class TrainState(flax.struct.PyTreeNode):
   """Pure-functional train state.
 
   `rng` is fixed for the run; per-step keys are `fold_in(rng, step)`, so a
-  resumed run draws the same dropout/noise as an uninterrupted one.
-  `signals` carries per-step inputs of the next `tx.update` (filled by the
-  interventions that need them); `probe_state` the probes' own state.
+  resumed run draws the same dropout as an uninterrupted one. `probe_state`
+  is the probes' own state. Per-step signals (OGM scores, grad norms,
+  unimodal losses, probe scores) are computed in the step and handed to
+  `tx.update` as extra args; what an intervention must remember across steps
+  (EMA'd scales, gradient ring buffers, loss history) lives in its own
+  optimizer state, so no separate `signals` field is needed.
   """
   step: jnp.ndarray
   params: Any
@@ -28,7 +31,6 @@ class TrainState(flax.struct.PyTreeNode):
   rng: jnp.ndarray
   health: jnp.ndarray
   probe_state: Any = None
-  signals: Any = None
 
   def variables(self) -> dict:
     if self.batch_stats:
@@ -53,5 +55,4 @@ def create_train_state(model, tx, example_batch: dict, key: jnp.ndarray,
       rng=rng,
       health=jnp.asarray(HEALTHY, jnp.int32),
       probe_state=(init_probe_state(probe_cfg, probe_key, model.feature_dim)
-                   if probe_cfg is not None else None),
-      signals={})
+                   if probe_cfg is not None else None))

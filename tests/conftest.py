@@ -39,6 +39,34 @@ def tiny_config(data_dir: str, *, num_epochs: int = 2, three_modalities: bool = 
   return c
 
 
+def jitted_step(config, *, steps_per_epoch: int = 6, lr_fn=None):
+  """(state, jitted train step, first batch of 32) for a config, without TFDS or a workdir."""
+  import functools
+
+  import jax
+  import jax.numpy as jnp
+
+  from asgml_jax import optim, steps
+  from asgml_jax.models import model_from_config
+  from asgml_jax.probes import probe_config_from
+  from asgml_jax.state import create_train_state
+  from data_prep.synthetic import SyntheticSpec, generate_split
+
+  spec = SyntheticSpec.from_config(config)
+  data = generate_split(spec, "train")
+  batch = {k: jnp.asarray(v[:32]) for k, v in data.items()}
+  batch["label"] = batch["label"].astype(jnp.int32)
+  model = model_from_config(config, spec.num_classes)
+  tx = optim.make_optimizer(config, steps_per_epoch)
+  probe_cfg = probe_config_from(config, spec.num_classes)
+  state = create_train_state(model, tx, batch, jax.random.PRNGKey(config.seed), probe_cfg)
+  lr_fn = lr_fn or optim.lr_schedule(config, steps_per_epoch)
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
+                                   unimodal_weight=config.loss.unimodal_weight, lr_fn=lr_fn,
+                                   probe_cfg=probe_cfg))
+  return state, step, batch
+
+
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
   """One TFDS data dir per test session, so each synthetic spec is built once."""

@@ -1,25 +1,15 @@
 """Every method variant composes and trains; the chain order of SPEC §4.5; the
 unimodal loss terms gated by the schedule's update flags (SPEC §2)."""
 
-import functools
-
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from asgml_jax import optim, steps
 from asgml_jax.config_schema import effective_config, modality_config, validate
-from asgml_jax.models import model_from_config
-from asgml_jax.probes import probe_config_from
-from asgml_jax.state import create_train_state
 from asgml_jax.transforms.boost import BoostState
 from asgml_jax.transforms.ogm_ge import OGMGEState
 from asgml_jax.transforms.schedule import ModalityScheduleState
 from configs.variants import VARIANTS, apply_variant
-from conftest import tiny_config
-from data_prep.synthetic import SyntheticSpec, generate_split
+from conftest import jitted_step, tiny_config
 
 
 def _setup(variant):
@@ -30,18 +20,7 @@ def _setup(variant):
   config.method.frequency.throttled = "audio"
   config.method.staleness.modalities = "audio"
   config = effective_config(validate(apply_variant(config, variant)))
-  spec = SyntheticSpec.from_config(config)
-  data = generate_split(spec, "train")
-  batch = {k: jnp.asarray(v[:32]) for k, v in data.items()}
-  batch["label"] = batch["label"].astype(jnp.int32)
-  model = model_from_config(config, spec.num_classes)
-  tx = optim.make_optimizer(config, steps_per_epoch=6)
-  probe_cfg = probe_config_from(config, spec.num_classes)
-  state = create_train_state(model, tx, batch, jax.random.PRNGKey(0), probe_cfg)
-  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
-                                   unimodal_weight=config.loss.unimodal_weight,
-                                   lr_fn=lambda s: 0.05, probe_cfg=probe_cfg))
-  return config, state, step, batch
+  return (config,) + jitted_step(config, lr_fn=lambda s: 0.05)
 
 
 def _kinds(opt_state):

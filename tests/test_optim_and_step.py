@@ -1,17 +1,11 @@
 """The base optimizer equals PyTorch SGD by hand; the loss of SPEC §2; a golden step."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from asgml_jax import optim, steps
-from asgml_jax.models import model_from_config
-from asgml_jax.probes import probe_config_from
-from asgml_jax.state import create_train_state
-from conftest import tiny_config
-from data_prep.synthetic import SyntheticSpec, generate_split
+from conftest import jitted_step, tiny_config
 
 
 def test_sgd_momentum_weight_decay_steplr_match_pytorch_by_hand():
@@ -57,18 +51,7 @@ def test_multimodal_loss_is_fused_plus_gamma_times_gated_unimodal():
 
 
 def _golden_setup():
-  config = tiny_config("/tmp/unused")
-  spec = SyntheticSpec.from_config(config)
-  data = generate_split(spec, "train")
-  batch = {k: jnp.asarray(v[:32]) for k, v in data.items()}
-  batch["label"] = batch["label"].astype(jnp.int32)
-  model = model_from_config(config, spec.num_classes)
-  tx = optim.make_optimizer(config, steps_per_epoch=6)
-  probe_cfg = probe_config_from(config, spec.num_classes)
-  state = create_train_state(model, tx, batch, jax.random.PRNGKey(config.seed), probe_cfg)
-  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, unimodal_weight=1.0,
-                                   lr_fn=optim.lr_schedule(config, 6), probe_cfg=probe_cfg))
-  return state, step, batch
+  return jitted_step(tiny_config("/tmp/unused"))
 
 
 def test_golden_one_step_regression():

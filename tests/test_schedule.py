@@ -1,6 +1,5 @@
 """Per-modality schedules (SPEC §4.1–4.3) step by step against hand loops, under jit."""
 
-import math
 
 import jax
 import jax.numpy as jnp

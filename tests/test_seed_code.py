@@ -14,7 +14,7 @@ from asgml_jax.transforms.boost import boost
 from asgml_jax.transforms.ogm_ge import ogm_ge
 from asgml_jax.transforms.schedule import AdaptiveConfig, modality_schedule
 from configs.default import get_config
-from test_schedule import NAMES, _params, _run
+from test_schedule import NAMES, _run
 
 
 def test_frequency_soft_mask_scales_and_lets_momentum_and_decay_act():

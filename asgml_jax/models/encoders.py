@@ -125,14 +125,14 @@ class MLPEncoder(nn.Module):
     return nn.relu(x).astype(jnp.float32)
 
 
-def make_encoder(modality_cfg, feature_dim: int, dtype: Any, name: str) -> nn.Module:
-  """The encoder a modality's config names."""
-  kind = modality_cfg["encoder"]
+def make_encoder(spec, feature_dim: int, dtype: Any, name: str) -> nn.Module:
+  """The encoder an `EncoderSpec` names."""
+  kind = spec.encoder
   if kind == "resnet18":
     return ResNet18(feature_dim=feature_dim, dtype=dtype, name=name)
   if kind == "small_cnn":
-    return SmallCNN(feature_dim=feature_dim, width=modality_cfg["cnn_width"], dtype=dtype, name=name)
+    return SmallCNN(feature_dim=feature_dim, width=spec.cnn_width, dtype=dtype, name=name)
   if kind == "mlp":
-    return MLPEncoder(feature_dim=feature_dim, hidden_dim=modality_cfg["mlp_hidden_dim"],
-                      dropout=modality_cfg["dropout"], dtype=dtype, name=name)
+    return MLPEncoder(feature_dim=feature_dim, hidden_dim=spec.mlp_hidden_dim,
+                      dropout=spec.dropout, dtype=dtype, name=name)
   raise ValueError(f"unknown encoder {kind!r} for modality {name!r}")

@@ -36,9 +36,6 @@ class EncoderSpec:
   mlp_hidden_dim: int = 256
   dropout: float = 0.1
 
-  def __getitem__(self, key):
-    return getattr(self, key)
-
 
 class Encoders(nn.Module):
   specs: tuple[EncoderSpec, ...]
