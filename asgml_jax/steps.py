@@ -50,11 +50,12 @@ def _inputs(batch: Mapping[str, jnp.ndarray], names) -> dict:
   return {m: batch[m] for m in names}
 
 
-def _first_nonfinite(loss, grads, names) -> jnp.ndarray:
-  """Code of the first non-finite quantity: 0 loss, 1+i encoder i, N+1 the rest; −1 none."""
+def _first_nonfinite(loss, grads, encoder_norms: Mapping[str, jnp.ndarray]) -> jnp.ndarray:
+  """Code of the first non-finite quantity: 0 loss, 1+i encoder i (sorted), N+1 the
+  rest; −1 none. Encoder norms come from the step, which logs them anyway."""
   rest = {k: v for k, v in grads.items() if k != "encoders"}
   checks = [jnp.isfinite(loss)]
-  checks += [jnp.isfinite(optax.global_norm(grads["encoders"][m])) for m in names]
+  checks += [jnp.isfinite(encoder_norms[m]) for m in sorted(encoder_norms)]
   checks.append(jnp.isfinite(optax.global_norm(rest)) if rest else jnp.bool_(True))
   bad = ~jnp.stack(checks)
   return jnp.where(bad.any(), jnp.argmax(bad), -1).astype(jnp.int32)
@@ -97,7 +98,7 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
       encoder_grad_norms=grad_norms, unimodal_losses=unimodal)
   new_params = optax.apply_updates(state.params, updates)
 
-  culprit = _first_nonfinite(loss, grads, names)
+  culprit = _first_nonfinite(loss, grads, grad_norms)
   already_bad = state.health[0] >= 0
   keep_old = already_bad | (culprit >= 0)
   pick = lambda new, old: jax.tree.map(lambda n, o: jnp.where(keep_old, o, n), new, old)

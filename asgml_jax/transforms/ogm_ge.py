@@ -53,8 +53,11 @@ def score_ratios(scores: Mapping[str, jnp.ndarray]) -> dict:
 
 def ogm_coefficients(scores: Mapping[str, jnp.ndarray], alpha: float) -> dict:
   """coeff_m of OGM for every modality (dict in, dict out, jit-safe)."""
-  names = sorted(scores)
-  ratios = score_ratios(scores)
+  return _coefficients_from_ratios(score_ratios(scores), alpha)
+
+
+def _coefficients_from_ratios(ratios: Mapping[str, jnp.ndarray], alpha: float) -> dict:
+  names = sorted(ratios)
   throttle = lambda r: 1.0 - jnp.tanh(alpha * jax.nn.relu(r))
   if len(names) == 2:
     first, second = names
@@ -96,8 +99,8 @@ def ogm_ge(alpha: float, *, steps_per_epoch: int, gradient_noise: bool = True,
     del params, extra_args
     epoch = step // steps_per_epoch
     active = (epoch >= modulation_starts) & (epoch <= modulation_ends)
-    coeffs = ogm_coefficients(ogm_scores, alpha)
     ratios = score_ratios(ogm_scores)
+    coeffs = _coefficients_from_ratios(ratios, alpha)
     key, noise_key = jax.random.split(state.key)
     new_encoders = {}
     for i, (m, enc) in enumerate(sorted(updates["encoders"].items())):
