@@ -20,7 +20,7 @@ from ml_collections import config_dict
 
 ENCODERS = ("resnet18", "small_cnn", "mlp")
 FUSIONS = ("concat", "sum", "film", "gated")
-DATASETS = ("synthetic",)
+DATASETS = ("synthetic", "av_digits", "cremad", "ave", "kinetics_sounds", "mmsa", "npz")
 METHODS = ("baseline", "ogm", "ogm_ge", "boost", "boost_ogm", "frequency", "frequency_control",
            "staleness", "adaptive")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -43,6 +43,10 @@ def modality_config(encoder: str = "small_cnn", input_shape=(32, 32, 1),
       cnn_width=32,        # small_cnn: channels of the first stage (x1, x2, x4)
       mlp_hidden_dim=256,  # mlp: hidden width
       dropout=0.1,         # mlp: dropout between the two layers
+      # imagenet: stored uint8 frames get RandomResizedCrop+flip (train) or a
+      # resize (eval) to input_shape's size and ImageNet normalisation, on the
+      # device (asgml_jax/augment.py); none: used as stored.
+      image_augment="none",
   ))
   cfg.update(overrides)
   return cfg
@@ -55,7 +59,44 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.dataset = ml_collections.ConfigDict(dict(
       name="synthetic",
-      data_dir=config_dict.placeholder(str),  # None: ~/tensorflow_datasets
+      data_dir=config_dict.placeholder(str),  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+      # Where the raw files are (TFDS manual_dir); read only when the prepared
+      # dataset is not in data_dir yet. Real datasets only.
+      raw_dir=config_dict.placeholder(str),
+      skip_bad=False,            # leave undecodable raw files out (count reported)
+      validation_fraction=0.1,   # carve-out of train where a dataset has no validation split
+      split_seed=0,              # fixes that carve-out
+      av_digits=ml_collections.ConfigDict(dict(
+          split="speaker",       # speaker (disjoint) | index (FSDD official)
+          test_speaker="theo",
+          validation_speaker="nicolas",
+          image_noise=0.4,
+          image_occlusion=0.25,
+          audio_snr_db=config_dict.placeholder(float),  # None: clean audio
+          pairing_seed=0,
+      )),
+      cremad=ml_collections.ConfigDict(dict(
+          frames=1,              # 1 or 3 frames per clip
+          frame_size=256,        # frames are stored square at this size
+          pad_mode="reflect",    # STFT centre padding: reflect (librosa <0.10) | constant
+          test_list="",          # a file of test clip ids; "": OGM-GE's 744 (shipped)
+      )),
+      ave=ml_collections.ConfigDict(dict(
+          split="official",      # official (train/val/test lists) | random_80_20 (seeds' code)
+          frames=3,
+          frame_size=256,
+      )),
+      kinetics_sounds=ml_collections.ConfigDict(dict(
+          frames=3,
+          frame_size=256,
+      )),
+      mmsa=ml_collections.ConfigDict(dict(
+          file="",               # the MMSA pickle, e.g. unaligned_39.pkl (relative to raw_dir)
+          label="three_class",   # three_class (neg/neu/pos) | binary (neg/non-neg)
+      )),
+      npz=ml_collections.ConfigDict(dict(
+          name="",               # the dataset's name (default: raw_dir's base name)
+      )),
       synthetic=ml_collections.ConfigDict(dict(
           num_classes=6,
           num_train=3000,
@@ -262,6 +303,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     else:
       _require(len(shape) in (3, 4), f"{key}.input_shape",
                f"{mod.encoder} takes (H, W, C) or (T, H, W, C), got {shape!r}")
+    _one_of(mod.image_augment, ("none", "imagenet"), f"{key}.image_augment")
+    if mod.image_augment == "imagenet":
+      _require(len(shape) == 4 and shape[-1] == 3 and shape[1] == shape[2], f"{key}.input_shape",
+               f"image_augment=imagenet makes square RGB frames (T, S, S, 3), got {shape!r}")
     _require(0.0 <= mod.dropout < 1.0, f"{key}.dropout", f"must be in [0, 1), got {mod.dropout!r}")
     _positive(config, f"{key}.cnn_width", integer=True)
     _positive(config, f"{key}.mlp_hidden_dim", integer=True)
@@ -271,6 +316,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.model.fusion in ("film", "gated"):
     _require(len(names) >= 2, "model.fusion", f"{config.model.fusion} needs at least 2 modalities")
 
+  _validate_dataset(config)
   if config.dataset.name == "synthetic":
     syn = config.dataset.synthetic
     for key in ("num_classes", "num_train", "num_validation", "num_test"):
@@ -288,6 +334,32 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(syn.num_train >= config.batch_size, "batch_size",
              f"{config.batch_size} is larger than the training split ({syn.num_train})")
   return config
+
+
+def _validate_dataset(config) -> None:
+  ds = config.dataset
+  _require(0 < ds.validation_fraction < 1, "dataset.validation_fraction",
+           f"must be in (0, 1), got {ds.validation_fraction!r}")
+  if ds.name == "synthetic":
+    return
+  _require(bool(ds.raw_dir) or bool(ds.data_dir), "dataset.raw_dir",
+           f"the {ds.name} dataset is built from raw files: set dataset.raw_dir "
+           "(or dataset.data_dir to where it is already prepared)")
+  if ds.name == "av_digits":
+    _one_of(ds.av_digits.split, ("speaker", "index"), "dataset.av_digits.split")
+    _require(ds.av_digits.image_noise >= 0, "dataset.av_digits.image_noise", "must be >= 0")
+    _require(0 <= ds.av_digits.image_occlusion < 1, "dataset.av_digits.image_occlusion",
+             "must be in [0, 1)")
+  if ds.name in ("cremad", "ave", "kinetics_sounds"):
+    _require(ds[ds.name].frames >= 1, f"dataset.{ds.name}.frames", "must be >= 1")
+    _positive(config, f"dataset.{ds.name}.frame_size", integer=True)
+  if ds.name == "cremad":
+    _one_of(ds.cremad.pad_mode, ("reflect", "constant"), "dataset.cremad.pad_mode")
+  if ds.name == "ave":
+    _one_of(ds.ave.split, ("official", "random_80_20"), "dataset.ave.split")
+  if ds.name == "mmsa":
+    _require(bool(ds.mmsa.file), "dataset.mmsa.file", "name the MMSA pickle to read")
+    _one_of(ds.mmsa.label, ("three_class", "binary"), "dataset.mmsa.label")
 
 
 def _names_list(value: str) -> list[str]:

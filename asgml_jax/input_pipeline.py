@@ -43,11 +43,26 @@ def _hide_gpus_from_tensorflow() -> None:
     pass
 
 
-def _builder(config):
-  if config.dataset.name == "synthetic":
-    from data_prep.synthetic import Synthetic, SyntheticSpec
-    return Synthetic(spec=SyntheticSpec.from_config(config), data_dir=data_dir(config))
-  raise ConfigError(f"config.dataset.name: unknown dataset {config.dataset.name!r}")
+def prepared_builder(config):
+  """The configured dataset's TFDS builder, built from the raw files if needed."""
+  from data_prep.common import prepare
+  from data_prep.registry import builder_for
+  builder, raw_dir = builder_for(config, data_dir(config))
+  if not builder.is_prepared() and config.dataset.name != "synthetic" and not raw_dir:
+    raise ConfigError(f"config.dataset.raw_dir: {config.dataset.name} is not prepared in "
+                      f"{data_dir(config)} and no raw directory is set to build it from")
+  prepare(builder, raw_dir=raw_dir)
+  bad_files = getattr(builder, "bad_files", None)
+  if bad_files is not None and bad_files.skipped:
+    print(bad_files.summary(), flush=True)
+  return builder
+
+
+def label_key(config) -> str:
+  """The dataset feature used as the class label (MMSA offers two)."""
+  if config.dataset.name == "mmsa" and config.dataset.mmsa.label == "binary":
+    return "label_binary"
+  return "label"
 
 
 def _read_split(builder, split: str) -> dict[str, np.ndarray]:
@@ -61,9 +76,15 @@ def _check_shapes(config, arrays: dict, split: str) -> None:
     if name not in arrays:
       raise ConfigError(f"config.modalities.{name}: the dataset has no modality {name!r} "
                         f"(it has: {', '.join(k for k in arrays if k != 'label')})")
-    want = tuple(config.modalities[name].input_shape)
+    mod = config.modalities[name]
+    want = tuple(mod.input_shape)
     got = tuple(arrays[name].shape[1:])
-    if got != want:
+    if mod.image_augment == "imagenet":
+      if arrays[name].dtype != np.uint8 or len(got) != 4 or got[0] != want[0] or got[-1] != 3:
+        raise ConfigError(f"config.modalities.{name}.image_augment: imagenet needs uint8 frames "
+                          f"({want[0]}, H, W, 3) but the {split} split holds {got} "
+                          f"{arrays[name].dtype}")
+    elif got != want:
       raise ConfigError(f"config.modalities.{name}.input_shape: {want} but the {split} split "
                         f"holds {got}")
 
@@ -80,16 +101,19 @@ def _pad_to_multiple(arrays: dict, multiple: int) -> dict:
 def load(config) -> DeviceData:
   """Prepares the configured dataset (if needed) and returns it on the device."""
   _hide_gpus_from_tensorflow()
-  builder = _builder(config)
-  builder.download_and_prepare()
-  names = modality_names(config) + ("label",)
+  builder = prepared_builder(config)
+  names = modality_names(config)
+  label = label_key(config)
   splits = {}
   for split in ("train", "validation", "test"):
     arrays = _read_split(builder, split)
     _check_shapes(config, arrays, split)
     splits[split] = {k: arrays[k] for k in names}
-    splits[split]["label"] = splits[split]["label"].astype(np.int32)
-  num_classes = builder.info.features["label"].num_classes
+    splits[split]["label"] = arrays[label].astype(np.int32)
+  if len(splits["train"]["label"]) < config.batch_size:
+    raise ConfigError(f"config.batch_size: {config.batch_size} is larger than the training "
+                      f"split ({len(splits['train']['label'])} examples)")
+  num_classes = builder.info.features[label].num_classes
   to_device = lambda tree: jax.tree.map(jnp.asarray, tree)
   eval_splits = {s: to_device(_pad_to_multiple(splits[s], config.eval_batch_size))
                  for s in ("validation", "test")}

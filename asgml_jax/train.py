@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from asgml_jax import checkpointing, input_pipeline, optim, steps
+from asgml_jax import augment, checkpointing, input_pipeline, optim, steps
 from asgml_jax.config_schema import ConfigError, effective_config, modality_names, validate
 from asgml_jax.metrics import ConfusionMatrix, summarize_confusions, train_metrics_collection
 from asgml_jax.models import model_from_config
@@ -99,6 +99,7 @@ def make_train_fn(model, tx, config, steps_per_epoch: int, state, example_batch,
   method logs whatever signals its transformations keep.
   """
   lr_fn = optim.lr_schedule(config, steps_per_epoch)
+  frame_sizes = augment.frame_modalities(config)
   step_fn = functools.partial(steps.train_step, model=model, tx=tx,
                               unimodal_weight=config.loss.unimodal_weight, lr_fn=lr_fn,
                               probe_cfg=probe_cfg)
@@ -112,6 +113,9 @@ def make_train_fn(model, tx, config, steps_per_epoch: int, state, example_batch,
   @functools.partial(jax.jit, donate_argnums=donate)
   def train_fn(state, metrics_acc, data, perm, batch_index):
     batch = input_pipeline.gather_batch(data, perm, batch_index, config.batch_size)
+    if frame_sizes:
+      aug_key = jax.random.fold_in(jax.random.fold_in(state.rng, 0xA06), state.step)
+      batch = augment.train_inputs(batch, aug_key, frame_sizes)
     state, metrics = step_fn(state, batch)
     fields = {_field(k): v for k, v in metrics.items()}
     return state, metrics_acc.merge(collection.single_from_model_output(**fields))
@@ -119,12 +123,14 @@ def make_train_fn(model, tx, config, steps_per_epoch: int, state, example_batch,
   return train_fn, collection
 
 
-def make_eval_fn(model, batch_size: int, probe_cfg):
+def make_eval_fn(model, batch_size: int, probe_cfg, frame_sizes=None):
   """Jitted (state, split_data, start) -> {head or probe: ConfusionMatrix}."""
 
   @jax.jit
   def eval_fn(state, data, start):
     batch = input_pipeline.slice_batch(data, start, batch_size)
+    if frame_sizes:
+      batch = augment.eval_inputs(batch, frame_sizes)
     logits = steps.eval_step(state, batch, model=model, probe_cfg=probe_cfg)
     return {k: ConfusionMatrix.from_logits(v, batch["label"], batch["mask"])
             for k, v in logits.items()}
@@ -188,8 +194,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   tx = optim.make_optimizer(config, steps_per_epoch)
   root_key = jax.random.PRNGKey(config.seed)
   init_key, data_key = jax.random.split(root_key)
-  example = input_pipeline.gather_batch(data.train, jnp.arange(config.batch_size), 0,
-                                        config.batch_size)
+  example = augment.eval_inputs(
+      input_pipeline.gather_batch(data.train, jnp.arange(config.batch_size), 0,
+                                  config.batch_size), augment.frame_modalities(config))
   probe_cfg = probe_config_from(config, data.num_classes)
   state = create_train_state(model, tx, example, init_key, probe_cfg)
 
@@ -218,7 +225,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                              every_steps=config.log_every_steps)
   train_fn, collection = make_train_fn(model, tx, config, steps_per_epoch, state, example,
                                        probe_cfg)
-  eval_fn = make_eval_fn(model, config.eval_batch_size, probe_cfg)
+  eval_fn = make_eval_fn(model, config.eval_batch_size, probe_cfg,
+                         augment.frame_modalities(config))
   best_val = max((h["validation"]["accuracy"] for h in history), default=-1.0)
 
   print(f"training {config.method.name} on {config.dataset.name} ({', '.join(names)}): "

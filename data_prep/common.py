@@ -1,0 +1,122 @@
+"""What every raw-data builder shares: bad-input handling, splits, registration.
+
+A research dataset that silently drops or mangles a file trains on something
+other than what the paper says. So every builder first *scans* the raw
+directory (every file named by a split exists, every label is a known class)
+before anything is written, and then *decodes* each file while it writes. A
+problem stops the build with `BadInputError("<file>: <problem>")`; with
+`skip_bad=True` the file is left out instead, and the count is reported at the
+end (`BadFiles.summary`).
+
+Nothing half-written survives a failure: TFDS writes a split into
+`<version>.incomplete.<random>` and renames it only when every split is done,
+and `prepare` removes any leftover temporary directory, so a dataset directory
+either holds a complete dataset or does not exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import shutil
+
+import numpy as np
+from absl import logging
+
+
+class BadInputError(ValueError):
+  """A raw file (or directory) that cannot be built; the message names it."""
+
+
+@dataclasses.dataclass
+class BadFiles:
+  """Collects (file, problem) pairs; raises at the first unless `skip_bad`."""
+  skip_bad: bool = False
+  skipped: list = dataclasses.field(default_factory=list)
+
+  def report(self, path: str, problem: str) -> None:
+    if not self.skip_bad:
+      raise BadInputError(f"{path}: {problem}")
+    logging.warning("skipping %s: %s", path, problem)
+    self.skipped.append((str(path), problem))
+
+  def summary(self) -> str:
+    if not self.skipped:
+      return "no bad files"
+    lines = [f"skipped {len(self.skipped)} bad file(s):"]
+    lines += [f"  {p}: {why}" for p, why in self.skipped[:20]]
+    if len(self.skipped) > 20:
+      lines.append(f"  ... and {len(self.skipped) - 20} more")
+    return "\n".join(lines)
+
+
+def require_dir(path: str, what: str) -> str:
+  """`path` expanded, or BadInputError naming what was expected there."""
+  if not path:
+    raise BadInputError(f"{what}: no raw directory given (set --raw_dir / config.dataset.raw_dir)")
+  full = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(full):
+    raise BadInputError(f"{full}: {what} directory does not exist")
+  return full
+
+
+def require_file(path: str, what: str) -> str:
+  if not os.path.isfile(path):
+    raise BadInputError(f"{path}: {what} is missing")
+  return path
+
+
+def carve_validation(ids, fraction: float, seed: int) -> tuple[list, list]:
+  """(train, validation): a fixed, seeded `fraction` of `ids` held out.
+
+  For datasets without a validation split (SPEC §8): model selection must not
+  look at test, so a validation set is carved from train. The carve-out is a
+  function of the sorted ids and the seed only, never of directory order.
+  """
+  ids = sorted(ids)
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(len(ids))
+  n_val = int(round(fraction * len(ids)))
+  val = sorted(ids[i] for i in order[:n_val])
+  held = set(val)
+  return [i for i in ids if i not in held], val
+
+
+def read_id_list(path: str) -> list[list[str]]:
+  """Rows of a comma/whitespace/'&'-separated list file, blank lines and '#' skipped."""
+  rows = []
+  with open(require_file(path, "split list")) as f:
+    for line in f:
+      line = line.strip()
+      if not line or line.startswith("#"):
+        continue
+      for sep in ("&", ",", "\t", " "):
+        if sep in line:
+          rows.append([field.strip() for field in line.split(sep)])
+          break
+      else:
+        rows.append([line])
+  return rows
+
+
+def prepare(builder, *, raw_dir: str | None = None) -> None:
+  """`builder.download_and_prepare()` with `raw_dir` as TFDS's manual_dir.
+
+  On failure the builder's temporary `*.incomplete*` directories are removed,
+  so nothing half-written is left to be mistaken for a dataset; datasets
+  prepared earlier (other configs or versions) are not touched.
+  """
+  import tensorflow_datasets as tfds
+  if builder.is_prepared():
+    return
+  if raw_dir:
+    require_dir(raw_dir, f"{builder.name} raw")
+  config = tfds.download.DownloadConfig(manual_dir=raw_dir) if raw_dir else None
+  try:
+    builder.download_and_prepare(download_config=config)
+  except BaseException:
+    parent = os.path.dirname(builder.data_dir)
+    for tmp in glob.glob(os.path.join(parent, "*incomplete*")):
+      shutil.rmtree(tmp, ignore_errors=True)
+    raise
