@@ -421,10 +421,11 @@ def test_dataset_config_errors_name_the_key():
   from asgml_jax.config_schema import ConfigError, base_config, modality_config, validate
   c = base_config()
   c.dataset.name = "cremad"
-  c.modalities.visual = modality_config("small_cnn", (1, 224, 200, 3), image_augment="imagenet")
+  c.modalities.visual = modality_config("small_cnn", (1, 224, 224, 3), image_augment="imagenet")
   with pytest.raises(ConfigError, match="config.dataset.raw_dir: the cremad dataset is built"):
     validate(c)
   c.dataset.raw_dir = "/somewhere"
+  c.modalities.visual.input_shape = (1, 224, 200, 3)
   with pytest.raises(ConfigError, match=r"modalities.visual.input_shape: image_augment=imagenet "
                                         r"makes square RGB frames"):
     validate(c)
