@@ -243,7 +243,7 @@ class AvDigits(tfds.core.GeneratorBasedBuilder):
       try:
         x, rate = audio.read_wav(path, min_seconds=0.05)
       except BadInputError as e:
-        self.bad_files.report(path, str(e).split(": ", 1)[1])
+        self.bad_files.report_error(e)
         continue
       if rate != RATE:
         self.bad_files.report(path, f"sample rate {rate} Hz, expected {RATE} Hz")

@@ -177,7 +177,6 @@ class Ave(tfds.core.GeneratorBasedBuilder):
         frames = np.stack([video.load_image(os.path.join(folder, names[i]), cfg.frame_size)
                            for i in idx])
       except BadInputError as e:
-        path, problem = str(e).split(": ", 1)
-        self.bad_files.report(path, problem)
+        self.bad_files.report_error(e)
         continue
       yield vid, {"audio": spec[..., None], "visual": frames, "label": label, "video_id": vid}

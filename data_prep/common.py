@@ -26,7 +26,12 @@ from absl import logging
 
 
 class BadInputError(ValueError):
-  """A raw file (or directory) that cannot be built; the message names it."""
+  """A raw file (or directory) that cannot be built; the message is "<file>: <problem>"."""
+
+  @property
+  def path_and_problem(self) -> tuple[str, str]:
+    path, _, problem = str(self).partition(": ")
+    return path, problem
 
 
 @dataclasses.dataclass
@@ -40,6 +45,10 @@ class BadFiles:
       raise BadInputError(f"{path}: {problem}")
     logging.warning("skipping %s: %s", path, problem)
     self.skipped.append((str(path), problem))
+
+  def report_error(self, error: BadInputError) -> None:
+    """Re-raise `error`, or (skip_bad) record the file it names and go on."""
+    self.report(*error.path_and_problem)
 
   def summary(self) -> str:
     if not self.skipped:

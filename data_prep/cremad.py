@@ -108,7 +108,7 @@ class CremaD(tfds.core.GeneratorBasedBuilder):
         try:
           label_of(clip)
         except BadInputError as e:
-          self.bad_files.report(os.path.join(audio_dir, clip + ".wav"), str(e).split(": ", 1)[1])
+          self.bad_files.report(os.path.join(audio_dir, clip + ".wav"), e.path_and_problem[1])
           continue
         clips.append(clip)
     available = set(clips)
@@ -145,7 +145,6 @@ class CremaD(tfds.core.GeneratorBasedBuilder):
         spec = audio.cremad_spectrogram(x, rate, pad_mode=cfg.pad_mode)[..., None]
         frames = video.select_frames(flv, cfg.frames, cfg.frame_size, centred=True)
       except BadInputError as e:
-        path, problem = str(e).split(": ", 1)
-        self.bad_files.report(path, problem)
+        self.bad_files.report_error(e)
         continue
       yield clip, {"audio": spec, "visual": frames, "label": label_of(clip), "clip": clip}

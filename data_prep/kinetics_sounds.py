@@ -151,8 +151,7 @@ class KineticsSounds(tfds.core.GeneratorBasedBuilder):
         fbank = audio.kinetics_sounds_fbank(wave, AUDIO_RATE)[..., None]
         frames = video.select_frames(path, cfg.frames, cfg.frame_size, centred=False)
       except BadInputError as e:
-        p, problem = str(e).split(": ", 1)
-        self.bad_files.report(p, problem)
+        self.bad_files.report_error(e)
         continue
       vid = os.path.splitext(fname)[0]
       yield vid, {"audio": fbank, "visual": frames, "label": label, "video_id": vid}

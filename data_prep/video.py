@@ -10,6 +10,7 @@ crops from the stored frame).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -28,13 +29,26 @@ def _open(path: str):
     raise BadInputError(f"{path}: does not decode as a video ({type(e).__name__}: {e})") from None
 
 
-def frames_at_1fps(path: str) -> list[np.ndarray]:
-  """RGB uint8 frames, one per whole second of the clip (ffmpeg `fps=1`)."""
+@contextlib.contextmanager
+def _decoding(path: str, kind: str):
+  """The opened container; any decoding failure becomes a BadInputError naming the file."""
   container = _open(path)
   try:
-    if not container.streams.video:
-      raise BadInputError(f"{path}: has no video stream")
-    best: dict[int, tuple[float, np.ndarray]] = {}
+    if not getattr(container.streams, kind):
+      raise BadInputError(f"{path}: has no {kind} stream")
+    yield container
+  except BadInputError:
+    raise
+  except Exception as e:  # av.error.* on a damaged stream
+    raise BadInputError(f"{path}: {kind} stream does not decode ({type(e).__name__}: {e})") from None
+  finally:
+    container.close()
+
+
+def frames_at_1fps(path: str) -> list[np.ndarray]:
+  """RGB uint8 frames, one per whole second of the clip (ffmpeg `fps=1`)."""
+  best: dict[int, tuple[float, np.ndarray]] = {}
+  with _decoding(path, "video") as container:
     for frame in container.decode(video=0):
       if frame.time is None:
         continue
@@ -42,12 +56,6 @@ def frames_at_1fps(path: str) -> list[np.ndarray]:
       gap = abs(frame.time - second)
       if second not in best or gap < best[second][0]:
         best[second] = (gap, frame.to_ndarray(format="rgb24"))
-  except BadInputError:
-    raise
-  except Exception as e:
-    raise BadInputError(f"{path}: video stream does not decode ({type(e).__name__}: {e})") from None
-  finally:
-    container.close()
   return [best[k][1] for k in sorted(best)]
 
 
@@ -87,10 +95,7 @@ def load_image(path: str, size: int) -> np.ndarray:
 def audio_track(path: str, rate: int) -> np.ndarray:
   """The clip's audio as float32 mono at `rate` Hz."""
   import av
-  container = _open(path)
-  try:
-    if not container.streams.audio:
-      raise BadInputError(f"{path}: has no audio stream")
+  with _decoding(path, "audio") as container:
     resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
     chunks = []
     for frame in container.decode(audio=0):
@@ -98,12 +103,6 @@ def audio_track(path: str, rate: int) -> np.ndarray:
         chunks.append(out.to_ndarray().reshape(-1))
     for out in resampler.resample(None):
       chunks.append(out.to_ndarray().reshape(-1))
-  except BadInputError:
-    raise
-  except Exception as e:
-    raise BadInputError(f"{path}: audio stream does not decode ({type(e).__name__}: {e})") from None
-  finally:
-    container.close()
   if not chunks:
     raise BadInputError(f"{path}: audio stream holds no samples")
   return np.concatenate(chunks).astype(np.float32)

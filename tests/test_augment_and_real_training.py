@@ -72,7 +72,14 @@ def test_cremad_layout_trains_end_to_end_with_device_augmentation(tmp_path):
   c.log_every_steps = 2
   c.dataset.cremad.test_list = str(test_list)  # the shipped 744 ids are not in the fixture
   summary = train_and_evaluate(c, str(tmp_path / "run"))
-  assert summary["final"]["test"]["accuracy"] >= 0.0  # ran; shapes and dtypes checked inside
+  from asgml_jax import input_pipeline
+  data = input_pipeline.load(c)  # the prepared dataset, as the run saw it
+  assert data.train["visual"].shape == (14, 1, 24, 24, 3) and data.train["visual"].dtype == jnp.uint8
+  assert data.eval_sizes == {"validation": 4, "test": 6}
+  model_input = augment.eval_inputs(data.eval_splits["test"], augment.frame_modalities(c))
+  assert model_input["visual"].shape[1:] == (1, 16, 16, 3)
+  assert 0.0 <= summary["final"]["test"]["accuracy"] <= 1.0
+  assert np.isfinite(summary["final"]["validation"]["macro_f1"])
   with open(tmp_path / "run" / "config.json") as f:
     assert json.load(f)["modalities"]["visual"]["image_augment"] == "imagenet"
 
