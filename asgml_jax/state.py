@@ -38,6 +38,16 @@ class TrainState(flax.struct.PyTreeNode):
     return {"params": self.params}
 
 
+def distinct_buffers(tree: Any) -> Any:
+  """A copy of `tree` in which no two leaves share a device buffer.
+
+  Donating a state whose leaves alias one buffer (one `jnp.zeros` stored in
+  two fields) fails on accelerators ("donate the same buffer twice"), so
+  anything handed to a donating step goes through this first.
+  """
+  return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+
+
 def create_train_state(model, tx, example_batch: dict, key: jnp.ndarray,
                        probe_cfg=None) -> TrainState:
   """Initialises params (OGM-GE-reference init), optimizer and probe state from `key`."""
@@ -47,7 +57,7 @@ def create_train_state(model, tx, example_batch: dict, key: jnp.ndarray,
   variables = jax.jit(lambda k1, k2, b: model.init({"params": k1, "dropout": k2}, b, train=False))(
       init_key, dropout_key, example_batch)
   params = variables["params"]
-  return TrainState(
+  return distinct_buffers(TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
       batch_stats=variables.get("batch_stats", {}),
@@ -55,4 +65,4 @@ def create_train_state(model, tx, example_batch: dict, key: jnp.ndarray,
       rng=rng,
       health=jnp.asarray(HEALTHY, jnp.int32),
       probe_state=(init_probe_state(probe_cfg, probe_key, model.feature_dim)
-                   if probe_cfg is not None else None))
+                   if probe_cfg is not None else None)))
