@@ -23,7 +23,7 @@ FUSIONS = ("concat", "sum", "film", "gated")
 DATASETS = ("synthetic", "av_digits", "cremad", "ave", "kinetics_sounds", "mmsa", "npz")
 METHODS = ("baseline", "ogm", "ogm_ge", "boost", "boost_ogm", "frequency", "frequency_control",
            "staleness", "adaptive")
-COMPUTE_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
 
 
 class ConfigError(ValueError):
@@ -56,6 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
   """Every key an experiment may set, with the SPEC §6 defaults."""
   c = ml_collections.ConfigDict()
   c.seed = 42
+  # Seeds of `launch.sweep` when --seeds is not given (SPEC §6: 42, 0, 1, 2, 3;
+  # the 3-frame CREMA-D config uses 42, 123, 456, 789, 1024).
+  c.sweep_seeds = (42, 0, 1, 2, 3)
 
   c.dataset = ml_collections.ConfigDict(dict(
       name="synthetic",
@@ -126,6 +129,8 @@ def base_config() -> ml_collections.ConfigDict:
       # split: unimodal logits from the split fusion weight (concat) or the
       # per-modality fusion layers (sum); separate: Linear(D -> C) heads.
       unimodal_heads="split",
+      # Activations' dtype; params, optimizer state, loss, softmax, OGM scores and
+      # probe signals stay float32. auto: bfloat16 on GPU/TPU, float32 on CPU.
       compute_dtype="float32",
   ))
 
@@ -251,6 +256,14 @@ def _positive(cfg, key: str, *, integer: bool = False) -> None:
            key, f"must be a positive {'integer' if integer else 'number'}, got {value!r}")
 
 
+def resolve_compute_dtype(name: str) -> str:
+  """"auto" -> "bfloat16" on accelerators (the seeds' AMP), "float32" on the CPU."""
+  if name != "auto":
+    return name
+  import jax
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks keys and values; returns the config unchanged or raises ConfigError."""
   _check_keys(config, base_config(), "")
@@ -258,6 +271,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of(config.method.name, METHODS, "method.name")
   _one_of(config.model.fusion, FUSIONS, "model.fusion")
   _one_of(config.model.compute_dtype, COMPUTE_DTYPES, "model.compute_dtype")
+  seeds = tuple(config.sweep_seeds)
+  _require(len(seeds) > 0 and all(isinstance(x, int) for x in seeds)
+           and len(set(seeds)) == len(seeds), "sweep_seeds",
+           f"must be distinct integers, got {seeds!r}")
   for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
               "checkpoint_keep", "model.feature_dim", "optimizer.lr_step_epochs"):
     _positive(config, key, integer=True)

@@ -111,7 +111,7 @@ class MultimodalClassifier(nn.Module):
 
 def model_from_config(config, num_classes: int) -> MultimodalClassifier:
   """Builds the classifier a (validated) config describes."""
-  from asgml_jax.config_schema import modality_names
+  from asgml_jax.config_schema import modality_names, resolve_compute_dtype
   specs = tuple(
       EncoderSpec(name=n, encoder=config.modalities[n].encoder,
                   cnn_width=config.modalities[n].cnn_width,
@@ -124,4 +124,4 @@ def model_from_config(config, num_classes: int) -> MultimodalClassifier:
       condition_modality=config.model.condition_modality,
       unimodal_head_stop_gradient=config.model.unimodal_head_stop_gradient,
       unimodal_heads=config.model.unimodal_heads,
-      dtype=jnp.dtype(config.model.compute_dtype))
+      dtype=jnp.dtype(resolve_compute_dtype(config.model.compute_dtype)))
