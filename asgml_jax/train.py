@@ -8,77 +8,44 @@ run summary at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
-import os
-import sys
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from absl import logging
-from clu import metric_writers, periodic_actions
 
-from asgml_jax import augment, checkpointing, input_pipeline, optim, steps
-from asgml_jax.config_schema import ConfigError, effective_config, modality_names, validate
+from asgml_jax import augment, input_pipeline, optim, run_dir, steps
+from asgml_jax.config_schema import effective_config, modality_names, validate
 from asgml_jax.metrics import ConfusionMatrix, summarize_confusions, train_metrics_collection
 from asgml_jax.models import model_from_config
 from asgml_jax.probes import probe_config_from
-from asgml_jax.state import create_train_state
+from asgml_jax.state import create_train_state, distinct_buffers
 
-# Keys whose value may change between a run and its resumption.
-RESUMABLE_CHANGES = ("num_epochs", "log_every_steps")
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
+SUMMARY_FILE = run_dir.SUMMARY_FILE
 
 
 class NonFiniteError(FloatingPointError):
   """The loss or a gradient became NaN/inf; names the step and the culprit."""
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
-def _check_config_matches_workdir(config, workdir: str) -> None:
-  """A workdir belongs to one experiment: resuming it with another config
-  would silently mix two runs, so refuse and name the keys that differ."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  current = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    old, new = _flatten(saved), _flatten(current)
-    differ = sorted(k for k in set(old) | set(new)
-                    if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
-    if differ:
-      raise ConfigError(
-          f"config.{differ[0]}: differs from the run already in {workdir} "
-          f"({len(differ)} key(s): {', '.join(differ[:5])}); use a new --workdir")
-  os.makedirs(workdir, exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(current, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
-def _raise_if_unhealthy(state, names, steps_per_epoch: int) -> None:
-  bad_step, code = (int(x) for x in jax.device_get(state.health))
+def nonfinite_message(health, names, steps_per_epoch: int) -> str | None:
+  """What `state.health` ([first bad step, code]) says went non-finite, or None."""
+  bad_step, code = (int(x) for x in health)
   if bad_step < 0:
-    return
+    return None
   what = ("the loss" if code == 0 else
           f"the gradient of encoder '{names[code - 1]}'" if code <= len(names) else
           "the gradient of the fusion/heads")
-  raise NonFiniteError(f"non-finite {what} at step {bad_step} (epoch "
-                       f"{bad_step // steps_per_epoch + 1}); stopped; checkpoints hold only "
-                       f"the epochs before it")
+  return (f"non-finite {what} at step {bad_step} (epoch {bad_step // steps_per_epoch + 1}); "
+          f"stopped; checkpoints hold only the epochs before it")
+
+
+def _raise_if_unhealthy(state, names, steps_per_epoch: int) -> None:
+  message = nonfinite_message(jax.device_get(state.health), names, steps_per_epoch)
+  if message:
+    raise NonFiniteError(message)
 
 
 def _field(metric: str) -> str:
@@ -86,14 +53,9 @@ def _field(metric: str) -> str:
   return metric.replace("/", "__")
 
 
-def _tag(field: str) -> str:
-  """Collection field -> TensorBoard tag; plain names go under train/."""
-  name = field.replace("__", "/")
-  return name if "/" in name else f"train/{name}"
-
-
-def make_train_fn(model, tx, config, steps_per_epoch: int, state, example_batch, probe_cfg):
-  """Jitted (state, metrics_acc, train_data, perm, i) -> (state, metrics_acc).
+def make_train_body(model, tx, config, steps_per_epoch: int, state, example_batch, probe_cfg):
+  """Un-jitted (state, metrics_acc, train_data, perm, i) -> (state, metrics_acc),
+  and its metrics Collection. `make_train_fn` jits it; the sweep vmaps it first.
 
   The metric names are read off the step itself (`jax.eval_shape`), so each
   method logs whatever signals its transformations keep.
@@ -106,12 +68,7 @@ def make_train_fn(model, tx, config, steps_per_epoch: int, state, example_batch,
   metric_keys = sorted(jax.eval_shape(step_fn, state, example_batch)[1])
   collection = train_metrics_collection([_field(k) for k in metric_keys])
 
-  # Donation saves a copy of the state per step on accelerators; XLA:CPU
-  # cannot use donated buffers and would only warn.
-  donate = () if jax.default_backend() == "cpu" else (0, 1)
-
-  @functools.partial(jax.jit, donate_argnums=donate)
-  def train_fn(state, metrics_acc, data, perm, batch_index):
+  def train_body(state, metrics_acc, data, perm, batch_index):
     batch = input_pipeline.gather_batch(data, perm, batch_index, config.batch_size)
     if frame_sizes:
       aug_key = jax.random.fold_in(jax.random.fold_in(state.rng, 0xA06), state.step)
@@ -120,14 +77,32 @@ def make_train_fn(model, tx, config, steps_per_epoch: int, state, example_batch,
     fields = {_field(k): v for k, v in metrics.items()}
     return state, metrics_acc.merge(collection.single_from_model_output(**fields))
 
-  return train_fn, collection
+  return train_body, collection
 
 
-def make_eval_fn(model, batch_size: int, probe_cfg, frame_sizes=None):
-  """Jitted (state, split_data, start) -> {head or probe: ConfusionMatrix}."""
+def fresh_metrics(collection):
+  """An empty accumulator with a buffer per field: the step donates it, and
+  clu's empty metrics may share one zero buffer between fields."""
+  return distinct_buffers(collection.empty())
 
-  @jax.jit
-  def eval_fn(state, data, start):
+
+def donated_args(*argnums: int) -> tuple[int, ...]:
+  """Donation saves a copy of the state per step on accelerators; XLA:CPU
+  cannot use donated buffers and would only warn."""
+  return () if jax.default_backend() == "cpu" else argnums
+
+
+def make_train_fn(model, tx, config, steps_per_epoch: int, state, example_batch, probe_cfg):
+  """Jitted `make_train_body`, with the state and metric accumulator donated."""
+  body, collection = make_train_body(model, tx, config, steps_per_epoch, state, example_batch,
+                                     probe_cfg)
+  return jax.jit(body, donate_argnums=donated_args(0, 1)), collection
+
+
+def make_eval_body(model, batch_size: int, probe_cfg, frame_sizes=None):
+  """Un-jitted (state, split_data, start) -> {head or probe: ConfusionMatrix}."""
+
+  def eval_body(state, data, start):
     batch = input_pipeline.slice_batch(data, start, batch_size)
     if frame_sizes:
       batch = augment.eval_inputs(batch, frame_sizes)
@@ -135,109 +110,124 @@ def make_eval_fn(model, batch_size: int, probe_cfg, frame_sizes=None):
     return {k: ConfusionMatrix.from_logits(v, batch["label"], batch["mask"])
             for k, v in logits.items()}
 
-  return eval_fn
+  return eval_body
 
 
-def evaluate(eval_fn, state, split_data: dict, batch_size: int) -> dict[str, float]:
+def make_eval_fn(model, batch_size: int, probe_cfg, frame_sizes=None):
+  """Jitted (state, split_data, start) -> {head or probe: ConfusionMatrix}."""
+  return jax.jit(make_eval_body(model, batch_size, probe_cfg, frame_sizes))
+
+
+def accumulate_confusions(eval_fn, state, split_data: dict, batch_size: int) -> dict:
+  """Sum of `eval_fn`'s confusion counts over the split, still on the device."""
   total = None
   for start in range(0, split_data["label"].shape[0], batch_size):
     part = eval_fn(state, split_data, start)
     total = part if total is None else {k: total[k].merge(part[k]) for k in total}
-  return summarize_confusions({k: v.compute() for k, v in total.items()})
+  return {k: v.counts for k, v in total.items()}
 
 
-def _progress_line(epoch, num_epochs, step, total, scalars, names, rate, eta) -> str:
+def evaluate(eval_fn, state, split_data: dict, batch_size: int) -> dict[str, float]:
+  counts = jax.device_get(accumulate_confusions(eval_fn, state, split_data, batch_size))
+  return summarize_confusions(counts)
+
+
+def progress_line(epoch, num_epochs, step, total, scalars, names, rate, prefix="") -> str:
   uni = " ".join(f"{m} {scalars[f'unimodal_accuracy_{m}']:.3f}" for m in names)
-  return (f"epoch {epoch + 1}/{num_epochs}  step {step}/{total}  loss {scalars['loss']:.4f}  "
-          f"acc {scalars['accuracy']:.3f}  unimodal acc: {uni}  probe gap "
+  return (f"{prefix}epoch {epoch + 1}/{num_epochs}  step {step}/{total}  loss "
+          f"{scalars['loss']:.4f}  acc {scalars['accuracy']:.3f}  unimodal acc: {uni}  probe gap "
           f"{scalars[_field('probe/utilization_gap')]:.3f}  |  {rate:.1f} steps/s  "
-          f"ETA {time.strftime('%H:%M:%S', time.gmtime(max(eta, 0)))}")
+          f"ETA {run_dir.eta((total - step) / max(rate, 1e-9))}")
 
 
-def _summary(history: list[dict], config, workdir: str) -> dict:
-  """Run summary (SPEC §7): best-by-validation, final, convergence, wall-clock."""
-  best = max(history, key=lambda h: (h["validation"]["accuracy"], -h["epoch"]))
-  final = history[-1]
-  target = 0.9 * final["test"]["accuracy"]
-  convergence = next(h["epoch"] for h in history if h["test"]["accuracy"] >= target)
-  best_on_test = max(history, key=lambda h: h["test"]["accuracy"])
-  return {
-      "workdir": os.path.abspath(workdir),
-      "num_epochs": len(history),
-      "best_val_epoch": best["epoch"],
-      "at_best_val": {"validation": best["validation"], "test": best["test"]},
-      "final": {"validation": final["validation"], "test": final["test"]},
-      "convergence_epoch": convergence,
-      # SPEC §7: mean probe utilization gap over the last 10 epochs.
-      "utilization_gap_last10": {
-          split: float(np.mean([h[split]["utilization_gap"] for h in history[-10:]]))
-          for split in ("validation", "test")},
-      "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])),
-      # Only for comparison with papers that select on test; never for model selection.
-      "best_on_test_for_literature_comparison": {"epoch": best_on_test["epoch"],
-                                                 "accuracy": best_on_test["test"]["accuracy"]},
-      "seed": config.seed,
-  }
+@dataclasses.dataclass
+class RunSetup:
+  """What a run (or every seed of a sweep) shares: data, model, optimizer, probes."""
+  config: Any
+  names: tuple[str, ...]
+  data: input_pipeline.DeviceData
+  steps_per_epoch: int
+  model: Any
+  tx: Any
+  probe_cfg: Any
+  example: dict
+  frame_sizes: dict
+
+
+def setup_run(config) -> RunSetup:
+  """Validates `config`, loads its data onto the device and builds model and optimizer."""
+  config = effective_config(validate(config))
+  data = input_pipeline.load(config)
+  steps_per_epoch = data.num_train // config.batch_size
+  model = model_from_config(config, data.num_classes)
+  frame_sizes = augment.frame_modalities(config)
+  example = augment.eval_inputs(
+      input_pipeline.gather_batch(data.train, jnp.arange(config.batch_size), 0,
+                                  config.batch_size), frame_sizes)
+  return RunSetup(config=config, names=modality_names(config), data=data,
+                  steps_per_epoch=steps_per_epoch, model=model,
+                  tx=optim.make_optimizer(config, steps_per_epoch),
+                  probe_cfg=probe_config_from(config, data.num_classes), example=example,
+                  frame_sizes=frame_sizes)
+
+
+def run_keys(seed: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(init key, data-order key) of a seed."""
+  init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
+  return init_key, data_key
+
+
+def fresh_state(setup: RunSetup, seed: int):
+  """The untrained state of `seed`: its own init, probe init and GE-noise key."""
+  tx = setup.tx if seed == setup.config.seed else optim.make_optimizer(
+      with_seed(setup.config, seed), setup.steps_per_epoch)
+  return create_train_state(setup.model, tx, setup.example, run_keys(seed)[0], setup.probe_cfg)
+
+
+def with_seed(config, seed: int):
+  """A copy of `config` with `seed` (the only key a sweep's runs differ in)."""
+  out = config.copy_and_resolve_references()
+  with out.unlocked():
+    out.seed = int(seed)
+  return out
+
+
+def eval_record(epoch: int, validation: dict, test: dict, seconds: float) -> dict:
+  return {"epoch": epoch, "validation": validation, "test": test, "seconds": seconds}
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds a run); returns the summary."""
-  config = effective_config(validate(config))
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  _check_config_matches_workdir(config, workdir)
-  names = modality_names(config)
-
-  data = input_pipeline.load(config)
-  steps_per_epoch = data.num_train // config.batch_size
+  setup = setup_run(config)
+  config, names, data = setup.config, setup.names, setup.data
+  steps_per_epoch = setup.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
-  model = model_from_config(config, data.num_classes)
-  tx = optim.make_optimizer(config, steps_per_epoch)
-  root_key = jax.random.PRNGKey(config.seed)
-  init_key, data_key = jax.random.split(root_key)
-  example = augment.eval_inputs(
-      input_pipeline.gather_batch(data.train, jnp.arange(config.batch_size), 0,
-                                  config.batch_size), augment.frame_modalities(config))
-  probe_cfg = probe_config_from(config, data.num_classes)
-  state = create_train_state(model, tx, example, init_key, probe_cfg)
+  data_key = run_keys(config.seed)[1]
 
-  ckpts = checkpointing.Checkpoints(workdir, config.checkpoint_keep)
-  restored = ckpts.restore_latest(state)
-  if restored is not None:
-    state, meta = restored
-    history = meta["history"]
-    logging.info("resumed from step %d in %s", int(state.step), workdir)
-  else:
-    history = []
-    if config.init_from:
-      state = checkpointing.restore_init_from(config.init_from, state)
-      logging.info("initialised params from %s", config.init_from)
+  run = run_dir.RunDir(config, workdir)
+  state = distinct_buffers(run.restore(fresh_state(setup, config.seed)))
   start_step = int(state.step)
   if start_step % steps_per_epoch:
     raise RuntimeError(f"checkpoint at step {start_step} is not at an epoch boundary "
                        f"({steps_per_epoch} steps per epoch)")
-  start_epoch = start_step // steps_per_epoch
-
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in _flatten(json.loads(config.to_json_best_effort())).items()
-                          if isinstance(v, (int, float, str, bool))})
-  progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+    run.write_hparams()
+  from clu import periodic_actions  # after the data: keeps TensorFlow off the import path
+  progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=run.writer,
                                              every_steps=config.log_every_steps)
-  train_fn, collection = make_train_fn(model, tx, config, steps_per_epoch, state, example,
-                                       probe_cfg)
-  eval_fn = make_eval_fn(model, config.eval_batch_size, probe_cfg,
-                         augment.frame_modalities(config))
-  best_val = max((h["validation"]["accuracy"] for h in history), default=-1.0)
+  train_fn, collection = make_train_fn(setup.model, setup.tx, config, steps_per_epoch, state,
+                                       setup.example, setup.probe_cfg)
+  eval_fn = make_eval_fn(setup.model, config.eval_batch_size, setup.probe_cfg, setup.frame_sizes)
 
-  print(f"training {config.method.name} on {config.dataset.name} ({', '.join(names)}): "
-        f"{config.num_epochs} epochs x {steps_per_epoch} steps, workdir {workdir}", flush=True)
+  run_dir.log(f"training {config.method.name} on {config.dataset.name} ({', '.join(names)}): "
+              f"{config.num_epochs} epochs x {steps_per_epoch} steps, workdir {run.workdir}")
   step = start_step
   window_start, window_step = time.time(), step
   try:
-    for epoch in range(start_epoch, config.num_epochs):
+    for epoch in range(start_step // steps_per_epoch, config.num_epochs):
       epoch_start = time.time()
       perm = input_pipeline.epoch_permutation(data_key, epoch, data.num_train)
-      metrics_acc = collection.empty()
+      metrics_acc = fresh_metrics(collection)
       for batch_index in range(steps_per_epoch):
         state, metrics_acc = train_fn(state, metrics_acc, data.train, perm, batch_index)
         step += 1
@@ -245,41 +235,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if step % config.log_every_steps == 0 or batch_index == steps_per_epoch - 1:
           scalars = {k: float(v) for k, v in metrics_acc.compute().items()}
           _raise_if_unhealthy(state, names, steps_per_epoch)
-          writer.write_scalars(step, {_tag(k): v for k, v in scalars.items()})
+          run.write_train_scalars(step, scalars)
           now = time.time()
           rate = (step - window_step) / max(now - window_start, 1e-9)
-          print(_progress_line(epoch, config.num_epochs, step, total_steps, scalars, names, rate,
-                               (total_steps - step) / max(rate, 1e-9)), flush=True)
+          run_dir.log(progress_line(epoch, config.num_epochs, step, total_steps, scalars, names,
+                                    rate))
           window_start, window_step = now, step
-          metrics_acc = collection.empty()
-      record = {"epoch": epoch + 1}
-      for split in ("validation", "test"):
-        record[split] = evaluate(eval_fn, state, data.eval_splits[split], config.eval_batch_size)
-        writer.write_scalars(step, {f"{'eval' if split == 'validation' else 'test'}/{k}": v
-                                    for k, v in record[split].items()})
-      record["seconds"] = time.time() - epoch_start
-      history.append(record)
-      is_best = record["validation"]["accuracy"] > best_val
-      best_val = max(best_val, record["validation"]["accuracy"])
-      ckpts.save(step, state, {"epoch": epoch + 1, "history": history}, is_best=is_best)
-      print(f"epoch {epoch + 1}: val acc {record['validation']['accuracy']:.4f} "
-            f"f1 {record['validation']['macro_f1']:.4f} | test acc "
-            f"{record['test']['accuracy']:.4f} f1 {record['test']['macro_f1']:.4f} | "
-            + " ".join(f"{m} {record['validation'][f'unimodal_accuracy_{m}']:.3f}" for m in names)
-            + f" | probe gap {record['validation']['utilization_gap']:.3f}"
-            + f" | {record['seconds']:.1f}s", flush=True)
-      writer.flush()
+          metrics_acc = fresh_metrics(collection)
+      splits = {s: evaluate(eval_fn, state, data.eval_splits[s], config.eval_batch_size)
+                for s in ("validation", "test")}
+      record = eval_record(epoch + 1, splits["validation"], splits["test"],
+                           time.time() - epoch_start)
+      run.end_epoch(step, state, record)
+      run_dir.log(run_dir.epoch_line(record, names))
   finally:
-    ckpts.wait()
-    ckpts.close()
-    writer.flush()
+    run.close()
 
-  summary = _summary(history, config, workdir)
-  path = os.path.join(workdir, SUMMARY_FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump(summary, f, indent=2)
-  os.replace(path + ".tmp", path)
-  print(f"done: best val acc {summary['at_best_val']['validation']['accuracy']:.4f} at epoch "
-        f"{summary['best_val_epoch']} (test {summary['at_best_val']['test']['accuracy']:.4f}); "
-        f"summary {path}; TensorBoard: tensorboard --logdir {workdir}", file=sys.stdout, flush=True)
+  summary = run.finish()
+  run_dir.log(run_dir.done_line(summary) + f"; TensorBoard: tensorboard --logdir {run.workdir}")
   return summary

@@ -1,0 +1,197 @@
+"""RunDir: everything one run writes in its workdir, shared by single runs and sweeps.
+
+A run directory holds `config.json` (the experiment it belongs to), orbax
+checkpoints (latest N and best-by-validation, with the eval history in their
+meta), TensorBoard event files written through a clu metric writer, and
+`summary.json` once training ends. A sweep writes one such directory per
+(variant, seed), so every tool that reads a single run reads a sweep's runs too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from asgml_jax import checkpointing
+from asgml_jax.config_schema import ConfigError
+
+# Keys whose value may change between a run and its resumption.
+RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "sweep_seeds")
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _write_json_atomically(path: str, payload) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)
+
+
+def check_config_matches_workdir(config, workdir: str) -> None:
+  """A workdir belongs to one experiment: resuming it with another config
+  would silently mix two runs, so refuse and name the keys that differ."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  current = json.loads(config.to_json_best_effort())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    old, new = flatten(saved), flatten(current)
+    differ = sorted(k for k in set(old) | set(new)
+                    if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if differ:
+      raise ConfigError(
+          f"config.{differ[0]}: differs from the run already in {workdir} "
+          f"({len(differ)} key(s): {', '.join(differ[:5])}); use a new --workdir")
+  os.makedirs(workdir, exist_ok=True)
+  _write_json_atomically(path, current)
+
+
+def summarize(history: list[dict], config, workdir: str) -> dict:
+  """Run summary (SPEC §7): best-by-validation, final, convergence, wall-clock."""
+  best = max(history, key=lambda h: (h["validation"]["accuracy"], -h["epoch"]))
+  final = history[-1]
+  target = 0.9 * final["test"]["accuracy"]
+  convergence = next(h["epoch"] for h in history if h["test"]["accuracy"] >= target)
+  best_on_test = max(history, key=lambda h: h["test"]["accuracy"])
+  return {
+      "workdir": os.path.abspath(workdir),
+      "num_epochs": len(history),
+      "best_val_epoch": best["epoch"],
+      "at_best_val": {"validation": best["validation"], "test": best["test"]},
+      "final": {"validation": final["validation"], "test": final["test"]},
+      "convergence_epoch": convergence,
+      # SPEC §7: mean probe utilization gap over the last 10 epochs.
+      "utilization_gap_last10": {
+          split: float(np.mean([h[split]["utilization_gap"] for h in history[-10:]]))
+          for split in ("validation", "test")},
+      "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])),
+      # Only for comparison with papers that select on test; never for model selection.
+      "best_on_test_for_literature_comparison": {"epoch": best_on_test["epoch"],
+                                                 "accuracy": best_on_test["test"]["accuracy"]},
+      "seed": config.seed,
+      "method": config.method.name,
+  }
+
+
+def train_tag(field: str) -> str:
+  """Collection field -> TensorBoard tag ("probe__acc_audio" -> "probe/acc_audio");
+  plain names go under train/."""
+  name = field.replace("__", "/")
+  return name if "/" in name else f"train/{name}"
+
+
+class RunDir:
+  """One run's directory: config check, writer, checkpoints, history, summary."""
+
+  def __init__(self, config, workdir: str):
+    self.config = config
+    self.workdir = os.path.abspath(os.path.expanduser(workdir))
+    check_config_matches_workdir(config, self.workdir)
+    self.checkpoints = checkpointing.Checkpoints(self.workdir, config.checkpoint_keep)
+    from clu import metric_writers  # imports TensorFlow: only where a run writes logs
+    self.writer = metric_writers.create_default_writer(
+        self.workdir, just_logging=jax.process_index() > 0)
+    self.history: list[dict] = []
+    self.best_val = -1.0
+
+  def latest_step(self) -> int | None:
+    return self.checkpoints.latest.latest_step()
+
+  def has_step(self, step: int) -> bool:
+    return step in self.checkpoints.latest.all_steps()
+
+  def restore(self, fresh_state, step: int | None = None):
+    """The state to start from: the checkpoint at `step` (default latest; 0 means
+    none), else `config.init_from`'s params, else `fresh_state`. Loads the eval
+    history that goes with it."""
+    found = (None if step == 0 else
+             checkpointing.restore(self.checkpoints.latest, fresh_state, step))
+    if found is not None:
+      state, meta = found
+      self.history = list(meta["history"])
+      self.best_val = max((h["validation"]["accuracy"] for h in self.history), default=-1.0)
+      logging.info("resumed from step %d in %s", int(state.step), self.workdir)
+      return state
+    self.history, self.best_val = [], -1.0
+    if self.config.init_from:
+      logging.info("initialised params from %s", self.config.init_from)
+      return checkpointing.restore_init_from(self.config.init_from, fresh_state)
+    return fresh_state
+
+  def write_hparams(self) -> None:
+    self.writer.write_hparams({k: v for k, v in
+                               flatten(json.loads(self.config.to_json_best_effort())).items()
+                               if isinstance(v, (int, float, str, bool))})
+
+  def write_train_scalars(self, step: int, scalars: dict) -> None:
+    self.writer.write_scalars(step, {train_tag(k): v for k, v in scalars.items()})
+
+  def end_epoch(self, step: int, state, record: dict) -> None:
+    """Logs the epoch's eval record and checkpoints the state (best too if it is)."""
+    for split in ("validation", "test"):
+      self.writer.write_scalars(step, {f"{'eval' if split == 'validation' else 'test'}/{k}": v
+                                       for k, v in record[split].items()})
+    self.history.append(record)
+    is_best = record["validation"]["accuracy"] > self.best_val
+    self.best_val = max(self.best_val, record["validation"]["accuracy"])
+    if not self.has_step(step):  # a resumed sweep may re-reach a step a seed already saved
+      self.checkpoints.save(step, state, {"epoch": record["epoch"], "history": self.history},
+                            is_best=is_best)
+    self.writer.flush()
+
+  def finish(self) -> dict:
+    summary = summarize(self.history, self.config, self.workdir)
+    _write_json_atomically(os.path.join(self.workdir, SUMMARY_FILE), summary)
+    return summary
+
+  def fail(self, message: str) -> dict:
+    """Records in summary.json that the run stopped (non-finite), for reports."""
+    summary = {"workdir": self.workdir, "seed": self.config.seed,
+               "method": self.config.method.name, "error": message,
+               "num_epochs": len(self.history)}
+    _write_json_atomically(os.path.join(self.workdir, SUMMARY_FILE), summary)
+    return summary
+
+  def close(self) -> None:
+    self.checkpoints.wait()
+    self.checkpoints.close()
+    self.writer.flush()
+
+
+def epoch_line(record: dict, names, prefix: str = "") -> str:
+  return (f"{prefix}epoch {record['epoch']}: val acc {record['validation']['accuracy']:.4f} "
+          f"f1 {record['validation']['macro_f1']:.4f} | test acc "
+          f"{record['test']['accuracy']:.4f} f1 {record['test']['macro_f1']:.4f} | "
+          + " ".join(f"{m} {record['validation'][f'unimodal_accuracy_{m}']:.3f}" for m in names)
+          + f" | probe gap {record['validation']['utilization_gap']:.3f}"
+          + f" | {record['seconds']:.1f}s")
+
+
+def done_line(summary: dict) -> str:
+  return (f"done: best val acc {summary['at_best_val']['validation']['accuracy']:.4f} at epoch "
+          f"{summary['best_val_epoch']} (test {summary['at_best_val']['test']['accuracy']:.4f}); "
+          f"summary {os.path.join(summary['workdir'], SUMMARY_FILE)}")
+
+
+def eta(seconds: float) -> str:
+  return time.strftime("%H:%M:%S", time.gmtime(max(seconds, 0)))
+
+
+def log(line: str) -> None:
+  print(line, file=sys.stdout, flush=True)
