@@ -1,0 +1,238 @@
+"""Seed sweeps: S seeds of one config trained by one jit-compiled program.
+
+The S train states are stacked on a leading seed axis, and
+`train.make_train_body` (forward, loss, probes, `tx.update`, metric
+accumulation) and the eval step are mapped over it inside one `jax.jit`:
+
+- "vmap" (MLP encoders): `jax.vmap` over the seed axis, so every matmul is
+  one batched op for all seeds (x4.5 per seed on an H100 for MOSEI's MLPs);
+- "unroll" (convolutional encoders): the body traced once per seed into the
+  same program. A vmapped convolution with per-seed kernels becomes a grouped
+  convolution, which both XLA:CPU (densified) and cuDNN (9x slower for
+  ResNet-18 on an H100) run far slower than S plain ones; unrolling keeps
+  each seed's convolutions as fast as a single run's and still saves the
+  per-run compile, data load and per-step dispatch. `seed_axis_mode`
+  chooses; `--seed_axis` overrides.
+
+What differs per seed is exactly what differs between separate runs:
+
+- the init key (`train.run_keys(seed)`), hence params, probes and the state rng
+  that dropout and frame augmentation fold the step into;
+- the GE / boost noise key, which `tx.init` seeds from `config.seed`, so each
+  seed's optimizer state is initialised by its own `tx` (the update is the same
+  function for every seed, and only the first seed's `tx` is traced);
+- the data order: each seed's epoch permutation comes from its own data key,
+  and the (S, N) permutations index the one device-resident copy of the train
+  split, so every seed gathers its own batches on the device.
+
+Each seed writes an ordinary run directory (`run_dir.RunDir`): config.json,
+checkpoints, TensorBoard events, summary.json, exactly as `launch.train` would,
+so a sweep's runs are read, resumed and reported like single runs.
+
+Resuming: every seed restarts from the newest epoch all of them have saved
+(seeds are saved one after another, so a kill can land between two of them);
+a seed already past it re-trains that epoch, deterministically, and its saved
+checkpoint is kept rather than rewritten.
+
+Numerics: a vmapped step batches each matmul / convolution over seeds and an
+unrolled one is fused differently, so XLA may reassociate float sums: a seed's
+metrics in a sweep match its separate run to float tolerance, not bit for
+bit (tests/test_sweep.py states the tolerance). With S = 1 the program is the
+plain run's up to the same caveat.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from asgml_jax import input_pipeline, run_dir, train
+from asgml_jax.config_schema import ConfigError
+from asgml_jax.metrics import summarize_confusions
+
+
+def stack(trees: Sequence) -> object:
+  """[tree_s] -> one tree with a leading seed axis on every leaf."""
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack(tree, index: int):
+  """Seed `index`'s slice of a stacked tree."""
+  return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+SEED_AXIS_MODES = ("auto", "vmap", "unroll")
+
+
+def seed_axis_mode(config, requested: str = "auto") -> str:
+  """How the seed axis is compiled: "vmap" or "unroll" (see the module docstring).
+
+  auto: "unroll" when an encoder is convolutional, "vmap" when all are MLPs.
+  Measured (per seed and step, baseline; docs/benchmarks.md):
+  - 2-core CPU, default config: one run 69-87 ms; vmap S=3 163 ms; unroll
+    S=3 67 ms. XLA:CPU turns a convolution with per-seed kernels into a
+    grouped convolution and densifies it.
+  - H100, CREMA-D ResNet-18 bf16: one run 11.75 ms; vmap S=5 103 ms (grouped
+    convolutions, 9x slower); unroll S=5 11.68 ms (one run already keeps the
+    GPU busy at ~128 TFLOP/s, so seeds cannot share much).
+  - H100, MOSEI MLPs: vmap S=5 0.23 ms against 1.05 ms for one run (x4.5).
+  """
+  if requested not in SEED_AXIS_MODES:
+    raise ConfigError(f"--seed_axis: {requested!r} is not one of {', '.join(SEED_AXIS_MODES)}")
+  if requested != "auto":
+    return requested
+  convolutional = any(config.modalities[m].encoder != "mlp" for m in config.modalities)
+  return "unroll" if convolutional else "vmap"
+
+
+def _over_seeds(body, num_seeds: int, mode: str, in_axes):
+  """`body` mapped over the leading seed axis of the arguments `in_axes` marks 0."""
+  if mode == "vmap":
+    return jax.vmap(body, in_axes=in_axes)
+
+  def unrolled(*args):
+    outs = [body(*(a if ax is None else unstack(a, s) for a, ax in zip(args, in_axes)))
+            for s in range(num_seeds)]
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outs)
+  return unrolled
+
+
+def make_sweep_fns(setup: train.RunSetup, one_state, num_seeds: int, mode: str = "vmap"):
+  """(train_fn, eval_fn, collection, empty_metrics) for S seeds, in one program each.
+
+  train_fn(states, metrics, data, perms_SxN, i) and eval_fn(states, split, start)
+  are the single-run bodies mapped over the seed axis of the states (and of
+  the permutations, for training); the data are shared, not copied per seed.
+  """
+  body, collection = train.make_train_body(setup.model, setup.tx, setup.config,
+                                           setup.steps_per_epoch, one_state, setup.example,
+                                           setup.probe_cfg)
+  train_fn = jax.jit(_over_seeds(body, num_seeds, mode, (0, 0, None, 0, None)),
+                     donate_argnums=train.donated_args(0, 1))
+  eval_body = train.make_eval_body(setup.model, setup.config.eval_batch_size, setup.probe_cfg,
+                                   setup.frame_sizes)
+  eval_fn = jax.jit(_over_seeds(eval_body, num_seeds, mode, (0, None, None)))
+  empty = lambda: stack([train.fresh_metrics(collection) for _ in range(num_seeds)])
+  return train_fn, eval_fn, collection, empty
+
+
+def _common_start_step(runs: Sequence[run_dir.RunDir], steps_per_epoch: int) -> int:
+  latest = [run.latest_step() or 0 for run in runs]
+  common = min(latest)
+  for run, step in zip(runs, latest):
+    if step % steps_per_epoch:
+      raise RuntimeError(f"{run.workdir}: checkpoint at step {step} is not at an epoch boundary "
+                         f"({steps_per_epoch} steps per epoch)")
+    if common and not run.has_step(common):
+      raise RuntimeError(
+          f"{run.workdir}: the other seeds resume from step {common}, but this seed kept only "
+          f"later checkpoints ({run.checkpoints.latest.all_steps()}); raise "
+          f"config.checkpoint_keep or start the sweep in a new --workdir")
+  return common
+
+
+def _split_eval(counts_stacked: dict, num_seeds: int) -> list[dict]:
+  counts = jax.device_get(counts_stacked)
+  return [summarize_confusions({k: v[s] for k, v in counts.items()}) for s in range(num_seeds)]
+
+
+def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
+                seed_axis: str = "auto") -> list[dict]:
+  """Trains `config` for every seed in one compiled program; seed s writes `workdirs[s]`.
+
+  Returns the per-seed summaries (dicts with an "error" key for a seed whose
+  loss or gradients went non-finite: that seed is frozen by the step's guard,
+  stops being checkpointed, and the others train on).
+  """
+  if len(seeds) != len(workdirs) or not seeds:
+    raise ConfigError(f"--seeds: {len(seeds)} seed(s) for {len(workdirs)} run directories")
+  if len(set(seeds)) != len(seeds):
+    raise ConfigError(f"--seeds: repeated seed in {list(seeds)}")
+  setup = train.setup_run(train.with_seed(config, seeds[0]))
+  config, names, data = setup.config, setup.names, setup.data
+  steps_per_epoch, num_seeds = setup.steps_per_epoch, len(seeds)
+  total_steps = steps_per_epoch * config.num_epochs
+
+  runs = [run_dir.RunDir(train.with_seed(config, s), w) for s, w in zip(seeds, workdirs)]
+  start_step = _common_start_step(runs, steps_per_epoch)
+  seed_states = [run.restore(train.fresh_state(setup, s), step=start_step)
+                 for run, s in zip(runs, seeds)]
+  for run, state in zip(runs, seed_states):
+    if int(state.step) == 0:
+      run.write_hparams()
+  states = stack(seed_states)
+  data_keys = [train.run_keys(s)[1] for s in seeds]
+  mode = seed_axis_mode(config, seed_axis)
+  train_fn, eval_fn, collection, empty_metrics = make_sweep_fns(setup, seed_states[0], num_seeds,
+                                                                mode)
+  del seed_states
+  from clu import periodic_actions  # after the data: keeps TensorFlow off the import path
+  progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
+                                             writer=runs[0].writer,
+                                             every_steps=config.log_every_steps)
+  failed: dict[int, str] = {}
+
+  run_dir.log(f"sweep: {config.method.name} on {config.dataset.name} ({', '.join(names)}), "
+              f"seeds {', '.join(map(str, seeds))} in one program ({mode}): {config.num_epochs} epochs x "
+              f"{steps_per_epoch} steps from step {start_step}")
+  step = start_step
+  window_start, window_step = time.time(), step
+  try:
+    for epoch in range(start_step // steps_per_epoch, config.num_epochs):
+      epoch_start = time.time()
+      perms = jnp.stack([input_pipeline.epoch_permutation(k, epoch, data.num_train)
+                         for k in data_keys])
+      metrics_acc = empty_metrics()
+      for batch_index in range(steps_per_epoch):
+        states, metrics_acc = train_fn(states, metrics_acc, data.train, perms, batch_index)
+        step += 1
+        progress(step)
+        if step % config.log_every_steps == 0 or batch_index == steps_per_epoch - 1:
+          computed = jax.device_get(jax.vmap(lambda m: m.compute())(metrics_acc))
+          health = jax.device_get(states.health)
+          now = time.time()
+          rate = (step - window_step) / max(now - window_start, 1e-9)
+          for s, run in enumerate(runs):
+            message = train.nonfinite_message(health[s], names, steps_per_epoch)
+            if message and s not in failed:
+              failed[s] = message
+              run_dir.log(f"seed {seeds[s]}: {message}; the other seeds go on")
+            scalars = {k: float(v[s]) for k, v in computed.items()}
+            if s not in failed:
+              run.write_train_scalars(step, scalars)
+          mean = {k: float(np.mean(v)) for k, v in computed.items()}
+          run_dir.log(train.progress_line(epoch, config.num_epochs, step, total_steps, mean,
+                                          names, rate, prefix=f"[{num_seeds} seeds, mean] "))
+          window_start, window_step = now, step
+          metrics_acc = empty_metrics()
+      per_split = {}
+      for split in ("validation", "test"):
+        counts = train.accumulate_confusions(eval_fn, states, data.eval_splits[split],
+                                             config.eval_batch_size)
+        per_split[split] = _split_eval(counts, num_seeds)
+      seconds = time.time() - epoch_start
+      for s, run in enumerate(runs):
+        if s in failed:
+          continue
+        record = train.eval_record(epoch + 1, per_split["validation"][s], per_split["test"][s],
+                                   seconds / num_seeds)
+        record["sweep_seconds"] = seconds
+        run.end_epoch(step, unstack(states, s), record)
+        run_dir.log(run_dir.epoch_line(record, names, prefix=f"seed {seeds[s]}: "))
+  finally:
+    for run in runs:
+      run.close()
+
+  summaries = []
+  for s, run in enumerate(runs):
+    if s in failed:
+      summaries.append(run.fail(failed[s]))
+      continue
+    summary = run.finish()
+    summaries.append(summary)
+    run_dir.log(run_dir.done_line(summary))
+  return summaries
