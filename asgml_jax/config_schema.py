@@ -67,6 +67,11 @@ def base_config() -> ml_collections.ConfigDict:
       # dataset is not in data_dir yet. Real datasets only.
       raw_dir=config_dict.placeholder(str),
       skip_bad=False,            # leave undecodable raw files out (count reported)
+      # Where the splits live in training: device (batches gathered on the
+      # accelerator) | host (host gathers and feeds each batch) | auto: device
+      # when all splits take at most device_budget_gib, else host.
+      placement="auto",
+      device_budget_gib=8.0,
       validation_fraction=0.1,   # carve-out of train where a dataset has no validation split
       split_seed=0,              # fixes that carve-out
       av_digits=ml_collections.ConfigDict(dict(
@@ -355,6 +360,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def _validate_dataset(config) -> None:
   ds = config.dataset
+  _one_of(ds.placement, ("auto", "device", "host"), "dataset.placement")
+  _positive(config, "dataset.device_budget_gib")
   _require(0 < ds.validation_fraction < 1, "dataset.validation_fraction",
            f"must be in (0, 1), got {ds.validation_fraction!r}")
   if ds.name == "synthetic":

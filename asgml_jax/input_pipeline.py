@@ -1,10 +1,20 @@
-"""TFDS dataset -> device-resident arrays, and on-device batching.
+"""TFDS dataset -> arrays on the device (or the host), and batching.
 
-Small datasets (synthetic, AV-Digits, MMSA features) fit in device memory:
-each split is read from TFDS once, moved to the device, and every train batch
-is gathered on the device from a per-epoch permutation, so the host never
-feeds the training loop. Evaluation splits are padded to a whole number of
-eval batches with a `mask` that zeroes the padding in the metrics.
+Each split is read from TFDS once. Where it fits (`dataset.placement`:
+"auto" compares the splits' bytes with `dataset.device_budget_gib`), it is
+moved to the device and every train batch is gathered there from a per-epoch
+permutation, so the host never feeds the training loop: synthetic, AV-Digits,
+MMSA features, and one- or three-frame CREMA-D on a large GPU.
+
+Larger datasets stay in host memory ("host"): the host gathers each batch
+with the same per-epoch permutation (so a run's batches, and its results, do
+not depend on the placement) and `jax.device_put`s it. Dispatch is
+asynchronous, so the host gathers batch i+1 while the device computes batch i.
+A dataset larger than host memory would need a streaming tf.data pipeline,
+which this module does not have.
+
+Evaluation splits are padded to a whole number of eval batches with a `mask`
+that zeroes the padding in the metrics.
 """
 
 from __future__ import annotations
@@ -19,14 +29,23 @@ import numpy as np
 from asgml_jax.config_schema import ConfigError, modality_names
 
 
+PLACEMENTS = ("auto", "device", "host")
+
+
 @dataclasses.dataclass
-class DeviceData:
-  """Every split as device arrays; eval splits padded and masked."""
+class LoadedData:
+  """Every split as arrays (device arrays, or numpy for "host"); eval splits
+  padded and masked."""
   train: dict
   eval_splits: dict[str, dict]  # split name -> arrays incl. "mask"
   num_classes: int
   num_train: int
   eval_sizes: dict[str, int]
+  placement: str = "device"
+
+  @property
+  def on_device(self) -> bool:
+    return self.placement == "device"
 
 
 def data_dir(config) -> str:
@@ -98,8 +117,22 @@ def _pad_to_multiple(arrays: dict, multiple: int) -> dict:
   return out
 
 
-def load(config) -> DeviceData:
-  """Prepares the configured dataset (if needed) and returns it on the device."""
+def tree_bytes(tree) -> int:
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree_util.tree_leaves(tree))
+
+
+def choose_placement(config, num_bytes: int) -> str:
+  """"device" or "host" for splits of `num_bytes` (see the module docstring)."""
+  requested = config.dataset.placement
+  if requested != "auto":
+    return requested
+  return "device" if num_bytes <= config.dataset.device_budget_gib * 2**30 else "host"
+
+
+def load(config) -> LoadedData:
+  """Prepares the configured dataset (if needed) and returns its splits where
+  `choose_placement` puts them."""
   _hide_gpus_from_tensorflow()
   builder = prepared_builder(config)
   names = modality_names(config)
@@ -114,13 +147,16 @@ def load(config) -> DeviceData:
     raise ConfigError(f"config.batch_size: {config.batch_size} is larger than the training "
                       f"split ({len(splits['train']['label'])} examples)")
   num_classes = builder.info.features[label].num_classes
-  to_device = lambda tree: jax.tree.map(jnp.asarray, tree)
-  eval_splits = {s: to_device(_pad_to_multiple(splits[s], config.eval_batch_size))
+  placement = choose_placement(config, tree_bytes(splits))
+  place = (lambda tree: jax.tree.map(jnp.asarray, tree)) if placement == "device" else (
+      lambda tree: tree)
+  eval_splits = {s: place(_pad_to_multiple(splits[s], config.eval_batch_size))
                  for s in ("validation", "test")}
   train = splits["train"]
-  return DeviceData(train=to_device(train), eval_splits=eval_splits, num_classes=num_classes,
+  return LoadedData(train=place(train), eval_splits=eval_splits, num_classes=num_classes,
                     num_train=len(train["label"]),
-                    eval_sizes={s: len(splits[s]["label"]) for s in ("validation", "test")})
+                    eval_sizes={s: len(splits[s]["label"]) for s in ("validation", "test")},
+                    placement=placement)
 
 
 def epoch_permutation(data_key: jnp.ndarray, epoch: int, num_examples: int) -> jnp.ndarray:
@@ -137,3 +173,31 @@ def gather_batch(data: dict, perm: jnp.ndarray, batch_index, batch_size: int) ->
 
 def slice_batch(data: dict, start, batch_size: int) -> dict:
   return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, batch_size), data)
+
+
+def epoch_order(data: LoadedData, data_keys, epoch: int):
+  """The epoch's permutation per data key, stacked (S, N) for a list of keys
+  or (N,) for one key; a device array, or numpy for host-held data."""
+  if isinstance(data_keys, (list, tuple)):
+    perm = jnp.stack([epoch_permutation(k, epoch, data.num_train) for k in data_keys])
+  else:
+    perm = epoch_permutation(data_keys, epoch, data.num_train)
+  return perm if data.on_device else np.asarray(perm)
+
+
+def train_args(data: LoadedData, perm, batch_index: int, batch_size: int) -> tuple:
+  """What the train fn takes after (state, metrics): the device data, the
+  permutation and the batch index; or, for host-held data, the batch itself
+  (gathered on the host, (S, B, ...) for an (S, N) permutation)."""
+  if data.on_device:
+    return (data.train, perm, batch_index)
+  idx = perm[..., batch_index * batch_size:(batch_index + 1) * batch_size]
+  return (jax.device_put({k: v[idx] for k, v in data.train.items()}),)
+
+
+def eval_args(data: LoadedData, split: str, start: int, batch_size: int) -> tuple:
+  """What the eval fn takes after the state (as `train_args`)."""
+  arrays = data.eval_splits[split]
+  if data.on_device:
+    return (arrays, start)
+  return (jax.device_put({k: v[start:start + batch_size] for k, v in arrays.items()}),)

@@ -23,7 +23,9 @@ What differs per seed is exactly what differs between separate runs:
   function for every seed, and only the first seed's `tx` is traced);
 - the data order: each seed's epoch permutation comes from its own data key,
   and the (S, N) permutations index the one device-resident copy of the train
-  split, so every seed gathers its own batches on the device.
+  split, so every seed gathers its own batches on the device. A dataset too
+  large for the device (`dataset.placement`) stays on the host, which gathers
+  the (S, B) batches from the same permutations and feeds them each step.
 
 Each seed writes an ordinary run directory (`run_dir.RunDir`): config.json,
 checkpoints, TensorBoard events, summary.json, exactly as `launch.train` would,
@@ -107,15 +109,21 @@ def make_sweep_fns(setup: train.RunSetup, one_state, num_seeds: int, mode: str =
   train_fn(states, metrics, data, perms_SxN, i) and eval_fn(states, split, start)
   are the single-run bodies mapped over the seed axis of the states (and of
   the permutations, for training); the data are shared, not copied per seed.
+  For host-held data: train_fn(states, metrics, batches_SxB) and
+  eval_fn(states, batch), the host gathering each seed's batch from its own
+  permutation (`input_pipeline.train_args`).
   """
+  on_device = setup.data.on_device
   body, collection = train.make_train_body(setup.model, setup.tx, setup.config,
                                            setup.steps_per_epoch, one_state, setup.example,
-                                           setup.probe_cfg)
-  train_fn = jax.jit(_over_seeds(body, num_seeds, mode, (0, 0, None, 0, None)),
+                                           setup.probe_cfg, on_device)
+  train_axes = (0, 0, None, 0, None) if on_device else (0, 0, 0)
+  train_fn = jax.jit(_over_seeds(body, num_seeds, mode, train_axes),
                      donate_argnums=train.donated_args(0, 1))
   eval_body = train.make_eval_body(setup.model, setup.config.eval_batch_size, setup.probe_cfg,
-                                   setup.frame_sizes)
-  eval_fn = jax.jit(_over_seeds(eval_body, num_seeds, mode, (0, None, None)))
+                                   setup.frame_sizes, on_device)
+  eval_fn = jax.jit(_over_seeds(eval_body, num_seeds, mode,
+                                (0, None, None) if on_device else (0, None)))
   empty = lambda: stack([train.fresh_metrics(collection) for _ in range(num_seeds)])
   return train_fn, eval_fn, collection, empty
 
@@ -178,17 +186,17 @@ def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
 
   run_dir.log(f"sweep: {config.method.name} on {config.dataset.name} ({', '.join(names)}), "
               f"seeds {', '.join(map(str, seeds))} in one program ({mode}): {config.num_epochs} epochs x "
-              f"{steps_per_epoch} steps from step {start_step}")
+              f"{steps_per_epoch} steps from step {start_step}, data on the {data.placement}")
   step = start_step
   window_start, window_step = time.time(), step
   try:
     for epoch in range(start_step // steps_per_epoch, config.num_epochs):
       epoch_start = time.time()
-      perms = jnp.stack([input_pipeline.epoch_permutation(k, epoch, data.num_train)
-                         for k in data_keys])
+      perms = input_pipeline.epoch_order(data, data_keys, epoch)
       metrics_acc = empty_metrics()
       for batch_index in range(steps_per_epoch):
-        states, metrics_acc = train_fn(states, metrics_acc, data.train, perms, batch_index)
+        states, metrics_acc = train_fn(states, metrics_acc, *input_pipeline.train_args(
+            data, perms, batch_index, config.batch_size))
         step += 1
         progress(step)
         if step % config.log_every_steps == 0 or batch_index == steps_per_epoch - 1:
@@ -211,7 +219,7 @@ def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
           metrics_acc = empty_metrics()
       per_split = {}
       for split in ("validation", "test"):
-        counts = train.accumulate_confusions(eval_fn, states, data.eval_splits[split],
+        counts = train.accumulate_confusions(eval_fn, states, data, split,
                                              config.eval_batch_size)
         per_split[split] = _split_eval(counts, num_seeds)
       seconds = time.time() - epoch_start

@@ -53,12 +53,17 @@ def _field(metric: str) -> str:
   return metric.replace("/", "__")
 
 
-def make_train_body(model, tx, config, steps_per_epoch: int, state, example_batch, probe_cfg):
-  """Un-jitted (state, metrics_acc, train_data, perm, i) -> (state, metrics_acc),
-  and its metrics Collection. `make_train_fn` jits it; the sweep vmaps it first.
+def make_train_body(model, tx, config, steps_per_epoch: int, state, example_batch, probe_cfg,
+                    on_device: bool = True):
+  """Un-jitted train step with metric accumulation, and its metrics Collection.
 
-  The metric names are read off the step itself (`jax.eval_shape`), so each
-  method logs whatever signals its transformations keep.
+  on_device: (state, metrics_acc, train_data, perm, i) -> (state, metrics_acc),
+  gathering batch i of `perm` from the device-resident split; otherwise
+  (state, metrics_acc, batch) -> ..., for batches the host feeds
+  (`input_pipeline.train_args` builds either argument list). `make_train_fn`
+  jits it; the sweep maps it over seeds first. The metric names are read off
+  the step itself (`jax.eval_shape`), so each method logs whatever signals
+  its transformations keep.
   """
   lr_fn = optim.lr_schedule(config, steps_per_epoch)
   frame_sizes = augment.frame_modalities(config)
@@ -68,8 +73,7 @@ def make_train_body(model, tx, config, steps_per_epoch: int, state, example_batc
   metric_keys = sorted(jax.eval_shape(step_fn, state, example_batch)[1])
   collection = train_metrics_collection([_field(k) for k in metric_keys])
 
-  def train_body(state, metrics_acc, data, perm, batch_index):
-    batch = input_pipeline.gather_batch(data, perm, batch_index, config.batch_size)
+  def batch_body(state, metrics_acc, batch):
     if frame_sizes:
       aug_key = jax.random.fold_in(jax.random.fold_in(state.rng, 0xA06), state.step)
       batch = augment.train_inputs(batch, aug_key, frame_sizes)
@@ -77,7 +81,11 @@ def make_train_body(model, tx, config, steps_per_epoch: int, state, example_batc
     fields = {_field(k): v for k, v in metrics.items()}
     return state, metrics_acc.merge(collection.single_from_model_output(**fields))
 
-  return train_body, collection
+  def gather_body(state, metrics_acc, data, perm, batch_index):
+    return batch_body(state, metrics_acc,
+                      input_pipeline.gather_batch(data, perm, batch_index, config.batch_size))
+
+  return (gather_body if on_device else batch_body), collection
 
 
 def fresh_metrics(collection):
@@ -92,43 +100,49 @@ def donated_args(*argnums: int) -> tuple[int, ...]:
   return () if jax.default_backend() == "cpu" else argnums
 
 
-def make_train_fn(model, tx, config, steps_per_epoch: int, state, example_batch, probe_cfg):
+def make_train_fn(model, tx, config, steps_per_epoch: int, state, example_batch, probe_cfg,
+                  on_device: bool = True):
   """Jitted `make_train_body`, with the state and metric accumulator donated."""
   body, collection = make_train_body(model, tx, config, steps_per_epoch, state, example_batch,
-                                     probe_cfg)
+                                     probe_cfg, on_device)
   return jax.jit(body, donate_argnums=donated_args(0, 1)), collection
 
 
-def make_eval_body(model, batch_size: int, probe_cfg, frame_sizes=None):
-  """Un-jitted (state, split_data, start) -> {head or probe: ConfusionMatrix}."""
+def make_eval_body(model, batch_size: int, probe_cfg, frame_sizes=None, on_device: bool = True):
+  """Un-jitted eval step -> {head or probe: ConfusionMatrix}: (state,
+  split_data, start) slicing the device-resident split, or (state, batch)."""
 
-  def eval_body(state, data, start):
-    batch = input_pipeline.slice_batch(data, start, batch_size)
+  def batch_body(state, batch):
     if frame_sizes:
       batch = augment.eval_inputs(batch, frame_sizes)
     logits = steps.eval_step(state, batch, model=model, probe_cfg=probe_cfg)
     return {k: ConfusionMatrix.from_logits(v, batch["label"], batch["mask"])
             for k, v in logits.items()}
 
-  return eval_body
+  def slice_body(state, data, start):
+    return batch_body(state, input_pipeline.slice_batch(data, start, batch_size))
+
+  return slice_body if on_device else batch_body
 
 
-def make_eval_fn(model, batch_size: int, probe_cfg, frame_sizes=None):
-  """Jitted (state, split_data, start) -> {head or probe: ConfusionMatrix}."""
-  return jax.jit(make_eval_body(model, batch_size, probe_cfg, frame_sizes))
+def make_eval_fn(model, batch_size: int, probe_cfg, frame_sizes=None, on_device: bool = True):
+  """Jitted `make_eval_body`."""
+  return jax.jit(make_eval_body(model, batch_size, probe_cfg, frame_sizes, on_device))
 
 
-def accumulate_confusions(eval_fn, state, split_data: dict, batch_size: int) -> dict:
+def accumulate_confusions(eval_fn, state, data: input_pipeline.LoadedData, split: str,
+                          batch_size: int) -> dict:
   """Sum of `eval_fn`'s confusion counts over the split, still on the device."""
   total = None
-  for start in range(0, split_data["label"].shape[0], batch_size):
-    part = eval_fn(state, split_data, start)
+  for start in range(0, data.eval_splits[split]["label"].shape[0], batch_size):
+    part = eval_fn(state, *input_pipeline.eval_args(data, split, start, batch_size))
     total = part if total is None else {k: total[k].merge(part[k]) for k in total}
   return {k: v.counts for k, v in total.items()}
 
 
-def evaluate(eval_fn, state, split_data: dict, batch_size: int) -> dict[str, float]:
-  counts = jax.device_get(accumulate_confusions(eval_fn, state, split_data, batch_size))
+def evaluate(eval_fn, state, data: input_pipeline.LoadedData, split: str,
+             batch_size: int) -> dict[str, float]:
+  counts = jax.device_get(accumulate_confusions(eval_fn, state, data, split, batch_size))
   return summarize_confusions(counts)
 
 
@@ -145,7 +159,7 @@ class RunSetup:
   """What a run (or every seed of a sweep) shares: data, model, optimizer, probes."""
   config: Any
   names: tuple[str, ...]
-  data: input_pipeline.DeviceData
+  data: input_pipeline.LoadedData
   steps_per_epoch: int
   model: Any
   tx: Any
@@ -162,8 +176,7 @@ def setup_run(config) -> RunSetup:
   model = model_from_config(config, data.num_classes)
   frame_sizes = augment.frame_modalities(config)
   example = augment.eval_inputs(
-      input_pipeline.gather_batch(data.train, jnp.arange(config.batch_size), 0,
-                                  config.batch_size), frame_sizes)
+      jax.tree.map(lambda x: jnp.asarray(x[:config.batch_size]), data.train), frame_sizes)
   return RunSetup(config=config, names=modality_names(config), data=data,
                   steps_per_epoch=steps_per_epoch, model=model,
                   tx=optim.make_optimizer(config, steps_per_epoch),
@@ -216,20 +229,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=run.writer,
                                              every_steps=config.log_every_steps)
   train_fn, collection = make_train_fn(setup.model, setup.tx, config, steps_per_epoch, state,
-                                       setup.example, setup.probe_cfg)
-  eval_fn = make_eval_fn(setup.model, config.eval_batch_size, setup.probe_cfg, setup.frame_sizes)
+                                       setup.example, setup.probe_cfg, data.on_device)
+  eval_fn = make_eval_fn(setup.model, config.eval_batch_size, setup.probe_cfg, setup.frame_sizes,
+                         data.on_device)
 
   run_dir.log(f"training {config.method.name} on {config.dataset.name} ({', '.join(names)}): "
-              f"{config.num_epochs} epochs x {steps_per_epoch} steps, workdir {run.workdir}")
+              f"{config.num_epochs} epochs x {steps_per_epoch} steps, data on the "
+              f"{data.placement}, workdir {run.workdir}")
   step = start_step
   window_start, window_step = time.time(), step
   try:
     for epoch in range(start_step // steps_per_epoch, config.num_epochs):
       epoch_start = time.time()
-      perm = input_pipeline.epoch_permutation(data_key, epoch, data.num_train)
+      perm = input_pipeline.epoch_order(data, data_key, epoch)
       metrics_acc = fresh_metrics(collection)
       for batch_index in range(steps_per_epoch):
-        state, metrics_acc = train_fn(state, metrics_acc, data.train, perm, batch_index)
+        state, metrics_acc = train_fn(state, metrics_acc, *input_pipeline.train_args(
+            data, perm, batch_index, config.batch_size))
         step += 1
         progress(step)
         if step % config.log_every_steps == 0 or batch_index == steps_per_epoch - 1:
@@ -242,7 +258,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                     rate))
           window_start, window_step = now, step
           metrics_acc = fresh_metrics(collection)
-      splits = {s: evaluate(eval_fn, state, data.eval_splits[s], config.eval_batch_size)
+      splits = {s: evaluate(eval_fn, state, data, s, config.eval_batch_size)
                 for s in ("validation", "test")}
       record = eval_record(epoch + 1, splits["validation"], splits["test"],
                            time.time() - epoch_start)

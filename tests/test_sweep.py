@@ -95,6 +95,31 @@ def test_sweep_resumes_from_the_epoch_all_seeds_saved(tmp_path, tfds_dir):
     assert a["num_epochs"] == b["num_epochs"] == 3
 
 
+def test_host_fed_data_train_like_device_resident_data(tmp_path, tfds_dir):
+  """The host fallback for large datasets gathers the same per-seed batches as
+  the device path: a single run and a 2-seed sweep end where their
+  device-resident twins do, and "auto" picks the host past the budget."""
+  from asgml_jax import input_pipeline, sweep, train
+  config = _mlp_config(tfds_dir)
+  config.dataset.placement = "host"
+  host_one = train.train_and_evaluate(config, str(tmp_path / "host_one"))
+  host_swept = sweep.train_sweep(config, (42, 5), [str(tmp_path / f"host_{s}") for s in (42, 5)])
+  config.dataset.placement = "device"
+  device_one = train.train_and_evaluate(config, str(tmp_path / "device_one"))
+  device_swept = sweep.train_sweep(config, (42, 5),
+                                   [str(tmp_path / f"device_{s}") for s in (42, 5)])
+  like = train.fresh_state(train.setup_run(config), 0)
+  _assert_same_run(device_one, host_one, str(tmp_path / "device_one"),
+                   str(tmp_path / "host_one"), like)
+  for s, a, b in zip((42, 5), device_swept, host_swept):
+    _assert_same_run(a, b, str(tmp_path / f"device_{s}"), str(tmp_path / f"host_{s}"), like)
+  config.dataset.placement = "auto"
+  config.dataset.device_budget_gib = 1e-6  # ~1 KiB: the tiny splits do not fit
+  assert input_pipeline.load(config).placement == "host"
+  config.dataset.device_budget_gib = 1.0
+  assert input_pipeline.load(config).placement == "device"
+
+
 def test_sweep_refuses_repeated_seeds(tmp_path, tfds_dir):
   from asgml_jax import sweep
   from asgml_jax.config_schema import ConfigError
