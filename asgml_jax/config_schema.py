@@ -22,7 +22,9 @@ ENCODERS = ("resnet18", "small_cnn", "mlp")
 FUSIONS = ("concat", "sum", "film", "gated")
 DATASETS = ("synthetic", "av_digits", "cremad", "ave", "kinetics_sounds", "mmsa", "npz")
 METHODS = ("baseline", "ogm", "ogm_ge", "boost", "boost_ogm", "frequency", "frequency_control",
-           "staleness", "adaptive")
+           "staleness", "adaptive", "unimodal", "mmpareto", "pcgrad", "dwa", "gradnorm")
+# Methods that combine the per-loss gradients (`steps.train_step(per_loss_grads=True)`).
+PER_LOSS_METHODS = ("mmpareto", "pcgrad", "dwa", "gradnorm")
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
 
 
@@ -198,6 +200,13 @@ def base_config() -> ml_collections.ConfigDict:
           modulation_ends=50,    # epochs, inclusive
           leaves="all",          # all | conv (reference: 4-D only) | min_2d (seeds' code)
           noise_on="all",        # all (reference) | dominant (seeds' code)
+      )),
+      # Baselines (BASELINES.md). unimodal: train the one configured modality.
+      mmpareto=ml_collections.ConfigDict(dict(scale=1.5)),   # gamma_s of the reference
+      dwa=ml_collections.ConfigDict(dict(temperature=2.0)),
+      gradnorm=ml_collections.ConfigDict(dict(
+          alpha=1.5, lr=0.025,
+          layer="fusion",        # fusion (shared by every loss with split heads) | encoders
       )),
   ))
 
@@ -415,6 +424,20 @@ def _validate_method(config) -> None:
   if method.name == "staleness":
     _require(bool(_names_list(stale.modalities)), "method.staleness.modalities",
              "name the modalities that use stale gradients (e.g. 'audio')")
+  _positive(config, "method.mmpareto.scale")
+  _positive(config, "method.dwa.temperature")
+  _positive(config, "method.gradnorm.lr")
+  _require(method.gradnorm.alpha >= 0, "method.gradnorm.alpha", "must be >= 0")
+  _one_of(method.gradnorm.layer, ("fusion", "encoders"), "method.gradnorm.layer")
+  if method.name == "gradnorm" and method.gradnorm.layer == "fusion":
+    _require(config.model.fusion in ("concat", "sum") and config.model.unimodal_heads == "split"
+             and config.model.fusion_dim is None, "method.gradnorm.layer",
+             "'fusion' is shared by every loss only with split unimodal heads of a concat/sum "
+             "fusion straight to classes; use 'encoders'")
+  if method.name == "unimodal":
+    _require(len(names) == 1, "modalities",
+             f"method unimodal trains one modality, but {len(names)} are configured "
+             f"({', '.join(names)}); use the variant unimodal_<modality>")
   ad = method.adaptive
   _one_of(ad.source, ("dual", "probe", "both"), "method.adaptive.source")
   _one_of(ad.compensation, ("multiply", "divide"), "method.adaptive.compensation")

@@ -17,6 +17,8 @@ from typing import NamedTuple
 import optax
 
 from asgml_jax.transforms.boost import boost
+from asgml_jax.transforms.mmpareto import mmpareto
+from asgml_jax.transforms.multitask import dwa, gradnorm, pcgrad
 from asgml_jax.transforms.ogm_ge import ogm_ge
 from asgml_jax.transforms.schedule import AdaptiveConfig, modality_schedule
 
@@ -95,10 +97,21 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
 
   Interventions edit the encoder gradients before weight decay and momentum,
   as the PyTorch code edits `.grad` before `optimizer.step()`. `baseline` has
-  neither and a `joint` schedule (every encoder updates every step).
+  neither and a `joint` schedule (every encoder updates every step). The
+  per-loss baselines (MMPareto, PCGrad, DWA, GradNorm) come first: they build
+  the gradient from the per-loss gradients the step hands them.
   """
   method = config.method
   parts = []
+  if method.name == "mmpareto":
+    parts.append(mmpareto(method.mmpareto.scale))
+  if method.name == "pcgrad":
+    parts.append(pcgrad(seed=config.seed + 2))
+  if method.name == "dwa":
+    parts.append(dwa(steps_per_epoch, method.dwa.temperature))
+  if method.name == "gradnorm":
+    g = method.gradnorm
+    parts.append(gradnorm(g.alpha, g.lr, g.layer))
   if method.name in ("ogm", "ogm_ge", "boost_ogm"):
     ogm = method.ogm
     parts.append(ogm_ge(ogm.alpha, steps_per_epoch=steps_per_epoch,

@@ -61,13 +61,40 @@ def _first_nonfinite(loss, grads, encoder_norms: Mapping[str, jnp.ndarray]) -> j
   return jnp.where(bad.any(), jnp.argmax(bad), -1).astype(jnp.int32)
 
 
+FUSED_TASK = "fused"
+
+
+def loss_terms(outputs: Mapping[str, Any], labels_B: jnp.ndarray, names) -> jnp.ndarray:
+  """The unweighted losses [CE(fused), CE(unimodal_m) for m in names], shape (1 + N,)."""
+  return jnp.stack([cross_entropy(outputs["logits"], labels_B)]
+                   + [cross_entropy(outputs["unimodal_logits"][m], labels_B) for m in names])
+
+
+def per_loss_gradients(losses_fn, params, num_losses: int):
+  """One forward pass, one backward pass per loss: ([grads of loss k], losses, aux).
+
+  `losses_fn(params) -> (losses (K,), aux)`. The multi-task methods
+  (MMPareto, PCGrad, DWA, GradNorm) need each loss's gradient separately;
+  `jax.vjp` shares the forward pass and its residuals between them.
+  """
+  losses, vjp_fn, aux = jax.vjp(losses_fn, params, has_aux=True)
+  eye = jnp.eye(num_losses, dtype=losses.dtype)
+  return [vjp_fn(eye[k])[0] for k in range(num_losses)], losses, aux
+
+
 def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx,
-               unimodal_weight: float, lr_fn, probe_cfg: ProbeConfig) -> tuple[TrainState, dict]:
+               unimodal_weight: float, lr_fn, probe_cfg: ProbeConfig,
+               per_loss_grads: bool = False) -> tuple[TrainState, dict]:
   """One optimisation step; returns the new state and scalar metrics.
 
   Order: forward/backward with the unimodal terms gated by the schedule's
   predicted flags; probe refresh on stop-gradient features (every
   `eval_freq` steps); `tx.update` with this step's signals as extra args.
+
+  per_loss_grads: also hand `tx.update` the gradient of every unweighted loss
+  (`loss_grads` {"fused" | m: grads}) and the losses (`task_losses`), from
+  one forward and 1 + N backward passes; `grads` is then their weighted sum
+  (weights 1 and γ·gate_m), the same total as the single backward pass.
 
   A non-finite loss or gradient leaves the state untouched and records the step
   and the culprit in `state.health`; once recorded, every later step is a no-op
@@ -87,15 +114,37 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
     total, fused, unimodal = multimodal_loss(outputs, labels, unimodal_weight, gates)
     return total, (outputs, new_vars.get("batch_stats", {}), fused, unimodal)
 
-  (loss, (outputs, new_batch_stats, fused_loss, unimodal)), grads = (
-      jax.value_and_grad(loss_fn, has_aux=True)(state.params))
+  extra = {}
+  if per_loss_grads:
+    def losses_fn(params):
+      variables = {"params": params}
+      if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+      outputs, new_vars = model.apply(variables, _inputs(batch, names), train=True,
+                                      mutable=["batch_stats"], rngs={"dropout": dropout_key})
+      return loss_terms(outputs, labels, names), (outputs, new_vars.get("batch_stats", {}))
+
+    tasks = (FUSED_TASK,) + tuple(names)
+    task_grads, task_losses, (outputs, new_batch_stats) = per_loss_gradients(
+        losses_fn, state.params, len(tasks))
+    weights = jnp.stack([jnp.float32(1.0)] + [unimodal_weight * gates[m] for m in names])
+    loss = jnp.dot(weights, task_losses)
+    grads = jax.tree.map(lambda *g: sum(w * x for w, x in zip(weights, g)), *task_grads)
+    fused_loss = task_losses[0]
+    unimodal = {m: task_losses[1 + i] for i, m in enumerate(names)}
+    extra = {"loss_grads": dict(zip(tasks, task_grads)),
+             "task_losses": dict(zip(tasks, task_losses)),
+             "task_weights": dict(zip(tasks, weights))}
+  else:
+    (loss, (outputs, new_batch_stats, fused_loss, unimodal)), grads = (
+        jax.value_and_grad(loss_fn, has_aux=True)(state.params))
   probe_state = maybe_refresh(probe_cfg, state.probe_state, state.step, outputs["features"], labels)
   grad_norms = {m: optax.global_norm(grads["encoders"][m]) for m in names}
   updates, new_opt_state = tx.update(
       grads, state.opt_state, state.params, step=state.step,
       ogm_scores=batch_scores(outputs["unimodal_logits"], labels),
       probe_scores=probe_state.score, probe_refreshes=probe_state.refreshes,
-      encoder_grad_norms=grad_norms, unimodal_losses=unimodal)
+      encoder_grad_norms=grad_norms, unimodal_losses=unimodal, **extra)
   new_params = optax.apply_updates(state.params, updates)
 
   culprit = _first_nonfinite(loss, grads, grad_norms)
@@ -128,7 +177,9 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
 # (state field, log prefix) of the per-modality signals transformations keep.
 _SIGNALS = (("coefficients", "ogm/coeff"), ("ratios", "ogm/score_ratio"),
             ("scales", "boost/scale"), ("tau", "sched/tau"), ("flags", "sched/update"),
-            ("update_ratio", "sched/update_ratio"), ("grad_norms_in", "grad_norm_after"))
+            ("update_ratio", "sched/update_ratio"), ("grad_norms_in", "grad_norm_after"),
+            ("task_weights", "task_weight"), ("pareto_cosines", "mmpareto/cos"),
+            ("pareto_gammas", "mmpareto/gamma"), ("conflicts", "pcgrad/conflicts"))
 
 
 def intervention_signals(opt_state) -> dict:

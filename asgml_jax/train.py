@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from asgml_jax import augment, input_pipeline, optim, run_dir, steps
-from asgml_jax.config_schema import effective_config, modality_names, validate
+from asgml_jax.config_schema import (PER_LOSS_METHODS, effective_config, modality_names,
+                                    validate)
 from asgml_jax.metrics import ConfusionMatrix, summarize_confusions, train_metrics_collection
 from asgml_jax.models import model_from_config
 from asgml_jax.probes import probe_config_from
@@ -69,7 +70,8 @@ def make_train_body(model, tx, config, steps_per_epoch: int, state, example_batc
   frame_sizes = augment.frame_modalities(config)
   step_fn = functools.partial(steps.train_step, model=model, tx=tx,
                               unimodal_weight=config.loss.unimodal_weight, lr_fn=lr_fn,
-                              probe_cfg=probe_cfg)
+                              probe_cfg=probe_cfg,
+                              per_loss_grads=config.method.name in PER_LOSS_METHODS)
   metric_keys = sorted(jax.eval_shape(step_fn, state, example_batch)[1])
   collection = train_metrics_collection([_field(k) for k in metric_keys])
 

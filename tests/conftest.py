@@ -39,6 +39,14 @@ def tiny_config(data_dir: str, *, num_epochs: int = 2, three_modalities: bool = 
   return c
 
 
+def tiny_mlp_config(data_dir: str, *, num_epochs: int = 2):
+  """tiny_config with MLP encoders on vector inputs: compiles in seconds."""
+  c = tiny_config(data_dir, num_epochs=num_epochs)
+  c.modalities.audio = modality_config("mlp", (16,), mlp_hidden_dim=16, dropout=0.1)
+  c.modalities.visual = modality_config("mlp", (12,), mlp_hidden_dim=16, dropout=0.1)
+  return c
+
+
 def jitted_step(config, *, steps_per_epoch: int = 6, lr_fn=None):
   """(state, jitted train step, first batch of 32) for a config, without TFDS or a workdir."""
   import functools
@@ -61,9 +69,11 @@ def jitted_step(config, *, steps_per_epoch: int = 6, lr_fn=None):
   probe_cfg = probe_config_from(config, spec.num_classes)
   state = create_train_state(model, tx, batch, jax.random.PRNGKey(config.seed), probe_cfg)
   lr_fn = lr_fn or optim.lr_schedule(config, steps_per_epoch)
+  from asgml_jax.config_schema import PER_LOSS_METHODS
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
                                    unimodal_weight=config.loss.unimodal_weight, lr_fn=lr_fn,
-                                   probe_cfg=probe_cfg))
+                                   probe_cfg=probe_cfg,
+                                   per_loss_grads=config.method.name in PER_LOSS_METHODS))
   return state, step, batch
 
 

@@ -19,18 +19,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, tiny_config, tiny_mlp_config
 
 SEEDS = (42, 0, 7)
-
-
-def _mlp_config(tfds_dir, num_epochs=2):
-  """tiny_config with MLP encoders on vector inputs: compiles in seconds."""
-  from asgml_jax.config_schema import modality_config
-  c = tiny_config(tfds_dir, num_epochs=num_epochs)
-  c.modalities.audio = modality_config("mlp", (16,), mlp_hidden_dim=16, dropout=0.1)
-  c.modalities.visual = modality_config("mlp", (12,), mlp_hidden_dim=16, dropout=0.1)
-  return c
 
 
 def _latest_params(workdir, like_state):
@@ -57,7 +48,7 @@ def _assert_same_run(single: dict, swept: dict, single_dir: str, swept_dir: str,
 @pytest.mark.parametrize("mode,encoder", [("vmap", "mlp"), ("unroll", "small_cnn")])
 def test_three_seeds_in_one_program_equal_three_separate_runs(tmp_path, tfds_dir, mode, encoder):
   from asgml_jax import sweep, train
-  config = _mlp_config(tfds_dir) if encoder == "mlp" else tiny_config(tfds_dir)
+  config = tiny_mlp_config(tfds_dir) if encoder == "mlp" else tiny_config(tfds_dir)
   config.method.name = "ogm_ge"  # per-seed GE noise must differ and match the single run
   swept = sweep.train_sweep(config, SEEDS, [str(tmp_path / f"sweep_{s}") for s in SEEDS],
                             seed_axis=mode)
@@ -77,7 +68,7 @@ def test_sweep_resumes_from_the_epoch_all_seeds_saved(tmp_path, tfds_dir):
   """A kill between two seeds' saves leaves one seed an epoch ahead: the rerun
   restarts every seed from the common epoch and ends where an unbroken sweep does."""
   from asgml_jax import sweep
-  config = _mlp_config(tfds_dir, num_epochs=3)
+  config = tiny_mlp_config(tfds_dir, num_epochs=3)
   seeds = (1, 2)
   straight = sweep.train_sweep(config, seeds, [str(tmp_path / f"a{s}") for s in seeds])
   config.num_epochs = 2
@@ -100,7 +91,7 @@ def test_host_fed_data_train_like_device_resident_data(tmp_path, tfds_dir):
   the device path: a single run and a 2-seed sweep end where their
   device-resident twins do, and "auto" picks the host past the budget."""
   from asgml_jax import input_pipeline, sweep, train
-  config = _mlp_config(tfds_dir)
+  config = tiny_mlp_config(tfds_dir)
   config.dataset.placement = "host"
   host_one = train.train_and_evaluate(config, str(tmp_path / "host_one"))
   host_swept = sweep.train_sweep(config, (42, 5), [str(tmp_path / f"host_{s}") for s in (42, 5)])
@@ -130,7 +121,7 @@ def test_sweep_refuses_repeated_seeds(tmp_path, tfds_dir):
 def test_seed_axis_auto_unrolls_convolutions_and_vmaps_mlps(tfds_dir):
   from asgml_jax import sweep
   assert sweep.seed_axis_mode(tiny_config(tfds_dir)) == "unroll"
-  config = _mlp_config(tfds_dir)
+  config = tiny_mlp_config(tfds_dir)
   assert sweep.seed_axis_mode(config) == "vmap"
   assert sweep.seed_axis_mode(config, "unroll") == "unroll"
 

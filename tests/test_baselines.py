@@ -1,0 +1,269 @@
+"""The comparison baselines' update rules against BASELINES.md, computed by hand.
+
+Each test builds a small gradient example (two or three modalities, a few
+parameters) and compares the transformation's output with the formula worked
+out here, independently of the implementation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import jitted_step, tiny_config, tiny_mlp_config
+
+
+def _tree(audio, visual, fusion=(0.0,)):
+  return {"encoders": {"audio": {"w": jnp.asarray(audio, jnp.float32)},
+                       "visual": {"w": jnp.asarray(visual, jnp.float32)}},
+          "fusion": {"b": jnp.asarray(fusion, jnp.float32)}}
+
+
+# ------------------------------------------------------------------ MMPareto
+
+def test_mmpareto_conflict_uses_the_min_norm_gamma_and_rescales_to_the_total_norm():
+  """audio: g_mm = [1, 0], g_a = [-1, 1]: cos < 0, γ = (2 - (-1)) / ‖[2, -1]‖² = 0.6;
+  new = 2(0.6 g_mm + 0.4 g_a) = [0.4, 0.8]; ‖total‖ = ‖[0, 1]‖ = 1 > ‖new‖ = √0.8,
+  so grad = 1.5 · (1/√0.8) · new. visual: g_mm = [1, 2], g_v = [3, 1]: cos > 0,
+  k = (0.5, 0.5), new = total = [4, 3], r = 1, grad = 1.5 · [4, 3]."""
+  from asgml_jax.transforms.mmpareto import mmpareto
+  fused = _tree([1.0, 0.0], [1.0, 2.0], fusion=[0.3])
+  loss_grads = {"fused": fused, "audio": _tree([-1.0, 1.0], [0.0, 0.0], [0.0]),
+                "visual": _tree([0.0, 0.0], [3.0, 1.0], [0.0])}
+  total = _tree([0.0, 1.0], [4.0, 3.0], fusion=[0.7])
+  tx = mmpareto(1.5)
+  out, state = tx.update(total, tx.init(total), loss_grads=loss_grads)
+  np.testing.assert_allclose(out["encoders"]["audio"]["w"],
+                             1.5 / np.sqrt(0.8) * np.array([0.4, 0.8]), rtol=1e-6)
+  np.testing.assert_allclose(out["encoders"]["visual"]["w"], [6.0, 4.5], rtol=1e-6)
+  np.testing.assert_allclose(out["fusion"]["b"], [0.7])  # heads: the plain summed gradient
+  assert float(state.pareto_gammas["audio"]) == pytest.approx(0.6)
+  assert float(state.pareto_gammas["visual"]) == pytest.approx(0.5)
+  assert float(state.pareto_cosines["audio"]) == pytest.approx(-1 / np.sqrt(2))
+
+
+def test_mmpareto_clips_gamma_and_scores_the_whole_encoder_but_rescales_per_tensor():
+  """Orthogonal gradients (cos = 0 is not > 0): γ = (g·g - 0) / ‖g_mm - g‖² =
+  1e-4 / (1 + 1e-4) < 0.001 is clipped to 0.001. The encoder has two tensors:
+  k is computed over both, r per tensor."""
+  from asgml_jax.transforms.mmpareto import mmpareto
+  enc = lambda a, b: {"w1": jnp.asarray(a, jnp.float32), "w2": jnp.asarray(b, jnp.float32)}
+  tree = lambda a: {"encoders": {"audio": a}, "fusion": {}}
+  g_mm = enc([1.0, 0.0], [0.0])
+  g_a = enc([0.0, 0.0], [0.01])
+  total = enc([1.0, 0.0], [0.01])
+  tx = mmpareto(1.5)
+  out, state = tx.update(tree(total), tx.init(tree(total)),
+                         loss_grads={"fused": tree(g_mm), "audio": tree(g_a)})
+  k0 = 0.001
+  new1 = 2 * (k0 * np.array([1.0, 0.0]))            # ‖new1‖ = 0.002 < ‖total1‖ = 1
+  new2 = 2 * ((1 - k0) * np.array([0.01]))          # ‖new2‖ = 0.01998 > ‖total2‖ = 0.01
+  np.testing.assert_allclose(out["encoders"]["audio"]["w1"], 1.5 * (1 / 0.002) * new1, rtol=1e-5)
+  np.testing.assert_allclose(out["encoders"]["audio"]["w2"], 1.5 * new2, rtol=1e-5)
+  assert float(state.pareto_gammas["audio"]) == pytest.approx(0.001)
+
+
+def test_mmpareto_zero_gradients_stay_finite():
+  from asgml_jax.transforms.mmpareto import mmpareto
+  zero = _tree([0.0, 0.0], [0.0, 0.0])
+  tx = mmpareto(1.5)
+  out, _ = tx.update(zero, tx.init(zero),
+                     loss_grads={"fused": zero, "audio": zero, "visual": zero})
+  assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(out))
+
+
+# ------------------------------------------------------------------ PCGrad
+
+def test_pcgrad_two_tasks_projects_each_off_the_other():
+  """g1 = [1, 0], g2 = [-1, 1]: g1·g2 = -1 < 0.
+  g1' = g1 + 1/2 g2 = [0.5, 0.5];  g2' = g2 + 1/1 g1 = [0, 1];  Σ = [0.5, 1.5]."""
+  from asgml_jax.transforms.multitask import project_conflicting
+  g = jnp.array([[1.0, 0.0], [-1.0, 1.0]])
+  projected, conflicts = project_conflicting(g, jnp.array([[1], [0]]))
+  np.testing.assert_allclose(projected, [[0.5, 0.5], [0.0, 1.0]], rtol=1e-6)
+  np.testing.assert_array_equal(conflicts, [1, 1])
+
+
+def test_pcgrad_three_tasks_follow_the_order_and_the_original_gradients():
+  """g0 = [1, 0], g1 = [-1, 1], g2 = [0, -1]; task 0 against 2 then 1:
+  g0·g2 = 0 (no conflict), then g0·g1 = -1: g0' = [1, 0] + 1/2 [-1, 1] = [0.5, 0.5].
+  Task 1 against 2 then 0: g1·g2 = -1: g1' = [-1, 1] + 1 · [0, -1] = [-1, 0];
+  then g1'·g0 = -1: g1'' = [-1, 0] + 1 · [1, 0] = [0, 0].
+  Task 2 against 0 then 1: g2·g0 = 0; g2·g1 = -1: g2' = [0, -1] + 1/2 [-1, 1] = [-0.5, -0.5]."""
+  from asgml_jax.transforms.multitask import project_conflicting
+  g = jnp.array([[1.0, 0.0], [-1.0, 1.0], [0.0, -1.0]])
+  projected, conflicts = project_conflicting(g, jnp.array([[2, 1], [2, 0], [0, 1]]))
+  np.testing.assert_allclose(projected, [[0.5, 0.5], [0.0, 0.0], [-0.5, -0.5]], atol=1e-6)
+  np.testing.assert_array_equal(conflicts, [1, 2, 1])
+
+
+def test_pcgrad_transform_sums_the_projected_weighted_task_gradients():
+  """Two modalities, tasks (fused, audio, visual) with weights (1, 2, 2): the
+  audio task's gradient is 2·[-0.5, 0.5] = [-1, 1] and conflicts with fused's [1, 0]."""
+  from asgml_jax.transforms.multitask import pcgrad
+  loss_grads = {"fused": _tree([1.0, 0.0], [0.0, 0.0]),
+                "audio": _tree([-0.5, 0.5], [0.0, 0.0]),
+                "visual": _tree([0.0, 0.0], [0.0, 3.0])}
+  weights = {"fused": 1.0, "audio": 2.0, "visual": 2.0}
+  total = _tree([0.0, 1.0], [0.0, 6.0])
+  tx = pcgrad(seed=0)
+  out, state = tx.update(total, tx.init(total), loss_grads=loss_grads, task_weights=weights)
+  # fused' = [0.5, 0.5], audio' = [0, 1] (visual is orthogonal to both), visual' = [0, 6].
+  np.testing.assert_allclose(out["encoders"]["audio"]["w"], [0.5, 1.5], rtol=1e-6)
+  np.testing.assert_allclose(out["encoders"]["visual"]["w"], [0.0, 6.0], rtol=1e-6)
+  assert {k: int(v) for k, v in state.conflicts.items()} == {"fused": 1, "audio": 1, "visual": 0}
+
+
+# ------------------------------------------------------------------ DWA
+
+def test_dwa_weights_follow_the_last_two_epoch_mean_losses():
+  """2 steps per epoch. Epoch means: e0 = (2, 1, 4), e1 = (1, 1, 1) -> in epoch 2,
+  r = (0.5, 1, 0.25), w = 3·softmax(r / 2). Epochs 0 and 1 use w = 1."""
+  from asgml_jax.transforms.multitask import dwa
+  per_epoch = [((2.0, 1.0, 4.0), (2.0, 1.0, 4.0)), ((0.5, 1.5, 1.0), (1.5, 0.5, 1.0)),
+               ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0))]
+  grads = {"fused": _tree([1.0, 0.0], [0.0, 0.0]), "audio": _tree([0.0, 1.0], [0.0, 0.0]),
+           "visual": _tree([0.0, 0.0], [1.0, 0.0])}
+  tx = dwa(steps_per_epoch=2, temperature=2.0)
+  state = tx.init(grads["fused"])
+  step = 0
+  for epoch, steps in enumerate(per_epoch):
+    for losses in steps:
+      task_losses = dict(zip(("fused", "audio", "visual"), map(jnp.float32, losses)))
+      out, state = tx.update(grads["fused"], state, loss_grads=grads, task_losses=task_losses,
+                             step=jnp.int32(step))
+      step += 1
+      r = np.array([0.5, 1.0, 0.25])
+      want = 3 * np.exp(r / 2) / np.exp(r / 2).sum() if epoch == 2 else np.ones(3)
+      got = [float(state.task_weights[t]) for t in ("fused", "audio", "visual")]
+      np.testing.assert_allclose(got, want, rtol=1e-6)
+      np.testing.assert_allclose(out["encoders"]["audio"]["w"], want[:2], rtol=1e-6)
+      np.testing.assert_allclose(out["encoders"]["visual"]["w"], [want[2], 0.0], rtol=1e-6)
+
+
+# ------------------------------------------------------------------ GradNorm
+
+def test_gradnorm_weight_step_by_hand():
+  """w = 1, ‖∇_W L‖ = (1, 2, 3), L = (1, 1, 1), L(0) = (2, 1, 1), α = 1.5, lr = 0.1:
+  rates (0.5, 1, 1) / 0.8333 = (0.6, 1.2, 1.2); G = (1, 2, 3), Ḡ = 2;
+  target = 2·(0.6^1.5, 1.2^1.5, 1.2^1.5) = (0.9295, 2.6290, 2.6290);
+  ∂ = sign(G - target)·‖∇L‖ = (1, -2, 3); w - 0.1∂ = (0.9, 1.2, 0.7), ×3/2.8."""
+  from asgml_jax.transforms.multitask import gradnorm_weight_step
+  new = gradnorm_weight_step(jnp.ones(3), jnp.array([1.0, 2.0, 3.0]), jnp.ones(3),
+                             jnp.array([2.0, 1.0, 1.0]), alpha=1.5, lr=0.1)
+  np.testing.assert_allclose(new, np.array([0.9, 1.2, 0.7]) * 3 / 2.8, rtol=1e-6)
+
+
+def test_gradnorm_transform_uses_the_current_weights_then_updates_them():
+  from asgml_jax.transforms.multitask import gradnorm
+  grads = {"fused": _tree([1.0, 0.0], [0.0, 0.0], [1.0]),
+           "audio": _tree([0.0, 1.0], [0.0, 0.0], [2.0]),
+           "visual": _tree([0.0, 0.0], [1.0, 0.0], [3.0])}
+  tx = gradnorm(alpha=1.5, lr=0.1, layer="fusion")
+  state = tx.init(grads["fused"])
+  losses = dict(zip(("fused", "audio", "visual"), map(jnp.float32, (2.0, 1.0, 1.0))))
+  out, state = tx.update(grads["fused"], state, loss_grads=grads, task_losses=losses)
+  # First step: L(0) = L, so every rate is 1: target = Ḡ = 2, ∂ = (-1, 0... sign(0)=0, 3)
+  np.testing.assert_allclose(out["fusion"]["b"], [6.0])  # w = 1 on this step
+  np.testing.assert_allclose(state.weights, np.array([1.1, 1.0, 0.7]) * 3 / 2.8, rtol=1e-6)
+  losses = dict(zip(("fused", "audio", "visual"), map(jnp.float32, (1.0, 1.0, 1.0))))
+  out, _ = tx.update(grads["fused"], state, loss_grads=grads, task_losses=losses)
+  w = np.array([1.1, 1.0, 0.7]) * 3 / 2.8
+  np.testing.assert_allclose(out["fusion"]["b"], [w @ np.array([1.0, 2.0, 3.0])], rtol=1e-6)
+  np.testing.assert_allclose(out["encoders"]["audio"]["w"], w[:2], rtol=1e-6)
+
+
+# ------------------------------------------------------------------ the step
+
+def test_per_loss_gradients_are_each_losses_own_gradient_and_sum_to_the_total(tfds_dir):
+  """The step's per-loss gradients (one forward, K vjps) equal jax.grad of each loss
+  alone, and their γ-weighted sum is the single-backward gradient."""
+  from asgml_jax import steps
+  config = tiny_mlp_config(tfds_dir)
+  from asgml_jax.config_schema import modality_config
+  config.modalities.text = modality_config("mlp", (10,), mlp_hidden_dim=16)
+  config.dataset.synthetic.signal.text = 0.3
+  state, _, batch = jitted_step(config)
+  model_state = state
+  names = ("audio", "text", "visual")
+  key = jax.random.fold_in(model_state.rng, model_state.step)
+  from asgml_jax.models import model_from_config
+  model = model_from_config(config, 4)
+
+  def losses_fn(params):
+    outputs, new_vars = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                    {m: batch[m] for m in names}, train=True,
+                                    mutable=["batch_stats"], rngs={"dropout": key})
+    return steps.loss_terms(outputs, batch["label"], names), outputs
+
+  grads, losses, _ = steps.per_loss_gradients(losses_fn, state.params, 4)
+  for k in range(4):
+    alone = jax.grad(lambda p, k=k: losses_fn(p)[0][k])(state.params)
+    for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(grads[k])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  total = jax.grad(lambda p: jnp.dot(jnp.array([1.0, 0.5, 0.5, 0.5]), losses_fn(p)[0]))(
+      state.params)
+  summed = jax.tree.map(lambda *g: g[0] + 0.5 * (g[1] + g[2] + g[3]), *grads)
+  for a, b in zip(jax.tree.leaves(total), jax.tree.leaves(summed)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["dwa", "pcgrad"])
+def test_weight_one_methods_match_joint_training_when_nothing_conflicts(tfds_dir, method):
+  """DWA in its first two epochs (w = 1) is joint training; the step computes
+  the same update through per-loss gradients as through one backward pass."""
+  config = tiny_mlp_config(tfds_dir)
+  config.modalities.audio.dropout = config.modalities.visual.dropout = 0.0
+  state, step, batch = jitted_step(config)
+  config.method.name = method
+  state_m, step_m, _ = jitted_step(config)
+  new, _ = step(state, batch)
+  new_m, metrics = step_m(state_m, batch)
+  if method == "pcgrad" and any(float(v) > 0 for k, v in metrics.items()
+                                if k.startswith("pcgrad/conflicts")):
+    pytest.skip("this batch has conflicting task gradients")
+  for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(new_m.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+VARIANTS = ["mmpareto", "pcgrad", "dwa", "gradnorm", "unimodal_audio", "unimodal_visual"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_baseline_variants_train_and_log_their_signals(tmp_path, tfds_dir, variant):
+  from asgml_jax import train
+  from configs.variants import apply_variant
+  config = apply_variant(tiny_mlp_config(tfds_dir, num_epochs=1), variant)
+  summary = train.train_and_evaluate(config, str(tmp_path / variant))
+  assert summary["method"] == config.method.name and "error" not in summary
+  assert 0.0 <= summary["final"]["test"]["accuracy"] <= 1.0
+  with open(os.path.join(tmp_path, variant, "config.json")) as f:
+    saved = json.load(f)
+  if variant.startswith("unimodal_"):
+    assert sorted(saved["modalities"]) == [variant.removeprefix("unimodal_")]
+  expected_signal = {"mmpareto": "mmpareto/gamma_audio", "pcgrad": "pcgrad/conflicts_fused",
+                     "dwa": "task_weight_fused", "gradnorm": "task_weight_visual"}.get(variant)
+  if expected_signal:
+    state, step, batch = jitted_step(config)
+    _, metrics = step(state, batch)
+    assert expected_signal in metrics
+
+
+def test_unimodal_variant_names_a_configured_modality(tfds_dir):
+  from configs.variants import apply_variant
+  with pytest.raises(ValueError, match="no modality 'depth'"):
+    apply_variant(tiny_config(tfds_dir), "unimodal_depth")
+
+
+def test_gradnorm_on_the_fusion_layer_needs_split_heads(tfds_dir):
+  from asgml_jax.config_schema import ConfigError, validate
+  config = tiny_config(tfds_dir)
+  config.method.name = "gradnorm"
+  config.model.unimodal_heads = "separate"
+  with pytest.raises(ConfigError, match="method.gradnorm.layer"):
+    validate(config)
