@@ -39,7 +39,10 @@ COLUMNS = (
 # Train signals plotted per modality (TensorBoard tag prefix, title).
 SIGNALS = (("probe/acc_", "probe accuracy (train-time probes)"),
            ("boost/scale_", "boost scale"), ("ogm/coeff_", "OGM coefficient"),
-           ("sched/tau_", "staleness / period tau"), ("sched/update_ratio_", "update ratio"))
+           ("sched/tau_", "staleness / period tau"), ("sched/update_ratio_", "update ratio"),
+           ("task_weight_", "loss weight (DWA / GradNorm)"),
+           ("mmpareto/gamma_", "MMPareto weight of the fused gradient"),
+           ("pcgrad/conflicts_", "PCGrad projections per step"))
 
 
 def find_runs(directories) -> list[str]:
@@ -250,8 +253,9 @@ def plot_all(runs: list[dict], out_dir: str) -> list[str]:
   signals = {r["dir"]: train_signals(r["dir"], [p for p, _ in SIGNALS]) for r in done}
   for prefix, title in SIGNALS:
     tags = sorted({t for s in signals.values() for t in s if t.startswith(prefix)})
-    if not tags:
-      continue
+    values = [s[t][1] for s in signals.values() for t in tags if t in s]
+    if not tags or np.ptp(np.concatenate(values)) == 0:
+      continue  # absent, or one constant for every run (tau = 1 of joint training)
     fig, axes = plt.subplots(1, len(tags), figsize=(5.5 * len(tags), 4), sharey=True)
     for ax, tag in zip(np.atleast_1d(axes), tags):
       for variant in variants:

@@ -103,7 +103,8 @@ def _over_seeds(body, num_seeds: int, mode: str, in_axes):
   return unrolled
 
 
-def make_sweep_fns(setup: train.RunSetup, one_state, num_seeds: int, mode: str = "vmap"):
+def make_sweep_fns(setup: train.RunSetup, one_state, num_seeds: int, mode: str = "vmap",
+                   on_device: bool | None = None):
   """(train_fn, eval_fn, collection, empty_metrics) for S seeds, in one program each.
 
   train_fn(states, metrics, data, perms_SxN, i) and eval_fn(states, split, start)
@@ -111,9 +112,11 @@ def make_sweep_fns(setup: train.RunSetup, one_state, num_seeds: int, mode: str =
   the permutations, for training); the data are shared, not copied per seed.
   For host-held data: train_fn(states, metrics, batches_SxB) and
   eval_fn(states, batch), the host gathering each seed's batch from its own
-  permutation (`input_pipeline.train_args`).
+  permutation (`input_pipeline.train_args`). `on_device` (default: where
+  `setup.data` is) is for callers without data, such as the benchmark.
   """
-  on_device = setup.data.on_device
+  if on_device is None:
+    on_device = setup.data.on_device
   body, collection = train.make_train_body(setup.model, setup.tx, setup.config,
                                            setup.steps_per_epoch, one_state, setup.example,
                                            setup.probe_cfg, on_device)
