@@ -22,7 +22,7 @@ ENCODERS = ("resnet18", "small_cnn", "mlp")
 FUSIONS = ("concat", "sum", "film", "gated")
 DATASETS = ("synthetic", "av_digits", "cremad", "ave", "kinetics_sounds", "mmsa", "npz")
 METHODS = ("baseline", "ogm", "ogm_ge", "boost", "boost_ogm", "frequency", "frequency_control",
-           "staleness", "adaptive", "unimodal", "mmpareto", "pcgrad", "dwa", "gradnorm")
+           "staleness", "adaptive", "unimodal", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm")
 # Methods that combine the per-loss gradients (`steps.train_step(per_loss_grads=True)`).
 PER_LOSS_METHODS = ("mmpareto", "pcgrad", "dwa", "gradnorm")
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
@@ -203,6 +203,7 @@ def base_config() -> ml_collections.ConfigDict:
       )),
       # Baselines (BASELINES.md). unimodal: train the one configured modality.
       mmpareto=ml_collections.ConfigDict(dict(scale=1.5)),   # gamma_s of the reference
+      opm=ml_collections.ConfigDict(dict(q_base=0.5, lam=0.5, p_exe=0.7, warmup_epochs=5)),
       dwa=ml_collections.ConfigDict(dict(temperature=2.0)),
       gradnorm=ml_collections.ConfigDict(dict(
           alpha=1.5, lr=0.025,
@@ -425,6 +426,12 @@ def _validate_method(config) -> None:
     _require(bool(_names_list(stale.modalities)), "method.staleness.modalities",
              "name the modalities that use stale gradients (e.g. 'audio')")
   _positive(config, "method.mmpareto.scale")
+  opm = method.opm
+  _require(0 <= opm.q_base <= 1, "method.opm.q_base", f"must be in [0, 1], got {opm.q_base!r}")
+  _require(opm.lam >= 0, "method.opm.lam", f"must be >= 0, got {opm.lam!r}")
+  _require(0 <= opm.p_exe <= 1, "method.opm.p_exe", f"must be in [0, 1], got {opm.p_exe!r}")
+  _require(isinstance(opm.warmup_epochs, int) and opm.warmup_epochs >= 0,
+           "method.opm.warmup_epochs", f"must be an integer >= 0, got {opm.warmup_epochs!r}")
   _positive(config, "method.dwa.temperature")
   _positive(config, "method.gradnorm.lr")
   _require(method.gradnorm.alpha >= 0, "method.gradnorm.alpha", "must be >= 0")

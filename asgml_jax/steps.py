@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from asgml_jax.opm import OPMConfig, make_feature_gate, masked_cross_entropy
 from asgml_jax.probes import ProbeConfig, maybe_refresh, probe_logits, utilization_gap
 from asgml_jax.state import TrainState
 from asgml_jax.transforms.ogm_ge import batch_scores
@@ -39,8 +40,12 @@ def multimodal_loss(outputs: Mapping[str, Any], labels_B: jnp.ndarray,
   `update_gates[m]` is 1 when modality m's encoder updates this step (always,
   for joint training); a skipped modality's unimodal term is switched off.
   Returns the loss and the unimodal CE per modality (ungated, for logging).
+  With OPM's feature gate, the fused CE leaves out the samples it emptied.
   """
-  fused = cross_entropy(outputs["logits"], labels_B)
+  if "gate" in outputs:
+    fused = masked_cross_entropy(outputs["logits"], labels_B, outputs["gate"]["valid"])
+  else:
+    fused = cross_entropy(outputs["logits"], labels_B)
   unimodal = {m: cross_entropy(z, labels_B) for m, z in outputs["unimodal_logits"].items()}
   total = fused + unimodal_weight * sum(update_gates[m] * u for m, u in unimodal.items())
   return total, fused, unimodal
@@ -84,7 +89,8 @@ def per_loss_gradients(losses_fn, params, num_losses: int):
 
 def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx,
                unimodal_weight: float, lr_fn, probe_cfg: ProbeConfig,
-               per_loss_grads: bool = False) -> tuple[TrainState, dict]:
+               per_loss_grads: bool = False,
+               opm_cfg: OPMConfig | None = None) -> tuple[TrainState, dict]:
   """One optimisation step; returns the new state and scalar metrics.
 
   Order: forward/backward with the unimodal terms gated by the schedule's
@@ -95,6 +101,7 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
   (`loss_grads` {"fused" | m: grads}) and the losses (`task_losses`), from
   one forward and 1 + N backward passes; `grads` is then their weighted sum
   (weights 1 and γ·gate_m), the same total as the single backward pass.
+  opm_cfg: OPM's per-sample feature dropping between encoders and fusion.
 
   A non-finite loss or gradient leaves the state untouched and records the step
   and the culprit in `state.health`; once recorded, every later step is a no-op
@@ -104,13 +111,16 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
   labels = batch["label"]
   dropout_key = jax.random.fold_in(state.rng, state.step)
   gates = update_gates(state.opt_state, names)
+  feature_gate = (make_feature_gate(opm_cfg, labels, jax.random.fold_in(dropout_key, 0x0B3),
+                                    state.step) if opm_cfg is not None else None)
 
   def loss_fn(params):
     variables = {"params": params}
     if state.batch_stats:
       variables["batch_stats"] = state.batch_stats
     outputs, new_vars = model.apply(variables, _inputs(batch, names), train=True,
-                                    mutable=["batch_stats"], rngs={"dropout": dropout_key})
+                                    mutable=["batch_stats"], rngs={"dropout": dropout_key},
+                                    feature_gate=feature_gate)
     total, fused, unimodal = multimodal_loss(outputs, labels, unimodal_weight, gates)
     return total, (outputs, new_vars.get("batch_stats", {}), fused, unimodal)
 
@@ -170,6 +180,11 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
     metrics[f"probe/acc_{m}"] = probe_state.accuracy[m]
     metrics[f"probe/score_{m}"] = probe_state.score[m]
   metrics["probe/utilization_gap"] = utilization_gap(probe_state.accuracy)
+  if "gate" in outputs:
+    gate = outputs["gate"]
+    metrics.update({f"opm/drop_prob_{m}": q for m, q in gate["q"].items()})
+    metrics["opm/executed"] = gate["executed"].astype(jnp.float32)
+    metrics["opm/valid_fraction"] = jnp.mean(gate["valid"].astype(jnp.float32))
   metrics.update(intervention_signals(new_opt_state))
   return new_state, metrics
 

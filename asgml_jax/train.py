@@ -21,6 +21,7 @@ from asgml_jax.config_schema import (PER_LOSS_METHODS, effective_config, modalit
                                     validate)
 from asgml_jax.metrics import ConfusionMatrix, summarize_confusions, train_metrics_collection
 from asgml_jax.models import model_from_config
+from asgml_jax.opm import OPMConfig
 from asgml_jax.probes import probe_config_from
 from asgml_jax.state import create_train_state, distinct_buffers
 
@@ -54,6 +55,16 @@ def _field(metric: str) -> str:
   return metric.replace("/", "__")
 
 
+def step_options(config, steps_per_epoch: int) -> dict:
+  """The method-dependent static options of `steps.train_step`."""
+  opm_cfg = None
+  if config.method.name == "opm":
+    o = config.method.opm
+    opm_cfg = OPMConfig(q_base=o.q_base, lam=o.lam, p_exe=o.p_exe,
+                        warmup_epochs=o.warmup_epochs, steps_per_epoch=steps_per_epoch)
+  return {"per_loss_grads": config.method.name in PER_LOSS_METHODS, "opm_cfg": opm_cfg}
+
+
 def make_train_body(model, tx, config, steps_per_epoch: int, state, example_batch, probe_cfg,
                     on_device: bool = True):
   """Un-jitted train step with metric accumulation, and its metrics Collection.
@@ -70,8 +81,7 @@ def make_train_body(model, tx, config, steps_per_epoch: int, state, example_batc
   frame_sizes = augment.frame_modalities(config)
   step_fn = functools.partial(steps.train_step, model=model, tx=tx,
                               unimodal_weight=config.loss.unimodal_weight, lr_fn=lr_fn,
-                              probe_cfg=probe_cfg,
-                              per_loss_grads=config.method.name in PER_LOSS_METHODS)
+                              probe_cfg=probe_cfg, **step_options(config, steps_per_epoch))
   metric_keys = sorted(jax.eval_shape(step_fn, state, example_batch)[1])
   collection = train_metrics_collection([_field(k) for k in metric_keys])
 

@@ -69,11 +69,11 @@ def jitted_step(config, *, steps_per_epoch: int = 6, lr_fn=None):
   probe_cfg = probe_config_from(config, spec.num_classes)
   state = create_train_state(model, tx, batch, jax.random.PRNGKey(config.seed), probe_cfg)
   lr_fn = lr_fn or optim.lr_schedule(config, steps_per_epoch)
-  from asgml_jax.config_schema import PER_LOSS_METHODS
+  from asgml_jax.train import step_options
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
                                    unimodal_weight=config.loss.unimodal_weight, lr_fn=lr_fn,
                                    probe_cfg=probe_cfg,
-                                   per_loss_grads=config.method.name in PER_LOSS_METHODS))
+                                   **step_options(config, steps_per_epoch)))
   return state, step, batch
 
 

@@ -178,6 +178,70 @@ def test_gradnorm_transform_uses_the_current_weights_then_updates_them():
   np.testing.assert_allclose(out["encoders"]["audio"]["w"], w[:2], rtol=1e-6)
 
 
+# ------------------------------------------------------------------ OPM
+
+def test_opm_drop_probabilities_two_and_three_modalities():
+  """s = (3, 1): ρ = (3, 1/3): q_a = 0.5(1 + 0.5 tanh(2)), q_v = 0.
+  s = (4, 2, 1): ρ_1 = mean(4/2, 4/1) = 3, ρ_2 = mean(2/4, 2/1) = 1.25,
+  ρ_3 = mean(1/4, 1/2) = 0.375: q = (0.5(1 + 0.5 tanh 2), 0.5(1 + 0.5 tanh 0.25), 0)."""
+  from asgml_jax.opm import drop_probabilities
+  q = drop_probabilities({"audio": jnp.float32(3.0), "visual": jnp.float32(1.0)}, 0.5, 0.5)
+  assert float(q["audio"]) == pytest.approx(0.5 * (1 + 0.5 * np.tanh(2.0)), rel=1e-6)
+  assert float(q["visual"]) == 0.0
+  q = drop_probabilities({"a": jnp.float32(4.0), "b": jnp.float32(2.0), "c": jnp.float32(1.0)},
+                         0.5, 0.5)
+  np.testing.assert_allclose([float(q[m]) for m in "abc"],
+                             [0.5 * (1 + 0.5 * np.tanh(2.0)), 0.5 * (1 + 0.5 * np.tanh(0.25)),
+                              0.0], rtol=1e-6)
+  q = drop_probabilities({"a": jnp.float32(100.0), "b": jnp.float32(1.0)}, 0.9, 0.5)
+  assert float(q["a"]) == 1.0  # 0.9 (1 + 0.5 tanh 98) > 1 is clamped
+
+
+def test_opm_drop_rescales_kept_features_and_excludes_all_dropped_samples():
+  """q = (0.6, 0.2): kept features × 1/(1 - 0.4); sample 2 lost both modalities."""
+  from asgml_jax.opm import apply_drop, masked_cross_entropy
+  feats = {"audio": jnp.ones((3, 2)), "visual": 2 * jnp.ones((3, 2))}
+  keep = {"audio": jnp.array([True, False, False]), "visual": jnp.array([False, True, False])}
+  q = {"audio": jnp.float32(0.6), "visual": jnp.float32(0.2)}
+  gated, valid = apply_drop(feats, keep, q, jnp.bool_(True))
+  np.testing.assert_allclose(gated["audio"][:, 0], [1 / 0.6, 0.0, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(gated["visual"][:, 0], [0.0, 2 / 0.6, 0.0], rtol=1e-6)
+  np.testing.assert_array_equal(valid, [True, True, False])
+  untouched, valid = apply_drop(feats, keep, q, jnp.bool_(False))
+  np.testing.assert_allclose(untouched["visual"], feats["visual"])
+  assert bool(valid.all())
+  logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0]])
+  labels = jnp.array([0, 1, 1])
+  ce = -jax.nn.log_softmax(logits)[jnp.arange(3), labels]
+  assert float(masked_cross_entropy(logits, labels, jnp.array([True, True, False]))) == (
+      pytest.approx(float(ce[:2].mean()), rel=1e-6))
+
+
+def test_opm_step_without_execution_is_fused_only_joint_training(tfds_dir):
+  """p_exe = 0: OPM never drops, so its step is the baseline's with γ = 0; with
+  p_exe = 1 and no warm-up it drops on every step and logs its signals."""
+  config = tiny_mlp_config(tfds_dir)
+  config.loss.unimodal_weight = 0.0
+  state, step, batch = jitted_step(config)
+  config.method.name = "opm"
+  config.method.opm.p_exe = 0.0
+  state_o, step_o, _ = jitted_step(config)
+  new, _ = step(state, batch)
+  new_o, metrics = step_o(state_o, batch)
+  assert float(metrics["opm/executed"]) == 0.0
+  for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(new_o.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  config.method.opm.p_exe = 1.0
+  config.method.opm.warmup_epochs = 0
+  state_o, step_o, _ = jitted_step(config)
+  _, metrics = step_o(state_o, batch)
+  assert float(metrics["opm/executed"]) == 1.0
+  dominant = max(("audio", "visual"), key=lambda m: float(metrics[f"opm/drop_prob_{m}"]))
+  other = "visual" if dominant == "audio" else "audio"
+  assert float(metrics[f"opm/drop_prob_{dominant}"]) >= 0.5  # q_base·(1 + ...) when ρ > 1
+  assert float(metrics[f"opm/drop_prob_{other}"]) == 0.0
+
+
 # ------------------------------------------------------------------ the step
 
 def test_per_loss_gradients_are_each_losses_own_gradient_and_sum_to_the_total(tfds_dir):
@@ -231,7 +295,7 @@ def test_weight_one_methods_match_joint_training_when_nothing_conflicts(tfds_dir
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-VARIANTS = ["mmpareto", "pcgrad", "dwa", "gradnorm", "unimodal_audio", "unimodal_visual"]
+VARIANTS = ["mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "unimodal_audio", "unimodal_visual"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -247,7 +311,8 @@ def test_baseline_variants_train_and_log_their_signals(tmp_path, tfds_dir, varia
   if variant.startswith("unimodal_"):
     assert sorted(saved["modalities"]) == [variant.removeprefix("unimodal_")]
   expected_signal = {"mmpareto": "mmpareto/gamma_audio", "pcgrad": "pcgrad/conflicts_fused",
-                     "dwa": "task_weight_fused", "gradnorm": "task_weight_visual"}.get(variant)
+                     "dwa": "task_weight_fused", "gradnorm": "task_weight_visual",
+                     "opm": "opm/drop_prob_audio"}.get(variant)
   if expected_signal:
     state, step, batch = jitted_step(config)
     _, metrics = step(state, batch)

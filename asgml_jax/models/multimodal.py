@@ -88,25 +88,39 @@ class MultimodalClassifier(nn.Module):
     return tuple(s.name for s in self.specs)
 
   @nn.compact
-  def __call__(self, inputs: Mapping[str, jnp.ndarray], train: bool = False):
+  def __call__(self, inputs: Mapping[str, jnp.ndarray], train: bool = False, feature_gate=None):
+    """feature_gate: optional `(features, unimodal_logits) -> (gated features, info)`
+    applied between the encoders and the fusion (OPM's feature dropping). The
+    fused logits then come from the gated features, a second pass through the
+    same fusion parameters; unimodal logits and features stay ungated, and
+    `info` is returned as outputs["gate"]."""
     names = self.modality_names
     feats = Encoders(self.specs, self.feature_dim, self.dtype, name="encoders")(inputs, train)
     out_dim = self.fusion_dim or self.num_classes
-    out, split = make_fusion(self.fusion, out_dim, names, self.condition_modality,
-                             self.dtype)(tuple(feats[n] for n in names))
+    fusion = make_fusion(self.fusion, out_dim, names, self.condition_modality, self.dtype)
+    out, split = fusion(tuple(feats[n] for n in names))
     if self.unimodal_heads == "separate":
       split = None
     needs_heads = self.fusion_dim is not None or split is None
+    heads = (Heads(self.num_classes, self.fusion_dim is not None, names,
+                   self.unimodal_head_stop_gradient, self.dtype, name="heads")
+             if needs_heads else None)
     if needs_heads:
-      logits, unimodal = Heads(self.num_classes, self.fusion_dim is not None, names,
-                               self.unimodal_head_stop_gradient, self.dtype, name="heads")(out, feats)
+      logits, unimodal = heads(out, feats)
       logits = out if logits is None else logits
     else:
       logits, unimodal = out, dict(zip(names, split))
     as_f32 = lambda x: x.astype(jnp.float32)
-    return {"logits": as_f32(logits),
-            "unimodal_logits": {n: as_f32(unimodal[n]) for n in names},
-            "features": {n: as_f32(feats[n]) for n in names}}
+    outputs = {"unimodal_logits": {n: as_f32(unimodal[n]) for n in names},
+               "features": {n: as_f32(feats[n]) for n in names}}
+    if feature_gate is not None:
+      gated, outputs["gate"] = feature_gate(feats, outputs["unimodal_logits"])
+      out, _ = fusion(tuple(gated[n] for n in names))
+      logits = out
+      if self.fusion_dim is not None:
+        logits, _ = heads(out, feats)
+    outputs["logits"] = as_f32(logits)
+    return outputs
 
 
 def model_from_config(config, num_classes: int) -> MultimodalClassifier:
