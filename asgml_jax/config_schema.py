@@ -22,7 +22,7 @@ ENCODERS = ("resnet18", "small_cnn", "mlp")
 FUSIONS = ("concat", "sum", "film", "gated")
 DATASETS = ("synthetic", "av_digits", "cremad", "ave", "kinetics_sounds", "mmsa", "npz")
 METHODS = ("baseline", "ogm", "ogm_ge", "boost", "boost_ogm", "frequency", "frequency_control",
-           "staleness", "adaptive", "unimodal", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm")
+           "staleness", "adaptive", "unimodal", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm")
 # Methods that combine the per-loss gradients (`steps.train_step(per_loss_grads=True)`).
 PER_LOSS_METHODS = ("mmpareto", "pcgrad", "dwa", "gradnorm")
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
@@ -204,6 +204,7 @@ def base_config() -> ml_collections.ConfigDict:
       # Baselines (BASELINES.md). unimodal: train the one configured modality.
       mmpareto=ml_collections.ConfigDict(dict(scale=1.5)),   # gamma_s of the reference
       opm=ml_collections.ConfigDict(dict(q_base=0.5, lam=0.5, p_exe=0.7, warmup_epochs=5)),
+      cggm=ml_collections.ConfigDict(dict(rho=1.3, lam=0.2, cls_lr=5e-4)),  # MOSI defaults
       dwa=ml_collections.ConfigDict(dict(temperature=2.0)),
       gradnorm=ml_collections.ConfigDict(dict(
           alpha=1.5, lr=0.025,
@@ -426,6 +427,13 @@ def _validate_method(config) -> None:
     _require(bool(_names_list(stale.modalities)), "method.staleness.modalities",
              "name the modalities that use stale gradients (e.g. 'audio')")
   _positive(config, "method.mmpareto.scale")
+  _positive(config, "method.cggm.rho")
+  _positive(config, "method.cggm.cls_lr")
+  _require(method.cggm.lam >= 0, "method.cggm.lam", f"must be >= 0, got {method.cggm.lam!r}")
+  if method.name == "cggm":
+    _require(config.model.fusion in ("concat", "sum") and config.model.fusion_dim is None,
+             "model.fusion", "cggm compares each classifier with the fusion-layer block of its "
+             "modality: needs concat or sum fusion straight to classes (fusion_dim None)")
   opm = method.opm
   _require(0 <= opm.q_base <= 1, "method.opm.q_base", f"must be in [0, 1], got {opm.q_base!r}")
   _require(opm.lam >= 0, "method.opm.lam", f"must be >= 0, got {opm.lam!r}")

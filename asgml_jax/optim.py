@@ -17,6 +17,7 @@ from typing import NamedTuple
 import optax
 
 from asgml_jax.transforms.boost import boost
+from asgml_jax.transforms.cggm import cggm
 from asgml_jax.transforms.mmpareto import mmpareto
 from asgml_jax.transforms.multitask import dwa, gradnorm, pcgrad
 from asgml_jax.transforms.ogm_ge import ogm_ge
@@ -103,6 +104,9 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
   """
   method = config.method
   parts = []
+  if method.name == "cggm":
+    c = method.cggm
+    parts.append(cggm(c.rho, c.cls_lr, config.model.feature_dim, seed=config.seed + 3))
   if method.name == "mmpareto":
     parts.append(mmpareto(method.mmpareto.scale))
   if method.name == "pcgrad":

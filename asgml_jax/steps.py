@@ -19,6 +19,7 @@ import optax
 from asgml_jax.opm import OPMConfig, make_feature_gate, masked_cross_entropy
 from asgml_jax.probes import ProbeConfig, maybe_refresh, probe_logits, utilization_gap
 from asgml_jax.state import TrainState
+from asgml_jax.transforms.cggm import direction_loss, fusion_blocks
 from asgml_jax.transforms.ogm_ge import batch_scores
 from asgml_jax.transforms.schedule import update_gates
 
@@ -90,7 +91,8 @@ def per_loss_gradients(losses_fn, params, num_losses: int):
 def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx,
                unimodal_weight: float, lr_fn, probe_cfg: ProbeConfig,
                per_loss_grads: bool = False,
-               opm_cfg: OPMConfig | None = None) -> tuple[TrainState, dict]:
+               opm_cfg: OPMConfig | None = None,
+               cggm_lambda: float | None = None) -> tuple[TrainState, dict]:
   """One optimisation step; returns the new state and scalar metrics.
 
   Order: forward/backward with the unimodal terms gated by the schedule's
@@ -102,6 +104,8 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
   one forward and 1 + N backward passes; `grads` is then their weighted sum
   (weights 1 and γ·gate_m), the same total as the single backward pass.
   opm_cfg: OPM's per-sample feature dropping between encoders and fusion.
+  cggm_lambda: add λ·L_gm, CGGM's direction term, with the B_m and auxiliary
+  classifiers its transformation kept from the previous step.
 
   A non-finite loss or gradient leaves the state untouched and records the step
   and the culprit in `state.health`; once recorded, every later step is a no-op
@@ -122,7 +126,16 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
                                     mutable=["batch_stats"], rngs={"dropout": dropout_key},
                                     feature_gate=feature_gate)
     total, fused, unimodal = multimodal_loss(outputs, labels, unimodal_weight, gates)
+    if cggm_lambda is not None:
+      total = total + cggm_lambda * cggm_term(params)
     return total, (outputs, new_vars.get("batch_stats", {}), fused, unimodal)
+
+  def cggm_term(params):
+    classifiers = optax.tree_utils.tree_get(state.opt_state, "classifiers")
+    kernels = {m: classifiers[m]["kernel"] for m in names}
+    feature_dim = next(iter(kernels.values())).shape[0]
+    return direction_loss(optax.tree_utils.tree_get(state.opt_state, "cggm_balance"), kernels,
+                          fusion_blocks(params, names, feature_dim))
 
   extra = {}
   if per_loss_grads:
@@ -154,7 +167,8 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
       grads, state.opt_state, state.params, step=state.step,
       ogm_scores=batch_scores(outputs["unimodal_logits"], labels),
       probe_scores=probe_state.score, probe_refreshes=probe_state.refreshes,
-      encoder_grad_norms=grad_norms, unimodal_losses=unimodal, **extra)
+      encoder_grad_norms=grad_norms, unimodal_losses=unimodal,
+      features=jax.lax.stop_gradient(outputs["features"]), labels=labels, **extra)
   new_params = optax.apply_updates(state.params, updates)
 
   culprit = _first_nonfinite(loss, grads, grad_norms)
@@ -180,6 +194,8 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
     metrics[f"probe/acc_{m}"] = probe_state.accuracy[m]
     metrics[f"probe/score_{m}"] = probe_state.score[m]
   metrics["probe/utilization_gap"] = utilization_gap(probe_state.accuracy)
+  if cggm_lambda is not None:
+    metrics["cggm/direction_loss"] = cggm_term(state.params)
   if "gate" in outputs:
     gate = outputs["gate"]
     metrics.update({f"opm/drop_prob_{m}": q for m, q in gate["q"].items()})
@@ -194,7 +210,8 @@ _SIGNALS = (("coefficients", "ogm/coeff"), ("ratios", "ogm/score_ratio"),
             ("scales", "boost/scale"), ("tau", "sched/tau"), ("flags", "sched/update"),
             ("update_ratio", "sched/update_ratio"), ("grad_norms_in", "grad_norm_after"),
             ("task_weights", "task_weight"), ("pareto_cosines", "mmpareto/cos"),
-            ("pareto_gammas", "mmpareto/gamma"), ("conflicts", "pcgrad/conflicts"))
+            ("pareto_gammas", "mmpareto/gamma"), ("conflicts", "pcgrad/conflicts"),
+            ("cggm_balance", "cggm/balance"), ("aux_accuracy", "cggm/aux_acc"))
 
 
 def intervention_signals(opt_state) -> dict:

@@ -62,7 +62,8 @@ def step_options(config, steps_per_epoch: int) -> dict:
     o = config.method.opm
     opm_cfg = OPMConfig(q_base=o.q_base, lam=o.lam, p_exe=o.p_exe,
                         warmup_epochs=o.warmup_epochs, steps_per_epoch=steps_per_epoch)
-  return {"per_loss_grads": config.method.name in PER_LOSS_METHODS, "opm_cfg": opm_cfg}
+  return {"per_loss_grads": config.method.name in PER_LOSS_METHODS, "opm_cfg": opm_cfg,
+          "cggm_lambda": config.method.cggm.lam if config.method.name == "cggm" else None}
 
 
 def make_train_body(model, tx, config, steps_per_epoch: int, state, example_batch, probe_cfg,

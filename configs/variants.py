@@ -8,7 +8,7 @@ encoder and the fusion layer as its classifier, no unimodal loss term).
 
 VARIANTS = ("baseline", "ogm", "ogm_ge", "frequency", "frequency_control", "staleness",
             "adaptive", "boost", "boost_ogm", "boost_ogm_seedcode", "frequency_seedcode",
-            "staleness_seedcode", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm")
+            "staleness_seedcode", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm")
 UNIMODAL_PREFIX = "unimodal_"
 
 
@@ -54,6 +54,8 @@ def apply_variant(config, variant: str | None):
   if name == "mmpareto":
     config.model.unimodal_heads = "separate"  # Linear(D, C) per modality, as the reference
     config.loss.unimodal_weight = 1.0
+  if name == "cggm":
+    config.loss.unimodal_weight = 0.0         # CE(fused) + λ·L_gm; classifiers train apart
   if name == "opm":
     config.loss.unimodal_weight = 0.0         # OPM trains on the fused CE only
   if name in ("pcgrad", "dwa", "gradnorm"):

@@ -178,6 +178,80 @@ def test_gradnorm_transform_uses_the_current_weights_then_updates_them():
   np.testing.assert_allclose(out["encoders"]["audio"]["w"], w[:2], rtol=1e-6)
 
 
+# ------------------------------------------------------------------ CGGM
+
+def test_cggm_balance_coefficients_and_their_guards():
+  """Δ = (0.1, 0.3): S = 0.4, B = (0.3/0.4, 0.1/0.4) = (0.75, 0.25).
+  Δ = (0.1, 0.2, 0.2): S = 0.5, B = (0.8, 0.6, 0.6), Σ B = N − 1 = 2.
+  Guards: Δ = (0, 0) -> (N−1)/N = 0.5 each; Δ = (0.1, −0.05): raw (−1, 2) -> clipped (0, 1)."""
+  from asgml_jax.transforms.cggm import balance_coefficients
+  b = lambda *d: [float(v) for v in balance_coefficients(
+      {f"m{i}": jnp.float32(x) for i, x in enumerate(d)}).values()]
+  np.testing.assert_allclose(b(0.1, 0.3), [0.75, 0.25], rtol=1e-5)
+  np.testing.assert_allclose(b(0.1, 0.2, 0.2), [0.8, 0.6, 0.6], rtol=1e-5)
+  np.testing.assert_allclose(b(0.0, 0.0), [0.5, 0.5])
+  np.testing.assert_allclose(b(-0.1, 0.05), [0.5, 0.5])  # S < 0: no modality improved
+  np.testing.assert_allclose(b(0.1, -0.05), [0.0, 1.0], atol=1e-5)
+
+
+def test_cggm_direction_loss_by_hand_reaches_only_the_fusion_layer():
+  """B = (0.75, 0.25); W_cls_a ∥ W_fus_a (cos 1), W_cls_v = −W_fus_v (cos −1):
+  L = (1 − (0.75 − 0.25)) / 2 = 0.25. Its gradient w.r.t. the classifiers is zero."""
+  from asgml_jax.transforms.cggm import direction_loss, fusion_blocks
+  params = {"fusion": {"kernel": jnp.array([[1.0, 2.0], [0.5, -1.0], [3.0, 0.0], [1.0, 1.0]]),
+                       "bias": jnp.zeros(2)}}
+  blocks = fusion_blocks(params, ("audio", "visual"), 2)
+  np.testing.assert_allclose(blocks["visual"], [[3.0, 0.0], [1.0, 1.0]])
+  kernels = {"audio": 2.0 * blocks["audio"], "visual": -blocks["visual"]}
+  balance = {"audio": jnp.float32(0.75), "visual": jnp.float32(0.25)}
+  assert float(direction_loss(balance, kernels, blocks)) == pytest.approx(0.25, rel=1e-6)
+  g_cls = jax.grad(lambda k: direction_loss(balance, k, blocks))(kernels)
+  assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(g_cls))
+  # Away from cos = ±1 (where the cosine is flat) the fusion layer gets a gradient.
+  tilted = {"audio": jnp.eye(2), "visual": jnp.array([[0.0, 1.0], [1.0, 0.0]])}
+  g_fus = jax.grad(lambda p: direction_loss(balance, tilted, fusion_blocks(
+      p, ("audio", "visual"), 2)))(params)
+  assert float(jnp.abs(g_fus["fusion"]["kernel"]).max()) > 1e-3  # differentiable, not detached
+
+
+def test_cggm_transform_scales_encoders_by_rho_b_and_trains_its_classifiers():
+  """Step 1 from acc(0) = 0: Δ_m = acc_m(1); the encoder gradients are × 1.3·B_m
+  and the classifiers take one Adam step on their CE of the detached features."""
+  import optax
+  from asgml_jax.transforms.cggm import balance_coefficients, cggm
+  params = {"encoders": {"audio": {"w": jnp.ones(2)}, "visual": {"w": jnp.ones(2)}},
+            "fusion": {"kernel": jnp.zeros((4, 3)), "bias": jnp.zeros(3)}}
+  tx = cggm(rho=1.3, cls_lr=0.01, feature_dim=2, seed=0)
+  state = tx.init(params)
+  assert state.classifiers["audio"]["kernel"].shape == (2, 3)
+  features = {"audio": jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0]]),
+              "visual": jnp.array([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [0.0, 2.0]])}
+  labels = jnp.array([0, 1, 2, 0])
+  acc = {m: float(jnp.mean(jnp.argmax(features[m] @ state.classifiers[m]["kernel"]
+                                      + state.classifiers[m]["bias"], -1) == labels))
+         for m in ("audio", "visual")}
+  grads = {"encoders": {"audio": {"w": jnp.array([1.0, -2.0])},
+                        "visual": {"w": jnp.array([0.5, 0.5])}},
+           "fusion": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}}
+  out, new_state = tx.update(grads, state, features=features, labels=labels)
+  b = balance_coefficients({m: jnp.float32(v) for m, v in acc.items()})
+  np.testing.assert_allclose(out["encoders"]["audio"]["w"], 1.3 * float(b["audio"])
+                             * np.array([1.0, -2.0]), rtol=1e-6)
+  np.testing.assert_allclose(out["encoders"]["visual"]["w"], 1.3 * float(b["visual"])
+                             * np.array([0.5, 0.5]), rtol=1e-6)
+  np.testing.assert_allclose(out["fusion"]["kernel"], grads["fusion"]["kernel"])
+  assert {m: float(v) for m, v in new_state.previous_accuracy.items()} == acc
+
+  def ce(classifiers):
+    return sum(optax.softmax_cross_entropy_with_integer_labels(
+        features[m] @ p["kernel"] + p["bias"], labels).mean() for m, p in classifiers.items())
+  adam = optax.adam(0.01)
+  step, _ = adam.update(jax.grad(ce)(state.classifiers), adam.init(state.classifiers))
+  want = optax.apply_updates(state.classifiers, step)
+  for a, c in zip(jax.tree.leaves(want), jax.tree.leaves(new_state.classifiers)):
+    np.testing.assert_allclose(a, c, rtol=1e-6)
+
+
 # ------------------------------------------------------------------ OPM
 
 def test_opm_drop_probabilities_two_and_three_modalities():
@@ -295,7 +369,8 @@ def test_weight_one_methods_match_joint_training_when_nothing_conflicts(tfds_dir
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-VARIANTS = ["mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "unimodal_audio", "unimodal_visual"]
+VARIANTS = ["mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm", "unimodal_audio",
+            "unimodal_visual"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -312,7 +387,7 @@ def test_baseline_variants_train_and_log_their_signals(tmp_path, tfds_dir, varia
     assert sorted(saved["modalities"]) == [variant.removeprefix("unimodal_")]
   expected_signal = {"mmpareto": "mmpareto/gamma_audio", "pcgrad": "pcgrad/conflicts_fused",
                      "dwa": "task_weight_fused", "gradnorm": "task_weight_visual",
-                     "opm": "opm/drop_prob_audio"}.get(variant)
+                     "opm": "opm/drop_prob_audio", "cggm": "cggm/balance_audio"}.get(variant)
   if expected_signal:
     state, step, batch = jitted_step(config)
     _, metrics = step(state, batch)
