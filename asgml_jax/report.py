@@ -40,9 +40,10 @@ COLUMNS = (
 SIGNALS = (("probe/acc_", "probe accuracy (train-time probes)"),
            ("boost/scale_", "boost scale"), ("ogm/coeff_", "OGM coefficient"),
            ("sched/tau_", "staleness / period tau"), ("sched/update_ratio_", "update ratio"),
-           ("task_weight_", "loss weight (DWA / GradNorm)"),
+           ("train/task_weight_", "loss weight (DWA / GradNorm)"),
            ("mmpareto/gamma_", "MMPareto weight of the fused gradient"),
-           ("pcgrad/conflicts_", "PCGrad projections per step"))
+           ("pcgrad/conflicts_", "PCGrad projections per step"),
+           ("cggm/balance_", "CGGM balance B"), ("opm/drop_prob_", "OPM drop probability"))
 
 
 def find_runs(directories) -> list[str]:
@@ -266,7 +267,7 @@ def plot_all(runs: list[dict], out_dir: str) -> list[str]:
       ax.set(title=f"{title}: {tag[len(prefix):]}", xlabel="step")
       ax.grid(alpha=0.3)
     np.atleast_1d(axes)[0].legend(fontsize=8)
-    save(fig, "train_" + prefix.strip("/_").replace("/", "_") + ".png")
+    save(fig, "train_" + prefix.removeprefix("train/").strip("/_").replace("/", "_") + ".png")
   return written
 
 
