@@ -45,15 +45,24 @@ def _write_json_atomically(path: str, payload) -> None:
 
 def check_config_matches_workdir(config, workdir: str) -> None:
   """A workdir belongs to one experiment: resuming it with another config
-  would silently mix two runs, so refuse and name the keys that differ."""
+  would silently mix two runs, so refuse and name the keys that differ.
+
+  A key the saved config lacks (added to the schema after the run started)
+  is no difference while the current value is its default: the run behaved
+  as the default says."""
+  from asgml_jax.config_schema import base_config
   path = os.path.join(workdir, CONFIG_FILE)
   current = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
     old, new = flatten(saved), flatten(current)
+    defaults = flatten(json.loads(base_config().to_json_best_effort()))
+    added_at_default = {k for k in new if k not in old and k in defaults
+                        and new[k] == defaults[k]}
     differ = sorted(k for k in set(old) | set(new)
-                    if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+                    if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+                    and k not in added_at_default)
     if differ:
       raise ConfigError(
           f"config.{differ[0]}: differs from the run already in {workdir} "

@@ -90,3 +90,31 @@ def test_command_line_rejects_unknown_override(tmp_path):
       timeout=300)
   assert result.returncode != 0
   assert "fuson" in result.stderr
+
+
+def test_a_workdir_refuses_another_config_but_not_keys_added_since_at_their_default(tmp_path):
+  """Resuming with a changed hyperparameter would mix two runs: refused, the key
+  named. num_epochs may change. A key the saved config.json lacks (added to the
+  schema after the run started) is accepted at its default, refused otherwise."""
+  import json
+
+  from asgml_jax.run_dir import CONFIG_FILE, check_config_matches_workdir
+  workdir = str(tmp_path / "run")
+  config = tiny_config(str(tmp_path))
+  check_config_matches_workdir(config, workdir)
+  changed = tiny_config(str(tmp_path))
+  changed.optimizer.learning_rate = 0.5
+  with pytest.raises(ConfigError, match="config.optimizer.learning_rate: differs"):
+    check_config_matches_workdir(changed, workdir)
+  longer = tiny_config(str(tmp_path), num_epochs=9)
+  check_config_matches_workdir(longer, workdir)
+  path = tmp_path / "run" / CONFIG_FILE
+  saved = json.loads(path.read_text())
+  del saved["dataset"]["placement"]  # as written before the key existed
+  path.write_text(json.dumps(saved))
+  check_config_matches_workdir(tiny_config(str(tmp_path)), workdir)
+  path.write_text(json.dumps(saved))
+  host = tiny_config(str(tmp_path))
+  host.dataset.placement = "host"
+  with pytest.raises(ConfigError, match="config.dataset.placement: differs"):
+    check_config_matches_workdir(host, workdir)
