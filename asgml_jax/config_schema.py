@@ -22,7 +22,8 @@ ENCODERS = ("resnet18", "small_cnn", "mlp")
 FUSIONS = ("concat", "sum", "film", "gated")
 DATASETS = ("synthetic", "av_digits", "cremad", "ave", "kinetics_sounds", "mmsa", "npz")
 METHODS = ("baseline", "ogm", "ogm_ge", "boost", "boost_ogm", "frequency", "frequency_control",
-           "staleness", "adaptive", "unimodal", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm")
+           "staleness", "adaptive", "unimodal", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm",
+           "inforeg", "agm")
 # Methods that combine the per-loss gradients (`steps.train_step(per_loss_grads=True)`).
 PER_LOSS_METHODS = ("mmpareto", "pcgrad", "dwa", "gradnorm")
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
@@ -206,6 +207,17 @@ def base_config() -> ml_collections.ConfigDict:
       opm=ml_collections.ConfigDict(dict(q_base=0.5, lam=0.5, p_exe=0.7, warmup_epochs=5)),
       cggm=ml_collections.ConfigDict(dict(rho=1.3, lam=0.2, cls_lr=5e-4)),  # MOSI defaults
       dwa=ml_collections.ConfigDict(dict(temperature=2.0)),
+      inforeg=ml_collections.ConfigDict(dict(
+          scales="",             # "<modality>=<β scale>,..." (reference: audio=0.95,visual=0.1)
+          default_scale=0.5,     # for modalities not named in scales
+          threshold=0.05,        # the prime-learning window is open while k > threshold
+          window_modality="",    # "": a window per modality; a name: its window gates all
+      )),
+      agm=ml_collections.ConfigDict(dict(
+          alpha=1.0,             # c_m = exp(alpha·min(opt_m − ratio_m, cap))
+          modulation_starts=0,   # epochs, inclusive
+          modulation_ends=20,    # epochs, inclusive
+      )),
       gradnorm=ml_collections.ConfigDict(dict(
           alpha=1.5, lr=0.025,
           layer="fusion",        # fusion (shared by every loss with split heads) | encoders
@@ -397,6 +409,23 @@ def _validate_dataset(config) -> None:
     _one_of(ds.mmsa.label, ("three_class", "binary"), "dataset.mmsa.label")
 
 
+def parse_named_floats(text: str, names, default: float) -> dict:
+  """"audio=0.95,visual=0.1" → {m: float} over `names`; unnamed ones get `default`."""
+  values = {m: float(default) for m in names}
+  for item in (t.strip() for t in text.split(",")):
+    if not item:
+      continue
+    name, sep, value = item.partition("=")
+    if not sep or name.strip() not in values:
+      raise ValueError(f"{item!r} is not <modality>=<number> for a modality of the config "
+                       f"({', '.join(names)})")
+    try:
+      values[name.strip()] = float(value)
+    except ValueError:
+      raise ValueError(f"{item!r}: {value!r} is not a number") from None
+  return values
+
+
 def _names_list(value: str) -> list[str]:
   return [n.strip() for n in value.split(",") if n.strip()]
 
@@ -441,6 +470,20 @@ def _validate_method(config) -> None:
   _require(isinstance(opm.warmup_epochs, int) and opm.warmup_epochs >= 0,
            "method.opm.warmup_epochs", f"must be an integer >= 0, got {opm.warmup_epochs!r}")
   _positive(config, "method.dwa.temperature")
+  info = method.inforeg
+  _require(info.default_scale >= 0, "method.inforeg.default_scale", "must be >= 0")
+  if info.window_modality:
+    _one_of(info.window_modality, names, "method.inforeg.window_modality")
+  if method.name == "inforeg":
+    try:
+      scales = parse_named_floats(info.scales, names, info.default_scale)
+    except ValueError as err:
+      raise ConfigError(f"config.method.inforeg.scales: {err}") from None
+    _require(all(v >= 0 for v in scales.values()), "method.inforeg.scales", "must be >= 0")
+  agm = method.agm
+  _require(agm.alpha >= 0, "method.agm.alpha", f"must be >= 0, got {agm.alpha!r}")
+  _require(0 <= agm.modulation_starts <= agm.modulation_ends, "method.agm.modulation_ends",
+           "need 0 <= modulation_starts <= modulation_ends")
   _positive(config, "method.gradnorm.lr")
   _require(method.gradnorm.alpha >= 0, "method.gradnorm.alpha", "must be >= 0")
   _one_of(method.gradnorm.layer, ("fusion", "encoders"), "method.gradnorm.layer")

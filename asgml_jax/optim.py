@@ -17,7 +17,10 @@ from typing import NamedTuple
 import optax
 
 from asgml_jax.transforms.boost import boost
+from asgml_jax.config_schema import parse_named_floats
+from asgml_jax.transforms.agm import agm
 from asgml_jax.transforms.cggm import cggm
+from asgml_jax.transforms.inforeg import inforeg
 from asgml_jax.transforms.mmpareto import mmpareto
 from asgml_jax.transforms.multitask import dwa, gradnorm, pcgrad
 from asgml_jax.transforms.ogm_ge import ogm_ge
@@ -107,6 +110,13 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
   if method.name == "cggm":
     c = method.cggm
     parts.append(cggm(c.rho, c.cls_lr, config.model.feature_dim, seed=config.seed + 3))
+  if method.name == "inforeg":
+    info = method.inforeg
+    scales = parse_named_floats(info.scales, tuple(sorted(config.modalities.keys())),
+                                info.default_scale)
+    parts.append(inforeg(steps_per_epoch, scales, info.threshold, info.window_modality))
+  if method.name == "agm":
+    parts.append(agm())
   if method.name == "mmpareto":
     parts.append(mmpareto(method.mmpareto.scale))
   if method.name == "pcgrad":

@@ -43,7 +43,9 @@ SIGNALS = (("probe/acc_", "probe accuracy (train-time probes)"),
            ("train/task_weight_", "loss weight (DWA / GradNorm)"),
            ("mmpareto/gamma_", "MMPareto weight of the fused gradient"),
            ("pcgrad/conflicts_", "PCGrad projections per step"),
-           ("cggm/balance_", "CGGM balance B"), ("opm/drop_prob_", "OPM drop probability"))
+           ("cggm/balance_", "CGGM balance B"), ("opm/drop_prob_", "OPM drop probability"),
+           ("inforeg/beta_", "InfoReg proximal strength beta"),
+           ("inforeg/window_k_", "InfoReg window k"), ("agm/coeff_", "AGM coefficient"))
 
 
 def find_runs(directories) -> list[str]:

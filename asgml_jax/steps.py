@@ -19,6 +19,7 @@ import optax
 from asgml_jax.opm import OPMConfig, make_feature_gate, masked_cross_entropy
 from asgml_jax.probes import ProbeConfig, maybe_refresh, probe_logits, utilization_gap
 from asgml_jax.state import TrainState
+from asgml_jax.transforms import agm as agm_lib
 from asgml_jax.transforms.cggm import direction_loss, fusion_blocks
 from asgml_jax.transforms.ogm_ge import batch_scores
 from asgml_jax.transforms.schedule import update_gates
@@ -92,7 +93,8 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
                unimodal_weight: float, lr_fn, probe_cfg: ProbeConfig,
                per_loss_grads: bool = False,
                opm_cfg: OPMConfig | None = None,
-               cggm_lambda: float | None = None) -> tuple[TrainState, dict]:
+               cggm_lambda: float | None = None,
+               agm_cfg: agm_lib.AGMConfig | None = None) -> tuple[TrainState, dict]:
   """One optimisation step; returns the new state and scalar metrics.
 
   Order: forward/backward with the unimodal terms gated by the schedule's
@@ -126,9 +128,31 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
                                     mutable=["batch_stats"], rngs={"dropout": dropout_key},
                                     feature_gate=feature_gate)
     total, fused, unimodal = multimodal_loss(outputs, labels, unimodal_weight, gates)
+    if agm_cfg is not None:
+      agm_fused, outputs["agm"] = agm_term(variables, outputs)
+      total, fused = total - fused + agm_fused, agm_fused
     if cggm_lambda is not None:
       total = total + cggm_lambda * cggm_term(params)
     return total, (outputs, new_vars.get("batch_stats", {}), fused, unimodal)
+
+  def agm_term(variables, outputs):
+    full = frozenset(names)
+
+    def coalition_logits(subset):
+      if subset == full:
+        return outputs["logits"]
+      inputs = {m: batch[m] if m in subset else jnp.zeros_like(batch[m]) for m in names}
+      out, _ = model.apply(variables, inputs, train=True, mutable=["batch_stats"],
+                           rngs={"dropout": dropout_key})
+      return out["logits"]
+
+    phi = agm_lib.shapley_outputs(coalition_logits, names)
+    scores = agm_lib.agm_scores(jax.lax.stop_gradient(phi), labels)
+    coefficients = agm_lib.agm_coefficients(
+        scores, agm_lib.agm_running_scores(state.opt_state, scores), agm_cfg.alpha,
+        agm_lib.modulation_active(agm_cfg, state.step))
+    logits = sum(agm_lib.scale_gradient(phi[m], coefficients[m]) for m in names)
+    return cross_entropy(logits, labels), {"scores": scores, "coefficients": coefficients}
 
   def cggm_term(params):
     classifiers = optax.tree_utils.tree_get(state.opt_state, "classifiers")
@@ -161,6 +185,9 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
   else:
     (loss, (outputs, new_batch_stats, fused_loss, unimodal)), grads = (
         jax.value_and_grad(loss_fn, has_aux=True)(state.params))
+  if "agm" in outputs:
+    extra = {"agm_scores": outputs["agm"]["scores"],
+             "agm_coefficients": outputs["agm"]["coefficients"]}
   probe_state = maybe_refresh(probe_cfg, state.probe_state, state.step, outputs["features"], labels)
   grad_norms = {m: optax.global_norm(grads["encoders"][m]) for m in names}
   updates, new_opt_state = tx.update(
@@ -196,6 +223,8 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
   metrics["probe/utilization_gap"] = utilization_gap(probe_state.accuracy)
   if cggm_lambda is not None:
     metrics["cggm/direction_loss"] = cggm_term(state.params)
+  if "agm" in outputs:
+    metrics.update({f"agm/score_{m}": v for m, v in outputs["agm"]["scores"].items()})
   if "gate" in outputs:
     gate = outputs["gate"]
     metrics.update({f"opm/drop_prob_{m}": q for m, q in gate["q"].items()})
@@ -211,7 +240,9 @@ _SIGNALS = (("coefficients", "ogm/coeff"), ("ratios", "ogm/score_ratio"),
             ("update_ratio", "sched/update_ratio"), ("grad_norms_in", "grad_norm_after"),
             ("task_weights", "task_weight"), ("pareto_cosines", "mmpareto/cos"),
             ("pareto_gammas", "mmpareto/gamma"), ("conflicts", "pcgrad/conflicts"),
-            ("cggm_balance", "cggm/balance"), ("aux_accuracy", "cggm/aux_acc"))
+            ("cggm_balance", "cggm/balance"), ("aux_accuracy", "cggm/aux_acc"),
+            ("inforeg_beta", "inforeg/beta"), ("inforeg_window", "inforeg/window_k"),
+            ("agm_coefficients", "agm/coeff"), ("agm_running_score", "agm/running_score"))
 
 
 def intervention_signals(opt_state) -> dict:

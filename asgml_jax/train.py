@@ -24,6 +24,7 @@ from asgml_jax.models import model_from_config
 from asgml_jax.opm import OPMConfig
 from asgml_jax.probes import probe_config_from
 from asgml_jax.state import create_train_state, distinct_buffers
+from asgml_jax.transforms.agm import AGMConfig
 
 SUMMARY_FILE = run_dir.SUMMARY_FILE
 
@@ -62,7 +63,13 @@ def step_options(config, steps_per_epoch: int) -> dict:
     o = config.method.opm
     opm_cfg = OPMConfig(q_base=o.q_base, lam=o.lam, p_exe=o.p_exe,
                         warmup_epochs=o.warmup_epochs, steps_per_epoch=steps_per_epoch)
+  agm_cfg = None
+  if config.method.name == "agm":
+    a = config.method.agm
+    agm_cfg = AGMConfig(alpha=a.alpha, modulation_starts=a.modulation_starts,
+                        modulation_ends=a.modulation_ends, steps_per_epoch=steps_per_epoch)
   return {"per_loss_grads": config.method.name in PER_LOSS_METHODS, "opm_cfg": opm_cfg,
+          "agm_cfg": agm_cfg,
           "cggm_lambda": config.method.cggm.lam if config.method.name == "cggm" else None}
 
 

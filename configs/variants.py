@@ -8,7 +8,7 @@ encoder and the fusion layer as its classifier, no unimodal loss term).
 
 VARIANTS = ("baseline", "ogm", "ogm_ge", "frequency", "frequency_control", "staleness",
             "adaptive", "boost", "boost_ogm", "boost_ogm_seedcode", "frequency_seedcode",
-            "staleness_seedcode", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm")
+            "staleness_seedcode", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm", "inforeg", "agm")
 UNIMODAL_PREFIX = "unimodal_"
 
 
@@ -58,6 +58,14 @@ def apply_variant(config, variant: str | None):
     config.loss.unimodal_weight = 0.0         # CE(fused) + λ·L_gm; classifiers train apart
   if name == "opm":
     config.loss.unimodal_weight = 0.0         # OPM trains on the fused CE only
+  if name == "inforeg":
+    config.loss.unimodal_weight = 1.0         # CE(z) + Σ_m CE(z_m) on the split head
+    config.model.unimodal_heads = "split"
+    reference = {"audio": 0.95, "visual": 0.1}  # the reference's β scales
+    config.method.inforeg.scales = ",".join(f"{m}={v}" for m, v in reference.items()
+                                            if m in config.modalities)
+  if name == "agm":
+    config.loss.unimodal_weight = 0.0         # AGM's loss is CE(Σ_m Shapley output m) alone
   if name in ("pcgrad", "dwa", "gradnorm"):
     config.loss.unimodal_weight = 1.0         # the tasks: fused + every unimodal CE
   if name == "gradnorm" and config.model.fusion_dim is not None:

@@ -316,6 +316,145 @@ def test_opm_step_without_execution_is_fused_only_joint_training(tfds_dir):
   assert float(metrics[f"opm/drop_prob_{other}"]) == 0.0
 
 
+# ------------------------------------------------------------------ InfoReg
+
+def test_inforeg_window_coefficient_by_hand():
+  """k = (T(e−1) − T(e−11)) / Σ_{last 10} T over a history that starts with zeros."""
+  from asgml_jax.transforms.inforeg import window_coefficient
+  assert float(window_coefficient(jnp.zeros(11), 0)) == 1.0
+  first = jnp.array([0.0] * 10 + [2.0])
+  assert float(window_coefficient(first, 1)) == pytest.approx(1.0)   # (2 − 0) / 2
+  rising = jnp.arange(1.0, 12.0)                                      # T = 1 … 11
+  assert float(window_coefficient(rising, 20)) == pytest.approx(10.0 / 65.0)
+  assert float(window_coefficient(jnp.zeros(11), 3)) == 0.0           # Σ T = 0: closed
+
+
+def test_inforeg_strengths_two_and_three_modalities():
+  """N = 2: the larger batch-sum score gets scale·exp(tanh(s − s_other)), the
+  other 0; a closed window gives 0. N = 3: N/(N−1)·(s − mean) for those above."""
+  from asgml_jax.transforms.inforeg import regulation_strengths
+  on = {"audio": True, "visual": True}
+  scales = {"audio": 0.95, "visual": 0.1}
+  beta = regulation_strengths({"audio": 10.0, "visual": 7.0}, on, scales)
+  assert float(beta["audio"]) == pytest.approx(0.95 * np.exp(np.tanh(3.0)))
+  assert float(beta["visual"]) == 0.0
+  beta = regulation_strengths({"audio": 7.0, "visual": 7.5}, on, scales)
+  assert float(beta["visual"]) == pytest.approx(0.1 * np.exp(np.tanh(0.5)))
+  assert float(beta["audio"]) == 0.0
+  beta = regulation_strengths({"audio": 10.0, "visual": 7.0}, {"audio": False, "visual": True},
+                              scales)
+  assert float(beta["audio"]) == 0.0 and float(beta["visual"]) == 0.0
+  three = regulation_strengths({"audio": 6.0, "text": 3.0, "visual": 0.0},
+                               {"audio": True, "text": True, "visual": True},
+                               {"audio": 0.5, "text": 0.5, "visual": 0.5})
+  assert float(three["audio"]) == pytest.approx(0.5 * np.exp(np.tanh(1.5 * 3.0)))
+  assert float(three["text"]) == 0.0 and float(three["visual"]) == 0.0
+
+
+def test_inforeg_transform_pulls_towards_the_epoch_anchor_and_keeps_the_fisher_trace():
+  """2 steps per epoch. Step 0: θ = θ0, no pull. Step 1: audio (the larger score)
+  gets g + β(θ − θ0) on every leaf, visual g. Step 2 starts epoch 1: the anchor
+  moves to θ, T(0) = Σ_steps mean(g_after²) over `kernel` leaves only."""
+  from asgml_jax.transforms.inforeg import inforeg
+  enc = lambda k, b: {"kernel": jnp.asarray(k, jnp.float32), "bias": jnp.asarray(b, jnp.float32)}
+  tree = lambda a, v: {"encoders": {"audio": a, "visual": v}, "fusion": {}}
+  theta0 = tree(enc([1.0, 2.0], [0.5]), enc([0.0, 0.0], [0.0]))
+  grads = tree(enc([0.1, -0.2], [0.3]), enc([0.4, 0.0], [1.0]))
+  scores = {"audio": jnp.float32(5.0), "visual": jnp.float32(4.0)}
+  tx = inforeg(2, {"audio": 0.95, "visual": 0.1})
+  state = tx.init(theta0)
+  beta = 0.95 * np.exp(np.tanh(1.0))
+  out0, state = tx.update(grads, state, theta0, step=jnp.int32(0), ogm_scores=scores)
+  np.testing.assert_allclose(out0["encoders"]["audio"]["kernel"], [0.1, -0.2], rtol=1e-6)
+  theta1 = tree(enc([2.0, 2.0], [1.5]), enc([1.0, 1.0], [1.0]))
+  out1, state = tx.update(grads, state, theta1, step=jnp.int32(1), ogm_scores=scores)
+  np.testing.assert_allclose(out1["encoders"]["audio"]["kernel"], [0.1 + beta, -0.2], rtol=1e-6)
+  np.testing.assert_allclose(out1["encoders"]["audio"]["bias"], [0.3 + beta], rtol=1e-6)
+  np.testing.assert_allclose(out1["encoders"]["visual"]["kernel"], [0.4, 0.0], rtol=1e-6)
+  assert float(state.inforeg_beta["audio"]) == pytest.approx(beta)
+  trace_audio = np.mean(np.square([0.1, -0.2])) + np.mean(np.square([0.1 + beta, -0.2]))
+  out2, state = tx.update(grads, state, theta1, step=jnp.int32(2), ogm_scores=scores)
+  np.testing.assert_allclose(out2["encoders"]["audio"]["kernel"], [0.1, -0.2], rtol=1e-6)
+  assert float(state.trace_history["audio"][-1]) == pytest.approx(trace_audio, rel=1e-6)
+  assert float(state.trace_history["visual"][-1]) == pytest.approx(2 * np.mean([0.16, 0.0]))
+  assert float(state.inforeg_window["audio"]) == pytest.approx(1.0)
+  assert int(state.epoch) == 1
+
+
+# ------------------------------------------------------------------ AGM
+
+def test_agm_shapley_outputs_two_and_three_modalities():
+  """N = 2 is BASELINES.md's m_a = ½(f(a,v) − f(0,v) + f(a,0)); N = 3: an additive
+  game gives each its own part, a majority game (v = 1 for ≥ 2 players) 1/3 each."""
+  from asgml_jax.transforms.agm import shapley_outputs
+  f = {frozenset({"a", "v"}): 5.0, frozenset({"a"}): 2.0, frozenset({"v"}): 1.0}
+  phi = shapley_outputs(lambda s: f[s], ["a", "v"])
+  assert phi["a"] == pytest.approx(0.5 * (5.0 - 1.0 + 2.0))
+  assert phi["v"] == pytest.approx(0.5 * (5.0 - 2.0 + 1.0))
+  parts = {"a": 1.0, "t": 2.0, "v": 4.0}
+  phi = shapley_outputs(lambda s: sum(parts[m] for m in s), parts)
+  assert phi == pytest.approx(parts)
+  phi = shapley_outputs(lambda s: float(len(s) >= 2), parts)
+  assert phi == pytest.approx({m: 1 / 3 for m in parts})
+
+
+def test_agm_coefficients_by_hand_with_caps_and_window():
+  """ratio_a = exp(s_v − s_a), opt_a = exp(S̄_v − S̄_a), c = exp(α·min(opt − ratio, cap));
+  cap 10 for N = 2, 7 for N = 3; outside the modulation epochs c = 1."""
+  from asgml_jax.transforms.agm import agm_coefficients
+  c = agm_coefficients({"a": 0.5, "v": 1.0}, {"a": 1.0, "v": 1.0}, 2.0, True)
+  assert float(c["a"]) == pytest.approx(np.exp(2.0 * (1.0 - np.exp(0.5))), rel=1e-5)
+  assert float(c["v"]) == pytest.approx(np.exp(2.0 * (1.0 - np.exp(-0.5))), rel=1e-5)
+  c = agm_coefficients({"a": 0.5, "v": 1.0}, {"a": 0.0, "v": 20.0}, 1.0, True)
+  assert float(c["a"]) == pytest.approx(np.exp(10.0), rel=1e-5)
+  s3 = {"a": 1.0, "t": 1.0, "v": 1.0}
+  c = agm_coefficients(s3, {"a": 0.0, "t": 10.0, "v": 10.0}, 1.0, True)
+  assert float(c["a"]) == pytest.approx(np.exp(7.0), rel=1e-5)
+  # opt_t = exp(1.5·(20/3 − 10)) = exp(−5), ratio 1
+  assert float(c["t"]) == pytest.approx(np.exp(np.exp(-5.0) - 1.0), rel=1e-5)
+  c = agm_coefficients({"a": 0.5, "v": 1.0}, {"a": 1.0, "v": 1.0}, 2.0, False)
+  assert float(c["a"]) == 1.0 and float(c["v"]) == 1.0
+
+
+def test_agm_scores_floor_and_gradient_scaling():
+  from asgml_jax.transforms.agm import agm_scores, scale_gradient
+  s = agm_scores({"a": jnp.array([[0.0, -100.0], [0.0, 0.0]])}, jnp.array([1, 0]))
+  assert float(s["a"]) == pytest.approx(0.5 * (-np.log(1e-8) - np.log(0.5)), rel=1e-5)
+  x = jnp.array([1.0, -2.0])
+  assert np.allclose(scale_gradient(x, 3.0), x)
+  np.testing.assert_allclose(jax.grad(lambda y: jnp.sum(scale_gradient(y, 3.0) ** 2))(x),
+                             3.0 * 2 * x)
+
+
+def test_agm_step_without_modulation_is_fused_only_joint_training(tfds_dir):
+  """c = 1 (α = 0): Σ_m m_m = f(a, v) exactly, so AGM's step is the baseline's
+  with γ = 0. With α = 1 the logged c follow the formula from the logged scores
+  and the running mean of the steps before."""
+  config = tiny_mlp_config(tfds_dir)
+  config.loss.unimodal_weight = 0.0
+  config.modalities.audio.dropout = config.modalities.visual.dropout = 0.0
+  state, step, batch = jitted_step(config)
+  config.method.name = "agm"
+  config.method.agm.alpha = 0.0
+  state_g, step_g, _ = jitted_step(config)
+  new, m_base = step(state, batch)
+  new_g, m_agm = step_g(state_g, batch)
+  assert float(m_agm["fused_loss"]) == pytest.approx(float(m_base["fused_loss"]), rel=1e-5)
+  for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(new_g.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  config.method.agm.alpha = 1.0
+  state_g, step_g, _ = jitted_step(config)
+  state_g, first = step_g(state_g, batch)
+  assert float(first["agm/coeff_audio"]) == pytest.approx(1.0)   # S̄ = s on the first step
+  _, second = step_g(state_g, batch)
+  s = {m: float(second[f"agm/score_{m}"]) for m in ("audio", "visual")}
+  r = {m: float(first[f"agm/score_{m}"]) for m in ("audio", "visual")}
+  expected_a = np.exp(min(np.exp(r["visual"] - r["audio"]) - np.exp(s["visual"] - s["audio"]),
+                          10.0))
+  assert float(second["agm/coeff_audio"]) == pytest.approx(expected_a, rel=1e-4)
+  assert s["audio"] != r["audio"]   # the first step changed the model
+
+
 # ------------------------------------------------------------------ the step
 
 def test_per_loss_gradients_are_each_losses_own_gradient_and_sum_to_the_total(tfds_dir):
@@ -369,8 +508,8 @@ def test_weight_one_methods_match_joint_training_when_nothing_conflicts(tfds_dir
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-VARIANTS = ["mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm", "unimodal_audio",
-            "unimodal_visual"]
+VARIANTS = ["mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm", "inforeg", "agm",
+            "unimodal_audio", "unimodal_visual"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -387,7 +526,8 @@ def test_baseline_variants_train_and_log_their_signals(tmp_path, tfds_dir, varia
     assert sorted(saved["modalities"]) == [variant.removeprefix("unimodal_")]
   expected_signal = {"mmpareto": "mmpareto/gamma_audio", "pcgrad": "pcgrad/conflicts_fused",
                      "dwa": "task_weight_fused", "gradnorm": "task_weight_visual",
-                     "opm": "opm/drop_prob_audio", "cggm": "cggm/balance_audio"}.get(variant)
+                     "opm": "opm/drop_prob_audio", "cggm": "cggm/balance_audio",
+                     "inforeg": "inforeg/window_k_audio", "agm": "agm/coeff_visual"}.get(variant)
   if expected_signal:  # logged to TensorBoard, finite
     from asgml_jax.report import train_signals
     from asgml_jax.run_dir import train_tag
@@ -408,4 +548,17 @@ def test_gradnorm_on_the_fusion_layer_needs_split_heads(tfds_dir):
   config.method.name = "gradnorm"
   config.model.unimodal_heads = "separate"
   with pytest.raises(ConfigError, match="method.gradnorm.layer"):
+    validate(config)
+
+
+def test_inforeg_scales_must_name_configured_modalities(tfds_dir):
+  from asgml_jax.config_schema import ConfigError, validate
+  from configs.variants import apply_variant
+  config = apply_variant(tiny_config(tfds_dir), "inforeg")
+  assert config.method.inforeg.scales == "audio=0.95,visual=0.1"
+  config.method.inforeg.scales = "depth=0.5"
+  with pytest.raises(ConfigError, match=r"method.inforeg.scales: 'depth=0.5' is not"):
+    validate(config)
+  config.method.inforeg.scales = "audio=high"
+  with pytest.raises(ConfigError, match="'high' is not a number"):
     validate(config)
