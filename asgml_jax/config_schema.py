@@ -23,7 +23,7 @@ FUSIONS = ("concat", "sum", "film", "gated")
 DATASETS = ("synthetic", "av_digits", "cremad", "ave", "kinetics_sounds", "mmsa", "npz")
 METHODS = ("baseline", "ogm", "ogm_ge", "boost", "boost_ogm", "frequency", "frequency_control",
            "staleness", "adaptive", "unimodal", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm",
-           "inforeg", "agm")
+           "inforeg", "agm", "miles", "pmr")
 # Methods that combine the per-loss gradients (`steps.train_step(per_loss_grads=True)`).
 PER_LOSS_METHODS = ("mmpareto", "pcgrad", "dwa", "gradnorm")
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
@@ -212,6 +212,16 @@ def base_config() -> ml_collections.ConfigDict:
           default_scale=0.5,     # for modalities not named in scales
           threshold=0.05,        # the prime-learning window is open while k > threshold
           window_modality="",    # "": a window per modality; a name: its window gates all
+      )),
+      miles=ml_collections.ConfigDict(dict(
+          tau=0.2,               # rebalance only when max u − min u > tau
+          mu=0.5,                # the dominant encoder's learning-rate factor
+      )),
+      pmr=ml_collections.ConfigDict(dict(
+          alpha=1.0,             # weight of the weaker modality's prototype CE
+          momentum=0.2,          # prototype EMA: p = (1 − momentum)·new + momentum·old
+          modulation_starts=0,   # epochs, inclusive
+          modulation_ends=70,    # epochs, inclusive
       )),
       agm=ml_collections.ConfigDict(dict(
           alpha=1.0,             # c_m = exp(alpha·min(opt_m − ratio_m, cap))
@@ -480,6 +490,13 @@ def _validate_method(config) -> None:
     except ValueError as err:
       raise ConfigError(f"config.method.inforeg.scales: {err}") from None
     _require(all(v >= 0 for v in scales.values()), "method.inforeg.scales", "must be >= 0")
+  _require(method.miles.tau >= 0, "method.miles.tau", f"must be >= 0, got {method.miles.tau!r}")
+  _positive(config, "method.miles.mu")
+  pmr = method.pmr
+  _require(pmr.alpha >= 0, "method.pmr.alpha", f"must be >= 0, got {pmr.alpha!r}")
+  _require(0 <= pmr.momentum <= 1, "method.pmr.momentum", f"must be in [0, 1], got {pmr.momentum!r}")
+  _require(0 <= pmr.modulation_starts <= pmr.modulation_ends, "method.pmr.modulation_ends",
+           "need 0 <= modulation_starts <= modulation_ends")
   agm = method.agm
   _require(agm.alpha >= 0, "method.agm.alpha", f"must be >= 0, got {agm.alpha!r}")
   _require(0 <= agm.modulation_starts <= agm.modulation_ends, "method.agm.modulation_ends",

@@ -21,9 +21,11 @@ from asgml_jax.config_schema import parse_named_floats
 from asgml_jax.transforms.agm import agm
 from asgml_jax.transforms.cggm import cggm
 from asgml_jax.transforms.inforeg import inforeg
+from asgml_jax.transforms.miles import miles
 from asgml_jax.transforms.mmpareto import mmpareto
 from asgml_jax.transforms.multitask import dwa, gradnorm, pcgrad
 from asgml_jax.transforms.ogm_ge import ogm_ge
+from asgml_jax.transforms.pmr import pmr
 from asgml_jax.transforms.schedule import AdaptiveConfig, modality_schedule
 
 
@@ -94,7 +96,8 @@ def _schedule(config, inner) -> optax.GradientTransformationExtraArgs:
   return modality_schedule(inner, "joint")
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
+def make_optimizer(config, steps_per_epoch: int,
+                   num_classes: int | None = None) -> optax.GradientTransformationExtraArgs:
   """The full gradient transformation for `config.method` (SPEC §4.5):
 
       chain(OGM-GE?, boost?, schedule(inner = weight decay + SGD momentum + lr))
@@ -103,7 +106,9 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
   as the PyTorch code edits `.grad` before `optimizer.step()`. `baseline` has
   neither and a `joint` schedule (every encoder updates every step). The
   per-loss baselines (MMPareto, PCGrad, DWA, GradNorm) come first: they build
-  the gradient from the per-loss gradients the step hands them.
+  the gradient from the per-loss gradients the step hands them. MILES scales
+  the final encoder updates (a per-encoder learning rate), so it comes last.
+  num_classes: needed by PMR (its prototypes are (classes, features) arrays).
   """
   method = config.method
   parts = []
@@ -117,6 +122,10 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
     parts.append(inforeg(steps_per_epoch, scales, info.threshold, info.window_modality))
   if method.name == "agm":
     parts.append(agm())
+  if method.name == "pmr":
+    if num_classes is None:
+      raise ValueError("make_optimizer: method pmr needs num_classes (its prototypes' shape)")
+    parts.append(pmr(num_classes, {m: config.model.feature_dim for m in config.modalities}))
   if method.name == "mmpareto":
     parts.append(mmpareto(method.mmpareto.scale))
   if method.name == "pcgrad":
@@ -138,5 +147,7 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
     parts.append(boost(b.alpha, b.scale_max, b.ema_alpha, noise_sigma=b.noise_sigma,
                        seed=config.seed + 1))
   parts.append(_schedule(config, base_optimizer(config, steps_per_epoch)))
+  if method.name == "miles":
+    parts.append(miles())
   return optax.chain(*parts)
 

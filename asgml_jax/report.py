@@ -45,7 +45,9 @@ SIGNALS = (("probe/acc_", "probe accuracy (train-time probes)"),
            ("pcgrad/conflicts_", "PCGrad projections per step"),
            ("cggm/balance_", "CGGM balance B"), ("opm/drop_prob_", "OPM drop probability"),
            ("inforeg/beta_", "InfoReg proximal strength beta"),
-           ("inforeg/window_k_", "InfoReg window k"), ("agm/coeff_", "AGM coefficient"))
+           ("inforeg/window_k_", "InfoReg window k"), ("agm/coeff_", "AGM coefficient"),
+           ("miles/lr_scale_", "MILES learning-rate factor"),
+           ("pmr/score_", "PMR prototype score (batch sum)"))
 
 
 def find_runs(directories) -> list[str]:

@@ -20,6 +20,7 @@ from asgml_jax.opm import OPMConfig, make_feature_gate, masked_cross_entropy
 from asgml_jax.probes import ProbeConfig, maybe_refresh, probe_logits, utilization_gap
 from asgml_jax.state import TrainState
 from asgml_jax.transforms import agm as agm_lib
+from asgml_jax.transforms import pmr as pmr_lib
 from asgml_jax.transforms.cggm import direction_loss, fusion_blocks
 from asgml_jax.transforms.ogm_ge import batch_scores
 from asgml_jax.transforms.schedule import update_gates
@@ -94,7 +95,8 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
                per_loss_grads: bool = False,
                opm_cfg: OPMConfig | None = None,
                cggm_lambda: float | None = None,
-               agm_cfg: agm_lib.AGMConfig | None = None) -> tuple[TrainState, dict]:
+               agm_cfg: agm_lib.AGMConfig | None = None,
+               pmr_cfg: pmr_lib.PMRConfig | None = None) -> tuple[TrainState, dict]:
   """One optimisation step; returns the new state and scalar metrics.
 
   Order: forward/backward with the unimodal terms gated by the schedule's
@@ -131,6 +133,11 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
     if agm_cfg is not None:
       agm_fused, outputs["agm"] = agm_term(variables, outputs)
       total, fused = total - fused + agm_fused, agm_fused
+    if pmr_cfg is not None:
+      pmr_term, outputs["pmr"] = pmr_lib.prototype_loss(
+          outputs["features"], optax.tree_utils.tree_get(state.opt_state, "pmr_prototypes"),
+          labels, pmr_cfg.alpha, pmr_lib.modulation_active(pmr_cfg, state.step))
+      total = total + pmr_term
     if cggm_lambda is not None:
       total = total + cggm_lambda * cggm_term(params)
     return total, (outputs, new_vars.get("batch_stats", {}), fused, unimodal)
@@ -223,6 +230,8 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
   metrics["probe/utilization_gap"] = utilization_gap(probe_state.accuracy)
   if cggm_lambda is not None:
     metrics["cggm/direction_loss"] = cggm_term(state.params)
+  if "pmr" in outputs:
+    metrics.update({f"pmr/score_{m}": v for m, v in outputs["pmr"].items()})
   if "agm" in outputs:
     metrics.update({f"agm/score_{m}": v for m, v in outputs["agm"]["scores"].items()})
   if "gate" in outputs:
@@ -242,7 +251,8 @@ _SIGNALS = (("coefficients", "ogm/coeff"), ("ratios", "ogm/score_ratio"),
             ("pareto_gammas", "mmpareto/gamma"), ("conflicts", "pcgrad/conflicts"),
             ("cggm_balance", "cggm/balance"), ("aux_accuracy", "cggm/aux_acc"),
             ("inforeg_beta", "inforeg/beta"), ("inforeg_window", "inforeg/window_k"),
-            ("agm_coefficients", "agm/coeff"), ("agm_running_score", "agm/running_score"))
+            ("agm_coefficients", "agm/coeff"), ("agm_running_score", "agm/running_score"),
+            ("miles_lr_scale", "miles/lr_scale"), ("miles_utilization", "miles/utilization"))
 
 
 def intervention_signals(opt_state) -> dict:

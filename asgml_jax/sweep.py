@@ -54,6 +54,7 @@ import numpy as np
 
 from asgml_jax import input_pipeline, run_dir, train
 from asgml_jax.config_schema import ConfigError
+from asgml_jax.epoch_hooks import EpochHooks
 from asgml_jax.metrics import summarize_confusions
 
 
@@ -177,6 +178,9 @@ def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
       run.write_hparams()
   states = stack(seed_states)
   data_keys = [train.run_keys(s)[1] for s in seeds]
+  hooks = EpochHooks(setup, data_keys, stacked=True)
+  if start_step == 0:
+    states = hooks.prepare(states)
   mode = seed_axis_mode(config, seed_axis)
   train_fn, eval_fn, collection, empty_metrics = make_sweep_fns(setup, seed_states[0], num_seeds,
                                                                 mode)
@@ -225,6 +229,7 @@ def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
         counts = train.accumulate_confusions(eval_fn, states, data, split,
                                              config.eval_batch_size)
         per_split[split] = _split_eval(counts, num_seeds)
+      states = hooks.epoch_end(states, per_split["validation"], epoch + 1)
       seconds = time.time() - epoch_start
       for s, run in enumerate(runs):
         if s in failed:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from asgml_jax import augment, input_pipeline, optim, run_dir, steps
+from asgml_jax.epoch_hooks import EpochHooks
 from asgml_jax.config_schema import (PER_LOSS_METHODS, effective_config, modality_names,
                                     validate)
 from asgml_jax.metrics import ConfusionMatrix, summarize_confusions, train_metrics_collection
@@ -25,6 +26,7 @@ from asgml_jax.opm import OPMConfig
 from asgml_jax.probes import probe_config_from
 from asgml_jax.state import create_train_state, distinct_buffers
 from asgml_jax.transforms.agm import AGMConfig
+from asgml_jax.transforms.pmr import PMRConfig
 
 SUMMARY_FILE = run_dir.SUMMARY_FILE
 
@@ -63,13 +65,18 @@ def step_options(config, steps_per_epoch: int) -> dict:
     o = config.method.opm
     opm_cfg = OPMConfig(q_base=o.q_base, lam=o.lam, p_exe=o.p_exe,
                         warmup_epochs=o.warmup_epochs, steps_per_epoch=steps_per_epoch)
+  pmr_cfg = None
+  if config.method.name == "pmr":
+    p = config.method.pmr
+    pmr_cfg = PMRConfig(alpha=p.alpha, modulation_starts=p.modulation_starts,
+                        modulation_ends=p.modulation_ends, steps_per_epoch=steps_per_epoch)
   agm_cfg = None
   if config.method.name == "agm":
     a = config.method.agm
     agm_cfg = AGMConfig(alpha=a.alpha, modulation_starts=a.modulation_starts,
                         modulation_ends=a.modulation_ends, steps_per_epoch=steps_per_epoch)
   return {"per_loss_grads": config.method.name in PER_LOSS_METHODS, "opm_cfg": opm_cfg,
-          "agm_cfg": agm_cfg,
+          "agm_cfg": agm_cfg, "pmr_cfg": pmr_cfg,
           "cggm_lambda": config.method.cggm.lam if config.method.name == "cggm" else None}
 
 
@@ -199,7 +206,7 @@ def setup_run(config) -> RunSetup:
       jax.tree.map(lambda x: jnp.asarray(x[:config.batch_size]), data.train), frame_sizes)
   return RunSetup(config=config, names=modality_names(config), data=data,
                   steps_per_epoch=steps_per_epoch, model=model,
-                  tx=optim.make_optimizer(config, steps_per_epoch),
+                  tx=optim.make_optimizer(config, steps_per_epoch, data.num_classes),
                   probe_cfg=probe_config_from(config, data.num_classes), example=example,
                   frame_sizes=frame_sizes)
 
@@ -213,7 +220,7 @@ def run_keys(seed: int) -> tuple[jnp.ndarray, jnp.ndarray]:
 def fresh_state(setup: RunSetup, seed: int):
   """The untrained state of `seed`: its own init, probe init and GE-noise key."""
   tx = setup.tx if seed == setup.config.seed else optim.make_optimizer(
-      with_seed(setup.config, seed), setup.steps_per_epoch)
+      with_seed(setup.config, seed), setup.steps_per_epoch, setup.model.num_classes)
   return create_train_state(setup.model, tx, setup.example, run_keys(seed)[0], setup.probe_cfg)
 
 
@@ -243,8 +250,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if start_step % steps_per_epoch:
     raise RuntimeError(f"checkpoint at step {start_step} is not at an epoch boundary "
                        f"({steps_per_epoch} steps per epoch)")
+  hooks = EpochHooks(setup, [data_key], stacked=False)
   if start_step == 0:
     run.write_hparams()
+    state = hooks.prepare(state)
   from clu import periodic_actions  # after the data: keeps TensorFlow off the import path
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=run.writer,
                                              every_steps=config.log_every_steps)
@@ -280,6 +289,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           metrics_acc = fresh_metrics(collection)
       splits = {s: evaluate(eval_fn, state, data, s, config.eval_batch_size)
                 for s in ("validation", "test")}
+      state = hooks.epoch_end(state, [splits["validation"]], epoch + 1)
       record = eval_record(epoch + 1, splits["validation"], splits["test"],
                            time.time() - epoch_start)
       run.end_epoch(step, state, record)

@@ -8,7 +8,7 @@ encoder and the fusion layer as its classifier, no unimodal loss term).
 
 VARIANTS = ("baseline", "ogm", "ogm_ge", "frequency", "frequency_control", "staleness",
             "adaptive", "boost", "boost_ogm", "boost_ogm_seedcode", "frequency_seedcode",
-            "staleness_seedcode", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm", "inforeg", "agm")
+            "staleness_seedcode", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm", "inforeg", "agm", "miles", "pmr")
 UNIMODAL_PREFIX = "unimodal_"
 
 
@@ -64,6 +64,11 @@ def apply_variant(config, variant: str | None):
     reference = {"audio": 0.95, "visual": 0.1}  # the reference's β scales
     config.method.inforeg.scales = ",".join(f"{m}={v}" for m, v in reference.items()
                                             if m in config.modalities)
+  if name == "miles":
+    config.model.unimodal_heads = "separate"  # its unimodal heads, judged on validation
+    config.loss.unimodal_weight = 1.0
+  if name == "pmr":
+    config.loss.unimodal_weight = 0.0         # CE(fused) + α·CE(prototypes of the weaker)
   if name == "agm":
     config.loss.unimodal_weight = 0.0         # AGM's loss is CE(Σ_m Shapley output m) alone
   if name in ("pcgrad", "dwa", "gradnorm"):

@@ -192,7 +192,7 @@ def bench_row(config, num_classes: int, seeds: int) -> dict:
   example = augment.eval_inputs(input_pipeline.gather_batch(data, jnp.arange(batch), 0, batch),
                                 frame_sizes)
   model = model_from_config(config, num_classes)
-  tx = optim.make_optimizer(config, steps_per_epoch)
+  tx = optim.make_optimizer(config, steps_per_epoch, num_classes)
   probe_cfg = probe_config_from(config, num_classes)
   setup = train.RunSetup(config=config, names=modality_names(config), data=None,
                          steps_per_epoch=steps_per_epoch, model=model, tx=tx,

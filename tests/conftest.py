@@ -65,7 +65,7 @@ def jitted_step(config, *, steps_per_epoch: int = 6, lr_fn=None):
   batch = {k: jnp.asarray(v[:32]) for k, v in data.items()}
   batch["label"] = batch["label"].astype(jnp.int32)
   model = model_from_config(config, spec.num_classes)
-  tx = optim.make_optimizer(config, steps_per_epoch)
+  tx = optim.make_optimizer(config, steps_per_epoch, spec.num_classes)
   probe_cfg = probe_config_from(config, spec.num_classes)
   state = create_train_state(model, tx, batch, jax.random.PRNGKey(config.seed), probe_cfg)
   lr_fn = lr_fn or optim.lr_schedule(config, steps_per_epoch)

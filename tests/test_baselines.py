@@ -455,6 +455,121 @@ def test_agm_step_without_modulation_is_fused_only_joint_training(tfds_dir):
   assert s["audio"] != r["audio"]   # the first step changed the model
 
 
+# ------------------------------------------------------------------ MILES
+
+def test_miles_utilization_and_learning_rate_rule_by_hand():
+  """u_a = (acc_av − acc_v)/acc_av; the largest u gets μ when max u − min u > τ."""
+  from asgml_jax.transforms.miles import next_lr_scales, utilization_rates
+  u = utilization_rates(0.5, {"audio": 0.45, "visual": 0.2})
+  assert u["audio"] == pytest.approx(0.6) and u["visual"] == pytest.approx(0.1)
+  assert next_lr_scales(u, 0.2, 0.5) == {"audio": 0.5, "visual": 1.0}
+  assert next_lr_scales(u, 0.5, 0.5) == {"audio": 1.0, "visual": 1.0}        # δ = 0.5 ≤ τ
+  assert next_lr_scales({"audio": -0.1, "visual": -0.5}, 0.2, 0.5) == {"audio": 1.0,
+                                                                     "visual": 1.0}
+  three = utilization_rates(0.6, {"audio": 0.3, "text": 0.5, "visual": 0.1})
+  assert three["text"] == pytest.approx((0.6 - 0.2) / 0.6)                   # mean(0.3, 0.1)
+  assert three["visual"] == pytest.approx((0.6 - 0.4) / 0.6)
+  assert next_lr_scales(three, 0.2, 0.25)["text"] == 0.25
+  assert utilization_rates(0.0, {"audio": 0.3, "visual": 0.1}) == {"audio": 0.0, "visual": 0.0}
+
+
+def test_miles_transform_scales_only_that_encoders_update():
+  from asgml_jax.transforms.miles import miles
+  tx = miles()
+  updates = _tree([1.0, -2.0], [3.0], fusion=[4.0])
+  state = tx.init(updates)
+  state = state._replace(miles_lr_scale={"audio": jnp.float32(0.5), "visual": jnp.float32(1.0)})
+  out, _ = tx.update(updates, state)
+  np.testing.assert_allclose(out["encoders"]["audio"]["w"], [0.5, -1.0])
+  np.testing.assert_allclose(out["encoders"]["visual"]["w"], [3.0])
+  np.testing.assert_allclose(out["fusion"]["b"], [4.0])
+
+
+def test_miles_run_sets_the_next_epochs_rates_from_validation(tmp_path, tfds_dir):
+  """After epoch 1, the rates logged through epoch 2 follow the rule applied to
+  epoch 1's *validation* accuracies (never the test split's)."""
+  from asgml_jax import train
+  from asgml_jax.report import train_signals
+  from asgml_jax.run_dir import train_tag
+  from asgml_jax.transforms.miles import next_lr_scales, utilization_rates
+  from configs.variants import apply_variant
+  config = apply_variant(tiny_mlp_config(tfds_dir, num_epochs=2), "miles")
+  config.method.miles.tau = 0.0
+  train.train_and_evaluate(config, str(tmp_path))
+  steps_per_epoch = 192 // 32
+  evals = train_signals(str(tmp_path), ["eval/"])   # validation scalars, per epoch-end step
+  first = {tag: values[list(steps).index(steps_per_epoch)]
+           for tag, (steps, values) in evals.items()}
+  u = utilization_rates(first["eval/accuracy"], {m: first[f"eval/unimodal_accuracy_{m}"]
+                                                 for m in ("audio", "visual")})
+  expected = next_lr_scales(u, 0.0, config.method.miles.mu)
+  tags = {m: train_tag(f"miles__lr_scale_{m}") for m in expected}
+  logged = train_signals(str(tmp_path), list(tags.values()))
+  assert min(expected.values()) == config.method.miles.mu   # τ = 0: someone was slowed
+  for m, tag in tags.items():
+    steps, values = logged[tag]
+    assert np.all(values[np.asarray(steps) <= steps_per_epoch] == 1.0)
+    assert np.allclose(values[np.asarray(steps) > steps_per_epoch], expected[m])
+
+
+# ------------------------------------------------------------------ PMR
+
+def test_pmr_class_means_keep_absent_classes_and_ema():
+  from asgml_jax.transforms.pmr import class_means, class_sums, ema
+  feats = jnp.array([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])
+  sums, counts = class_sums(feats, jnp.array([0, 0, 2]), 3)
+  previous = jnp.full((3, 2), 9.0)
+  means = class_means(sums, counts, previous)
+  np.testing.assert_allclose(means, [[2.0, 1.0], [9.0, 9.0], [5.0, 5.0]])
+  np.testing.assert_allclose(ema(means, previous, 0.2), 0.8 * means + 0.2 * 9.0)
+
+
+def test_pmr_prototype_loss_pushes_only_the_weaker_modality():
+  """audio sits on its prototypes (score 2·σ(2)), visual halfway between them
+  (score 2·½ = 1): ρ > 1, so the loss is α·CE(sim_v) = α·log 2 and its gradient
+  reaches the visual features only."""
+  from asgml_jax.transforms.pmr import prototype_loss
+  labels = jnp.array([0, 1])
+  protos = {"audio": jnp.array([[0.0], [2.0]]), "visual": jnp.array([[0.0], [2.0]])}
+  feats = {"audio": jnp.array([[0.0], [2.0]]), "visual": jnp.array([[1.0], [1.0]])}
+  loss, scores = prototype_loss(feats, protos, labels, 2.0, True)
+  assert float(scores["audio"]) == pytest.approx(2 / (1 + np.exp(-2.0)), rel=1e-5)
+  assert float(scores["visual"]) == pytest.approx(1.0)
+  assert float(loss) == pytest.approx(2.0 * np.log(2.0), rel=1e-5)
+  grads = jax.grad(lambda f: prototype_loss(f, protos, labels, 2.0, True)[0])(feats)
+  assert np.all(np.asarray(grads["audio"]) == 0.0)
+  # d/dh of α·mean CE: sample 0 (y=0) moves towards prototype 0, sample 1 towards 1
+  assert float(grads["visual"][0, 0]) > 0 > float(grads["visual"][1, 0])
+  assert np.all(np.isfinite(np.asarray(grads["audio"])))   # zero distance: finite gradient
+  loss_off, _ = prototype_loss(feats, protos, labels, 2.0, False)
+  assert float(loss_off) == 0.0
+
+
+def test_pmr_prototypes_in_the_checkpoint_are_the_class_means_of_the_next_epochs_batches(
+    tmp_path, tfds_dir):
+  """With momentum 0, the saved prototypes are the inference-mode class means
+  of the encoder features over the first max(1, steps/10) batches of the next
+  epoch's order, under the saved parameters."""
+  from asgml_jax import input_pipeline, run_dir, train
+  from configs.variants import apply_variant
+  config = apply_variant(tiny_mlp_config(tfds_dir, num_epochs=1), "pmr")
+  config.method.pmr.momentum = 0.0
+  train.train_and_evaluate(config, str(tmp_path))
+  setup = train.setup_run(config)
+  state = run_dir.RunDir(setup.config, str(tmp_path)).restore(train.fresh_state(setup, config.seed))
+  assert int(state.step) == setup.steps_per_epoch
+  perm = input_pipeline.epoch_order(setup.data, train.run_keys(config.seed)[1], 1)
+  batch = input_pipeline.gather_batch(setup.data.train, perm, 0, config.batch_size)
+  feats = setup.model.apply(state.variables(), {m: batch[m] for m in ("audio", "visual")},
+                            train=False)["features"]
+  protos = state.opt_state[0].pmr_prototypes
+  labels = np.asarray(batch["label"])
+  for m in ("audio", "visual"):
+    for c in np.unique(labels):
+      np.testing.assert_allclose(protos[m][c], np.asarray(feats[m])[labels == c].mean(0),
+                                 rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------ the step
 
 def test_per_loss_gradients_are_each_losses_own_gradient_and_sum_to_the_total(tfds_dir):
@@ -509,7 +624,7 @@ def test_weight_one_methods_match_joint_training_when_nothing_conflicts(tfds_dir
 
 
 VARIANTS = ["mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm", "inforeg", "agm",
-            "unimodal_audio", "unimodal_visual"]
+            "miles", "pmr", "unimodal_audio", "unimodal_visual"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -527,7 +642,8 @@ def test_baseline_variants_train_and_log_their_signals(tmp_path, tfds_dir, varia
   expected_signal = {"mmpareto": "mmpareto/gamma_audio", "pcgrad": "pcgrad/conflicts_fused",
                      "dwa": "task_weight_fused", "gradnorm": "task_weight_visual",
                      "opm": "opm/drop_prob_audio", "cggm": "cggm/balance_audio",
-                     "inforeg": "inforeg/window_k_audio", "agm": "agm/coeff_visual"}.get(variant)
+                     "inforeg": "inforeg/window_k_audio", "agm": "agm/coeff_visual",
+                     "miles": "miles/lr_scale_audio", "pmr": "pmr/score_visual"}.get(variant)
   if expected_signal:  # logged to TensorBoard, finite
     from asgml_jax.report import train_signals
     from asgml_jax.run_dir import train_tag

@@ -66,6 +66,48 @@ def test_three_seeds_in_one_program_equal_three_separate_runs(tmp_path, tfds_dir
   assert len(finals) == len(SEEDS), "seeds must differ (own init, data order, GE noise)"
 
 
+def _latest_state(workdir, like_state):
+  from asgml_jax import checkpointing
+  manager = checkpointing._manager(os.path.join(workdir, checkpointing.LATEST_DIR), 5,
+                                   read_only=True)
+  try:
+    return checkpointing.restore(manager, like_state)[0]
+  finally:
+    manager.close()
+
+
+@pytest.mark.parametrize("variant,field", [("miles", "miles_lr_scale"),
+                                           ("pmr", "pmr_prototypes")])
+def test_epoch_hooks_give_each_seed_of_a_sweep_its_own_values(tmp_path, tfds_dir, variant, field):
+  """MILES's rates and PMR's prototypes are set between epochs from each seed's
+  own validation metrics / features: a 2-seed sweep saves what 2 runs save
+  (host-fed data for the sweep, so both data paths of the hooks run)."""
+  import optax
+
+  from asgml_jax import sweep, train
+  from configs.variants import apply_variant
+  config = apply_variant(tiny_mlp_config(tfds_dir), variant)
+  config.method.miles.tau = 0.0
+  seeds = (42, 5)
+  single = [train.train_and_evaluate(train.with_seed(config, s), str(tmp_path / f"one_{s}"))
+            for s in seeds]
+  config.dataset.placement = "host"
+  swept = sweep.train_sweep(config, seeds, [str(tmp_path / f"sweep_{s}") for s in seeds],
+                            seed_axis="vmap")
+  like = train.fresh_state(train.setup_run(config), 0)
+  for s, a, b in zip(seeds, single, swept):
+    _assert_same_run(a, b, str(tmp_path / f"one_{s}"), str(tmp_path / f"sweep_{s}"), like)
+    x = optax.tree_utils.tree_get(_latest_state(str(tmp_path / f"one_{s}"), like).opt_state, field)
+    y = optax.tree_utils.tree_get(_latest_state(str(tmp_path / f"sweep_{s}"), like).opt_state,
+                                  field)
+    for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y)):
+      np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=1e-5)
+  values = [optax.tree_utils.tree_get(_latest_state(str(tmp_path / f"one_{s}"), like).opt_state,
+                                      field) for s in seeds]
+  if variant == "pmr":  # the seeds' prototypes differ
+    assert not np.allclose(np.asarray(values[0]["audio"]), np.asarray(values[1]["audio"]))
+
+
 def test_sweep_resumes_from_the_epoch_all_seeds_saved(tmp_path, tfds_dir):
   """A kill between two seeds' saves leaves one seed an epoch ahead: the rerun
   restarts every seed from the common epoch and ends where an unbroken sweep does."""
