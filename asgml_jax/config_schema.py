@@ -23,7 +23,7 @@ FUSIONS = ("concat", "sum", "film", "gated")
 DATASETS = ("synthetic", "av_digits", "cremad", "ave", "kinetics_sounds", "mmsa", "npz")
 METHODS = ("baseline", "ogm", "ogm_ge", "boost", "boost_ogm", "frequency", "frequency_control",
            "staleness", "adaptive", "unimodal", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm",
-           "inforeg", "agm", "miles", "pmr")
+           "inforeg", "agm", "miles", "pmr", "arl")
 # Methods that combine the per-loss gradients (`steps.train_step(per_loss_grads=True)`).
 PER_LOSS_METHODS = ("mmpareto", "pcgrad", "dwa", "gradnorm")
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
@@ -222,6 +222,13 @@ def base_config() -> ml_collections.ConfigDict:
           momentum=0.2,          # prototype EMA: p = (1 − momentum)·new + momentum·old
           modulation_starts=0,   # epochs, inclusive
           modulation_ends=70,    # epochs, inclusive
+      )),
+      arl=ml_collections.ConfigDict(dict(
+          gamma=4.0,             # unimodal-loss weight after start_epoch (1 before)
+          temperature=8.0,       # T of softmax(T·d_other·q)
+          start_epoch=5,         # modulation for epoch indices > start_epoch
+          scaling="coefficients",  # coefficients: ×(1 + w_m) | fixed: ×1.5 (seeds' code)
+          clip_norm=40.0,        # global gradient-norm clip
       )),
       agm=ml_collections.ConfigDict(dict(
           alpha=1.0,             # c_m = exp(alpha·min(opt_m − ratio_m, cap))
@@ -497,6 +504,16 @@ def _validate_method(config) -> None:
   _require(0 <= pmr.momentum <= 1, "method.pmr.momentum", f"must be in [0, 1], got {pmr.momentum!r}")
   _require(0 <= pmr.modulation_starts <= pmr.modulation_ends, "method.pmr.modulation_ends",
            "need 0 <= modulation_starts <= modulation_ends")
+  arl = method.arl
+  _require(arl.gamma >= 0, "method.arl.gamma", f"must be >= 0, got {arl.gamma!r}")
+  _positive(config, "method.arl.temperature")
+  _positive(config, "method.arl.clip_norm")
+  _require(isinstance(arl.start_epoch, int) and arl.start_epoch >= 0, "method.arl.start_epoch",
+           f"must be an integer >= 0, got {arl.start_epoch!r}")
+  _one_of(arl.scaling, ("coefficients", "fixed"), "method.arl.scaling")
+  if method.name == "arl":
+    _require(config.model.unimodal_heads == "split", "model.unimodal_heads",
+             "arl reads each modality's logits off the shared fusion layer: use 'split'")
   agm = method.agm
   _require(agm.alpha >= 0, "method.agm.alpha", f"must be >= 0, got {agm.alpha!r}")
   _require(0 <= agm.modulation_starts <= agm.modulation_ends, "method.agm.modulation_ends",

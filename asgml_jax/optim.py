@@ -19,6 +19,7 @@ import optax
 from asgml_jax.transforms.boost import boost
 from asgml_jax.config_schema import parse_named_floats
 from asgml_jax.transforms.agm import agm
+from asgml_jax.transforms.arl import arl
 from asgml_jax.transforms.cggm import cggm
 from asgml_jax.transforms.inforeg import inforeg
 from asgml_jax.transforms.miles import miles
@@ -146,6 +147,10 @@ def make_optimizer(config, steps_per_epoch: int,
     b = method.boost
     parts.append(boost(b.alpha, b.scale_max, b.ema_alpha, noise_sigma=b.noise_sigma,
                        seed=config.seed + 1))
+  if method.name == "arl":
+    a = method.arl
+    parts.append(arl(steps_per_epoch, a.temperature, a.start_epoch, a.scaling))
+    parts.append(optax.clip_by_global_norm(a.clip_norm))
   parts.append(_schedule(config, base_optimizer(config, steps_per_epoch)))
   if method.name == "miles":
     parts.append(miles())

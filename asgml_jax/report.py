@@ -47,7 +47,8 @@ SIGNALS = (("probe/acc_", "probe accuracy (train-time probes)"),
            ("inforeg/beta_", "InfoReg proximal strength beta"),
            ("inforeg/window_k_", "InfoReg window k"), ("agm/coeff_", "AGM coefficient"),
            ("miles/lr_scale_", "MILES learning-rate factor"),
-           ("pmr/score_", "PMR prototype score (batch sum)"))
+           ("pmr/score_", "PMR prototype score (batch sum)"),
+           ("arl/weight_", "ARL coefficient w"))
 
 
 def find_runs(directories) -> list[str]:

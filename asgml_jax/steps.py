@@ -96,7 +96,9 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
                opm_cfg: OPMConfig | None = None,
                cggm_lambda: float | None = None,
                agm_cfg: agm_lib.AGMConfig | None = None,
-               pmr_cfg: pmr_lib.PMRConfig | None = None) -> tuple[TrainState, dict]:
+               pmr_cfg: pmr_lib.PMRConfig | None = None,
+               unimodal_weight_after: tuple[int, int, float] | None = None,
+               ) -> tuple[TrainState, dict]:
   """One optimisation step; returns the new state and scalar metrics.
 
   Order: forward/backward with the unimodal terms gated by the schedule's
@@ -119,6 +121,10 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
   labels = batch["label"]
   dropout_key = jax.random.fold_in(state.rng, state.step)
   gates = update_gates(state.opt_state, names)
+  if unimodal_weight_after is not None:
+    per_epoch, after, later_weight = unimodal_weight_after
+    unimodal_weight = jnp.where(state.step // per_epoch > after, later_weight,
+                                unimodal_weight).astype(jnp.float32)
   feature_gate = (make_feature_gate(opm_cfg, labels, jax.random.fold_in(dropout_key, 0x0B3),
                                     state.step) if opm_cfg is not None else None)
 
@@ -202,7 +208,8 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
       ogm_scores=batch_scores(outputs["unimodal_logits"], labels),
       probe_scores=probe_state.score, probe_refreshes=probe_state.refreshes,
       encoder_grad_norms=grad_norms, unimodal_losses=unimodal,
-      features=jax.lax.stop_gradient(outputs["features"]), labels=labels, **extra)
+      features=jax.lax.stop_gradient(outputs["features"]), labels=labels,
+      unimodal_logits=jax.lax.stop_gradient(outputs["unimodal_logits"]), **extra)
   new_params = optax.apply_updates(state.params, updates)
 
   culprit = _first_nonfinite(loss, grads, grad_norms)
@@ -252,7 +259,8 @@ _SIGNALS = (("coefficients", "ogm/coeff"), ("ratios", "ogm/score_ratio"),
             ("cggm_balance", "cggm/balance"), ("aux_accuracy", "cggm/aux_acc"),
             ("inforeg_beta", "inforeg/beta"), ("inforeg_window", "inforeg/window_k"),
             ("agm_coefficients", "agm/coeff"), ("agm_running_score", "agm/running_score"),
-            ("miles_lr_scale", "miles/lr_scale"), ("miles_utilization", "miles/utilization"))
+            ("miles_lr_scale", "miles/lr_scale"), ("miles_utilization", "miles/utilization"),
+            ("arl_weight", "arl/weight"), ("arl_scale", "arl/grad_scale"))
 
 
 def intervention_signals(opt_state) -> dict:

@@ -77,6 +77,9 @@ def step_options(config, steps_per_epoch: int) -> dict:
                         modulation_ends=a.modulation_ends, steps_per_epoch=steps_per_epoch)
   return {"per_loss_grads": config.method.name in PER_LOSS_METHODS, "opm_cfg": opm_cfg,
           "agm_cfg": agm_cfg, "pmr_cfg": pmr_cfg,
+          "unimodal_weight_after": ((steps_per_epoch, config.method.arl.start_epoch,
+                                     config.method.arl.gamma)
+                                    if config.method.name == "arl" else None),
           "cggm_lambda": config.method.cggm.lam if config.method.name == "cggm" else None}
 
 

@@ -2,13 +2,15 @@
 
 One row per SPEC ablation condition. `*_seedcode` variants turn on the
 seeds' PyTorch behaviour (SPEC §10) through `method.seed_code=True`.
+`arl_fixed` is ARL with the seeds' fixed ×1.5 encoder scaling.
 `unimodal_<modality>` trains that one modality of the dataset alone (its
 encoder and the fusion layer as its classifier, no unimodal loss term).
 """
 
 VARIANTS = ("baseline", "ogm", "ogm_ge", "frequency", "frequency_control", "staleness",
             "adaptive", "boost", "boost_ogm", "boost_ogm_seedcode", "frequency_seedcode",
-            "staleness_seedcode", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm", "inforeg", "agm", "miles", "pmr")
+            "staleness_seedcode", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm",
+            "inforeg", "agm", "miles", "pmr", "arl", "arl_fixed")
 UNIMODAL_PREFIX = "unimodal_"
 
 
@@ -41,7 +43,7 @@ def apply_variant(config, variant: str | None):
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}, "
                      f"or {UNIMODAL_PREFIX}<modality>")
-  name = variant.removesuffix("_seedcode")
+  name = variant.removesuffix("_seedcode").removesuffix("_fixed")
   config.method.name = name
   config.method.seed_code = variant.endswith("_seedcode")
   if name == "ogm" or name == "ogm_ge":
@@ -69,6 +71,11 @@ def apply_variant(config, variant: str | None):
     config.loss.unimodal_weight = 1.0
   if name == "pmr":
     config.loss.unimodal_weight = 0.0         # CE(fused) + α·CE(prototypes of the weaker)
+  if name == "arl":
+    config.loss.unimodal_weight = 1.0         # γ_eff = 1 up to start_epoch, method.arl.gamma after
+    config.model.unimodal_heads = "split"
+    # arl_fixed: the seeds' code, every encoder gradient ×1.5 instead of ×(1 + w_m)
+    config.method.arl.scaling = "fixed" if variant == "arl_fixed" else "coefficients"
   if name == "agm":
     config.loss.unimodal_weight = 0.0         # AGM's loss is CE(Σ_m Shapley output m) alone
   if name in ("pcgrad", "dwa", "gradnorm"):

@@ -570,6 +570,85 @@ def test_pmr_prototypes_in_the_checkpoint_are_the_class_means_of_the_next_epochs
                                  rtol=1e-5, atol=1e-6)
 
 
+# ------------------------------------------------------------------ ARL
+
+def _arl_by_hand(z_a, z_v, temperature):
+  """BASELINES.md §ARL, step by step as the reference's train_epoch does it."""
+  def softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+  p_a, p_v = softmax(z_a), softmax(z_v)
+  h_a = np.mean(np.sum(-p_a * np.log(p_a + 1e-16), -1))
+  h_v = np.mean(np.sum(-p_v * np.log(p_v + 1e-16), -1))
+  h_a, h_v = max(h_a / (h_a + h_v), 0.3), max(h_v / (h_a + h_v), 0.3)
+  a_w, v_w = 1 / h_a, 1 / h_v
+  a_w, v_w = a_w / (a_w + v_w), v_w / (a_w + v_w)
+  c_a, c_v = np.mean(np.abs(z_a), 0).sum(), np.mean(np.abs(z_v), 0).sum()
+  c_a, c_v = c_a / (c_a + c_v), c_v / (c_a + c_v)
+  return softmax(np.array([c_v * a_w * temperature, c_a * v_w * temperature]))
+
+
+def test_arl_coefficients_by_hand_including_the_entropy_clamp():
+  from asgml_jax.transforms.arl import arl_coefficients
+  z_a = np.array([[4.0, 0.0, -1.0], [3.0, 0.5, 0.0]])    # confident: H_a/ΣH < 0.3, clamped
+  z_v = np.array([[0.1, 0.0, 0.2], [0.0, 0.3, 0.1]])     # unsure
+  w = arl_coefficients({"audio": jnp.asarray(z_a), "visual": jnp.asarray(z_v)}, 8.0)
+  expected = _arl_by_hand(z_a, z_v, 8.0)
+  assert float(w["audio"]) == pytest.approx(expected[0], rel=1e-5)
+  assert float(w["visual"]) == pytest.approx(expected[1], rel=1e-5)
+
+
+def test_arl_zero_other_logits_carry_the_full_bias():
+  from asgml_jax.transforms.arl import zero_other_logits
+  split = {"audio": jnp.array([[1.0, 2.0]]), "visual": jnp.array([[0.0, 0.0]])}
+  out = zero_other_logits(split, {"kernel": jnp.zeros((4, 2)), "bias": jnp.array([0.4, -2.0])})
+  np.testing.assert_allclose(out["audio"], [[1.2, 1.0]])    # b/2 already in, + b/2
+  np.testing.assert_allclose(out["visual"], [[0.2, -1.0]])
+
+
+@pytest.mark.parametrize("scaling", ["coefficients", "fixed"])
+def test_arl_transform_scales_encoders_after_start_with_the_previous_steps_weights(scaling):
+  """2 steps per epoch, start 0: epoch 0 is untouched (w reset to 0.5); the first
+  step of epoch 1 uses w = 0.5 (×1.5), the next the w of the step before
+  (the reference's backbone reads w before the step sets it); `fixed` is ×1.5."""
+  from asgml_jax.transforms.arl import arl
+  tx = arl(2, 8.0, 0, scaling)
+  grads = _tree([1.0, -2.0], [3.0], fusion=[0.0])
+  params = {"encoders": grads["encoders"], "fusion": {"kernel": jnp.zeros((2, 3)),
+                                                      "bias": jnp.zeros(3)}}
+  z_a = np.array([[4.0, 0.0, -1.0], [3.0, 0.5, 0.0]])
+  z_v = np.array([[0.1, 0.0, 0.2], [0.0, 0.3, 0.1]])
+  logits = {"audio": jnp.asarray(z_a), "visual": jnp.asarray(z_v)}
+  state = tx.init(params)
+  for step in (0, 1):
+    out, state = tx.update(grads, state, params, step=jnp.int32(step), unimodal_logits=logits)
+    np.testing.assert_allclose(out["encoders"]["audio"]["w"], [1.0, -2.0])
+    assert float(state.arl_weight["audio"]) == 0.5
+  out, state = tx.update(grads, state, params, step=jnp.int32(2), unimodal_logits=logits)
+  np.testing.assert_allclose(out["encoders"]["audio"]["w"], [1.5, -3.0], rtol=1e-6)
+  np.testing.assert_allclose(out["fusion"]["b"], [0.0])
+  w = _arl_by_hand(z_a, z_v, 8.0)
+  assert float(state.arl_weight["audio"]) == pytest.approx(w[0], rel=1e-5)
+  out, state = tx.update(grads, state, params, step=jnp.int32(3), unimodal_logits=logits)
+  factor = (1 + w[1]) if scaling == "coefficients" else 1.5
+  np.testing.assert_allclose(out["encoders"]["visual"]["w"], [3.0 * factor], rtol=1e-5)
+
+
+def test_arl_step_raises_the_unimodal_weight_after_start(tfds_dir):
+  """Loss = CE_f + γ_eff·Σ CE_m: γ_eff = 1 in epoch 0, γ = 4 once the epoch
+  index passes start_epoch = 0."""
+  from configs.variants import apply_variant
+  config = apply_variant(tiny_mlp_config(tfds_dir), "arl")
+  config.method.arl.start_epoch = 0
+  state, step, batch = jitted_step(config, steps_per_epoch=6)
+  _, early = step(state, batch)
+  _, late = step(state.replace(step=state.step + 6), batch)
+  for metrics, gamma in ((early, 1.0), (late, 4.0)):
+    expected = float(metrics["fused_loss"]) + gamma * sum(
+        float(metrics[f"unimodal_loss_{m}"]) for m in ("audio", "visual"))
+    assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5)
+
+
 # ------------------------------------------------------------------ the step
 
 def test_per_loss_gradients_are_each_losses_own_gradient_and_sum_to_the_total(tfds_dir):
@@ -624,7 +703,7 @@ def test_weight_one_methods_match_joint_training_when_nothing_conflicts(tfds_dir
 
 
 VARIANTS = ["mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm", "inforeg", "agm",
-            "miles", "pmr", "unimodal_audio", "unimodal_visual"]
+            "miles", "pmr", "arl", "arl_fixed", "unimodal_audio", "unimodal_visual"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -643,7 +722,8 @@ def test_baseline_variants_train_and_log_their_signals(tmp_path, tfds_dir, varia
                      "dwa": "task_weight_fused", "gradnorm": "task_weight_visual",
                      "opm": "opm/drop_prob_audio", "cggm": "cggm/balance_audio",
                      "inforeg": "inforeg/window_k_audio", "agm": "agm/coeff_visual",
-                     "miles": "miles/lr_scale_audio", "pmr": "pmr/score_visual"}.get(variant)
+                     "miles": "miles/lr_scale_audio", "pmr": "pmr/score_visual",
+                     "arl": "arl/weight_audio", "arl_fixed": "arl/grad_scale_visual"}.get(variant)
   if expected_signal:  # logged to TensorBoard, finite
     from asgml_jax.report import train_signals
     from asgml_jax.run_dir import train_tag
