@@ -23,9 +23,9 @@ FUSIONS = ("concat", "sum", "film", "gated")
 DATASETS = ("synthetic", "av_digits", "cremad", "ave", "kinetics_sounds", "mmsa", "npz")
 METHODS = ("baseline", "ogm", "ogm_ge", "boost", "boost_ogm", "frequency", "frequency_control",
            "staleness", "adaptive", "unimodal", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm",
-           "inforeg", "agm", "miles", "pmr", "arl")
+           "inforeg", "agm", "miles", "pmr", "arl", "gblend")
 # Methods that combine the per-loss gradients (`steps.train_step(per_loss_grads=True)`).
-PER_LOSS_METHODS = ("mmpareto", "pcgrad", "dwa", "gradnorm")
+PER_LOSS_METHODS = ("mmpareto", "pcgrad", "dwa", "gradnorm", "gblend")
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
 
 
@@ -229,6 +229,10 @@ def base_config() -> ml_collections.ConfigDict:
           start_epoch=5,         # modulation for epoch indices > start_epoch
           scaling="coefficients",  # coefficients: ×(1 + w_m) | fixed: ×1.5 (seeds' code)
           clip_norm=40.0,        # global gradient-norm clip
+      )),
+      gblend=ml_collections.ConfigDict(dict(
+          gb_epoch=10,           # re-estimate the weights every gb_epoch epochs ([inferred])
+          holdout_fraction=0.08,  # of the train split, for the estimate's holdout losses
       )),
       agm=ml_collections.ConfigDict(dict(
           alpha=1.0,             # c_m = exp(alpha·min(opt_m − ratio_m, cap))
@@ -514,6 +518,12 @@ def _validate_method(config) -> None:
   if method.name == "arl":
     _require(config.model.unimodal_heads == "split", "model.unimodal_heads",
              "arl reads each modality's logits off the shared fusion layer: use 'split'")
+  _positive(config, "method.gblend.gb_epoch", integer=True)
+  _require(0 < method.gblend.holdout_fraction < 1, "method.gblend.holdout_fraction",
+           f"must be in (0, 1), got {method.gblend.holdout_fraction!r}")
+  if method.name == "gblend":
+    _require(config.model.unimodal_heads == "separate", "model.unimodal_heads",
+             "gblend trains each unimodal branch with its own head: use 'separate'")
   agm = method.agm
   _require(agm.alpha >= 0, "method.agm.alpha", f"must be >= 0, got {agm.alpha!r}")
   _require(0 <= agm.modulation_starts <= agm.modulation_ends, "method.agm.modulation_ends",

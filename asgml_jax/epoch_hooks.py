@@ -2,7 +2,8 @@
 
 Some baselines decide once per epoch from a whole pass over data: MILES sets
 the encoders' learning rates from the validation accuracies, PMR recomputes
-its class prototypes from a tenth of the training set. Their state lives in
+its class prototypes from a tenth of the training set, G-Blending trains a
+copy of every branch every gb_epoch epochs to re-weight the losses. Their state lives in
 their optax transformations (so in the train state, checkpointed with it);
 this module computes the new values on the host's schedule and writes them
 in with `optax.tree_utils.tree_set`. Both `train.py` and `sweep.py` call
@@ -23,11 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from asgml_jax import augment, input_pipeline
+from asgml_jax import augment, gblend, input_pipeline, optim, run_dir
 from asgml_jax.transforms import miles as miles_lib
 from asgml_jax.transforms import pmr as pmr_lib
 
-METHODS_WITH_EPOCH_HOOKS = ("miles", "pmr")
+METHODS_WITH_EPOCH_HOOKS = ("miles", "pmr", "gblend")
 
 
 def has_hooks(config) -> bool:
@@ -61,6 +62,11 @@ class EpochHooks:
     self.stacked = stacked
     self.feature_fn = (make_feature_fn(setup.model, setup.frame_sizes)
                        if self.config.method.name == "pmr" else None)
+    self.branch_trainer = None
+    if self.config.method.name == "gblend":
+      opt = self.config.optimizer
+      self.branch_trainer = gblend.BranchTrainer(setup.model, opt.weight_decay, opt.momentum,
+                                                 setup.frame_sizes)
 
   # ---------------------------------------------------------------- helpers
   def _seed_state(self, states, s: int):
@@ -102,13 +108,31 @@ class EpochHooks:
       new = {m: pmr_lib.ema(new[m], old[m], momentum) for m in names}
     return {"pmr_prototypes": new}
 
+  def _blending_weights(self, state, data_key, epoch: int) -> dict:
+    cfg, data = self.config, self.setup.data
+    train_idx, holdout_idx = gblend.split_train(data.num_train, data_key,
+                                                cfg.method.gblend.holdout_fraction)
+    lr = float(optim.lr_schedule(cfg, self.setup.steps_per_epoch)(epoch *
+                                                                  self.setup.steps_per_epoch))
+    result = gblend.estimate_weights(
+        self.branch_trainer, state.variables(), data.train, data.on_device, train_idx,
+        holdout_idx, epochs=cfg.method.gblend.gb_epoch, batch_size=cfg.batch_size, lr=lr,
+        key=jax.random.fold_in(data_key, 0x9B + epoch), log=run_dir.log)
+    tasks = ("fused",) + tuple(self.branch_trainer.names)   # the estimate's order
+    return {"task_weights": {t: np.float32(w) for t, w in zip(tasks, result["weights"])}}
+
   # ---------------------------------------------------------------- hooks
   def prepare(self, states):
-    """Before the first epoch of a fresh run: PMR's initial prototypes."""
-    if self.config.method.name != "pmr":
-      return states
-    return self._write(states, [self._prototypes(self._seed_state(states, s), key, 0, None)
-                                for s, key in enumerate(self.data_keys)])
+    """Before the first epoch of a fresh run: PMR's initial prototypes,
+    G-Blending's first weights."""
+    name = self.config.method.name
+    if name == "pmr":
+      return self._write(states, [self._prototypes(self._seed_state(states, s), key, 0, None)
+                                  for s, key in enumerate(self.data_keys)])
+    if name == "gblend":
+      return self._write(states, [self._blending_weights(self._seed_state(states, s), key, 0)
+                                  for s, key in enumerate(self.data_keys)])
+    return states
 
   def epoch_end(self, states, validation: Sequence[dict], next_epoch: int):
     """After epoch `next_epoch − 1`'s evaluation (one validation dict per seed)."""
@@ -126,5 +150,10 @@ class EpochHooks:
     if method.name == "pmr":
       return self._write(states, [
           self._prototypes(self._seed_state(states, s), key, next_epoch, method.pmr.momentum)
+          for s, key in enumerate(self.data_keys)])
+    if (method.name == "gblend" and next_epoch % method.gblend.gb_epoch == 0
+        and next_epoch < self.config.num_epochs):
+      return self._write(states, [
+          self._blending_weights(self._seed_state(states, s), key, next_epoch)
           for s, key in enumerate(self.data_keys)])
     return states

@@ -21,6 +21,7 @@ from asgml_jax.config_schema import parse_named_floats
 from asgml_jax.transforms.agm import agm
 from asgml_jax.transforms.arl import arl
 from asgml_jax.transforms.cggm import cggm
+from asgml_jax.transforms.gblend import gblend
 from asgml_jax.transforms.inforeg import inforeg
 from asgml_jax.transforms.miles import miles
 from asgml_jax.transforms.mmpareto import mmpareto
@@ -133,6 +134,8 @@ def make_optimizer(config, steps_per_epoch: int,
     parts.append(pcgrad(seed=config.seed + 2))
   if method.name == "dwa":
     parts.append(dwa(steps_per_epoch, method.dwa.temperature))
+  if method.name == "gblend":
+    parts.append(gblend())
   if method.name == "gradnorm":
     g = method.gradnorm
     parts.append(gradnorm(g.alpha, g.lr, g.layer))

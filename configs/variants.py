@@ -10,7 +10,7 @@ encoder and the fusion layer as its classifier, no unimodal loss term).
 VARIANTS = ("baseline", "ogm", "ogm_ge", "frequency", "frequency_control", "staleness",
             "adaptive", "boost", "boost_ogm", "boost_ogm_seedcode", "frequency_seedcode",
             "staleness_seedcode", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm",
-            "inforeg", "agm", "miles", "pmr", "arl", "arl_fixed")
+            "inforeg", "agm", "miles", "pmr", "arl", "arl_fixed", "gblend")
 UNIMODAL_PREFIX = "unimodal_"
 
 
@@ -76,6 +76,9 @@ def apply_variant(config, variant: str | None):
     config.model.unimodal_heads = "split"
     # arl_fixed: the seeds' code, every encoder gradient ×1.5 instead of ×(1 + w_m)
     config.method.arl.scaling = "fixed" if variant == "arl_fixed" else "coefficients"
+  if name == "gblend":
+    config.model.unimodal_heads = "separate"  # a head per unimodal branch, as the reference
+    config.loss.unimodal_weight = 1.0
   if name == "agm":
     config.loss.unimodal_weight = 0.0         # AGM's loss is CE(Σ_m Shapley output m) alone
   if name in ("pcgrad", "dwa", "gradnorm"):

@@ -649,6 +649,65 @@ def test_arl_step_raises_the_unimodal_weight_after_start(tfds_dir):
     assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5)
 
 
+# ------------------------------------------------------------------ G-Blending
+
+def test_gblend_weights_by_hand_with_the_overfitting_floor():
+  """w_k = |L^V| / max(|L^V − L^T|, 1e-4)², normalised."""
+  from asgml_jax.transforms.gblend import blending_weights
+  w = blending_weights([1.0, 1.0, 2.0], [1.5, 1.1, 2.0])
+  raw = np.array([1.5 / 0.25, 1.1 / 0.01, 2.0 / 1e-8])
+  np.testing.assert_allclose(w, raw / raw.sum(), rtol=1e-9)
+  assert w.sum() == pytest.approx(1.0)
+
+
+def test_gblend_transform_sums_the_weighted_task_gradients():
+  from asgml_jax.transforms.gblend import gblend
+  tx = gblend()
+  total = _tree([9.0, 9.0], [9.0], fusion=[9.0])
+  loss_grads = {"fused": _tree([1.0, 0.0], [2.0], [1.0]),
+                "audio": _tree([0.0, 1.0], [0.0], [0.0]),
+                "visual": _tree([0.0, 0.0], [4.0], [0.0])}
+  state = tx.init(total)._replace(task_weights={"fused": jnp.float32(0.5),
+                                                "audio": jnp.float32(0.2),
+                                                "visual": jnp.float32(0.3)})
+  out, _ = tx.update(total, state, loss_grads=loss_grads)
+  np.testing.assert_allclose(out["encoders"]["audio"]["w"], [0.5, 0.2], rtol=1e-6)
+  np.testing.assert_allclose(out["encoders"]["visual"]["w"], [0.5 * 2 + 0.3 * 4], rtol=1e-6)
+  np.testing.assert_allclose(out["fusion"]["b"], [0.5], rtol=1e-6)
+
+
+def test_gblend_estimate_measures_each_tasks_train_and_holdout_loss(tfds_dir):
+  """With no copy training (0 epochs) the estimate's losses are the model's own
+  inference-mode CE_k on the two disjoint parts of the train split."""
+  from asgml_jax import gblend, train
+  from asgml_jax.steps import loss_terms
+  from configs.variants import apply_variant
+  config = apply_variant(tiny_mlp_config(tfds_dir), "gblend")
+  setup = train.setup_run(config)
+  state = train.fresh_state(setup, config.seed)
+  train_idx, holdout_idx = gblend.split_train(setup.data.num_train, jax.random.PRNGKey(3), 0.08)
+  assert len(holdout_idx) == round(192 * 0.08) and not set(train_idx) & set(holdout_idx)
+  assert len(train_idx) + len(holdout_idx) == 192
+  trainer = gblend.BranchTrainer(setup.model, 1e-4, 0.9, {})
+  result = gblend.estimate_weights(trainer, state.variables(), setup.data.train, True, train_idx,
+                                   holdout_idx, epochs=0, batch_size=32, lr=0.05,
+                                   key=jax.random.PRNGKey(0))
+
+  def by_hand(idx):
+    batch = {k: np.asarray(v)[idx] for k, v in setup.data.train.items()}
+    out = setup.model.apply(state.variables(), {m: batch[m] for m in ("audio", "visual")},
+                            train=False)
+    return np.asarray(loss_terms(out, jnp.asarray(batch["label"]), ("audio", "visual")))
+
+  np.testing.assert_allclose(result["train_losses"], by_hand(train_idx), rtol=1e-5)
+  np.testing.assert_allclose(result["holdout_losses"], by_hand(holdout_idx), rtol=1e-5)
+  trained = gblend.estimate_weights(trainer, state.variables(), setup.data.train, True,
+                                    train_idx, holdout_idx, epochs=1, batch_size=32, lr=0.05,
+                                    key=jax.random.PRNGKey(0))
+  # training task k's copy lowers CE_k on the data it trained on
+  assert np.all(trained["train_losses"] < result["train_losses"])
+
+
 # ------------------------------------------------------------------ the step
 
 def test_per_loss_gradients_are_each_losses_own_gradient_and_sum_to_the_total(tfds_dir):
@@ -703,7 +762,7 @@ def test_weight_one_methods_match_joint_training_when_nothing_conflicts(tfds_dir
 
 
 VARIANTS = ["mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm", "inforeg", "agm",
-            "miles", "pmr", "arl", "arl_fixed", "unimodal_audio", "unimodal_visual"]
+            "miles", "pmr", "arl", "arl_fixed", "gblend", "unimodal_audio", "unimodal_visual"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -723,7 +782,8 @@ def test_baseline_variants_train_and_log_their_signals(tmp_path, tfds_dir, varia
                      "opm": "opm/drop_prob_audio", "cggm": "cggm/balance_audio",
                      "inforeg": "inforeg/window_k_audio", "agm": "agm/coeff_visual",
                      "miles": "miles/lr_scale_audio", "pmr": "pmr/score_visual",
-                     "arl": "arl/weight_audio", "arl_fixed": "arl/grad_scale_visual"}.get(variant)
+                     "arl": "arl/weight_audio", "arl_fixed": "arl/grad_scale_visual",
+                     "gblend": "task_weight_fused"}.get(variant)
   if expected_signal:  # logged to TensorBoard, finite
     from asgml_jax.report import train_signals
     from asgml_jax.run_dir import train_tag

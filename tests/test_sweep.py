@@ -77,10 +77,11 @@ def _latest_state(workdir, like_state):
 
 
 @pytest.mark.parametrize("variant,field", [("miles", "miles_lr_scale"),
-                                           ("pmr", "pmr_prototypes")])
+                                           ("pmr", "pmr_prototypes"),
+                                           ("gblend", "task_weights")])
 def test_epoch_hooks_give_each_seed_of_a_sweep_its_own_values(tmp_path, tfds_dir, variant, field):
-  """MILES's rates and PMR's prototypes are set between epochs from each seed's
-  own validation metrics / features: a 2-seed sweep saves what 2 runs save
+  """MILES's rates, PMR's prototypes and G-Blending's weights are set between
+  epochs from each seed's own validation metrics / features / branch copies: a 2-seed sweep saves what 2 runs save
   (host-fed data for the sweep, so both data paths of the hooks run)."""
   import optax
 
@@ -88,6 +89,7 @@ def test_epoch_hooks_give_each_seed_of_a_sweep_its_own_values(tmp_path, tfds_dir
   from configs.variants import apply_variant
   config = apply_variant(tiny_mlp_config(tfds_dir), variant)
   config.method.miles.tau = 0.0
+  config.method.gblend.gb_epoch = 1
   seeds = (42, 5)
   single = [train.train_and_evaluate(train.with_seed(config, s), str(tmp_path / f"one_{s}"))
             for s in seeds]
