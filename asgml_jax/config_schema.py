@@ -245,6 +245,9 @@ def base_config() -> ml_collections.ConfigDict:
       )),
   ))
 
+  # Data parallelism (asgml_jax/parallel.py): "auto" shards each batch over every
+  # device when there is more than one; "off" uses one device.
+  c.parallel = ml_collections.ConfigDict(dict(data_parallel="auto"))
   c.batch_size = 64
   c.eval_batch_size = 256
   c.num_epochs = 50
@@ -405,6 +408,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def _validate_dataset(config) -> None:
   ds = config.dataset
   _one_of(ds.placement, ("auto", "device", "host"), "dataset.placement")
+  _one_of(config.parallel.data_parallel, ("auto", "off"), "parallel.data_parallel")
   _positive(config, "dataset.device_budget_gib")
   _require(0 < ds.validation_fraction < 1, "dataset.validation_fraction",
            f"must be in (0, 1), got {ds.validation_fraction!r}")

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from asgml_jax import augment, input_pipeline, optim, run_dir, steps
+from asgml_jax import augment, input_pipeline, optim, parallel, run_dir, steps
 from asgml_jax.epoch_hooks import EpochHooks
 from asgml_jax.config_schema import (PER_LOSS_METHODS, effective_config, modality_names,
                                     validate)
@@ -84,7 +84,7 @@ def step_options(config, steps_per_epoch: int) -> dict:
 
 
 def make_train_body(model, tx, config, steps_per_epoch: int, state, example_batch, probe_cfg,
-                    on_device: bool = True):
+                    on_device: bool = True, mesh=None):
   """Un-jitted train step with metric accumulation, and its metrics Collection.
 
   on_device: (state, metrics_acc, train_data, perm, i) -> (state, metrics_acc),
@@ -93,7 +93,7 @@ def make_train_body(model, tx, config, steps_per_epoch: int, state, example_batc
   (`input_pipeline.train_args` builds either argument list). `make_train_fn`
   jits it; the sweep maps it over seeds first. The metric names are read off
   the step itself (`jax.eval_shape`), so each method logs whatever signals
-  its transformations keep.
+  its transformations keep. mesh: shard each batch over it (parallel.py).
   """
   lr_fn = optim.lr_schedule(config, steps_per_epoch)
   frame_sizes = augment.frame_modalities(config)
@@ -104,6 +104,7 @@ def make_train_body(model, tx, config, steps_per_epoch: int, state, example_batc
   collection = train_metrics_collection([_field(k) for k in metric_keys])
 
   def batch_body(state, metrics_acc, batch):
+    batch = parallel.constrain_batch(batch, mesh)
     if frame_sizes:
       aug_key = jax.random.fold_in(jax.random.fold_in(state.rng, 0xA06), state.step)
       batch = augment.train_inputs(batch, aug_key, frame_sizes)
@@ -131,18 +132,20 @@ def donated_args(*argnums: int) -> tuple[int, ...]:
 
 
 def make_train_fn(model, tx, config, steps_per_epoch: int, state, example_batch, probe_cfg,
-                  on_device: bool = True):
+                  on_device: bool = True, mesh=None):
   """Jitted `make_train_body`, with the state and metric accumulator donated."""
   body, collection = make_train_body(model, tx, config, steps_per_epoch, state, example_batch,
-                                     probe_cfg, on_device)
+                                     probe_cfg, on_device, mesh)
   return jax.jit(body, donate_argnums=donated_args(0, 1)), collection
 
 
-def make_eval_body(model, batch_size: int, probe_cfg, frame_sizes=None, on_device: bool = True):
+def make_eval_body(model, batch_size: int, probe_cfg, frame_sizes=None, on_device: bool = True,
+                   mesh=None):
   """Un-jitted eval step -> {head or probe: ConfusionMatrix}: (state,
   split_data, start) slicing the device-resident split, or (state, batch)."""
 
   def batch_body(state, batch):
+    batch = parallel.constrain_batch(batch, mesh)
     if frame_sizes:
       batch = augment.eval_inputs(batch, frame_sizes)
     logits = steps.eval_step(state, batch, model=model, probe_cfg=probe_cfg)
@@ -155,9 +158,10 @@ def make_eval_body(model, batch_size: int, probe_cfg, frame_sizes=None, on_devic
   return slice_body if on_device else batch_body
 
 
-def make_eval_fn(model, batch_size: int, probe_cfg, frame_sizes=None, on_device: bool = True):
+def make_eval_fn(model, batch_size: int, probe_cfg, frame_sizes=None, on_device: bool = True,
+                 mesh=None):
   """Jitted `make_eval_body`."""
-  return jax.jit(make_eval_body(model, batch_size, probe_cfg, frame_sizes, on_device))
+  return jax.jit(make_eval_body(model, batch_size, probe_cfg, frame_sizes, on_device, mesh))
 
 
 def accumulate_confusions(eval_fn, state, data: input_pipeline.LoadedData, split: str,
@@ -248,7 +252,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   data_key = run_keys(config.seed)[1]
 
   run = run_dir.RunDir(config, workdir)
-  state = distinct_buffers(run.restore(fresh_state(setup, config.seed)))
+  mesh = parallel.data_mesh(config)
+  state = parallel.replicate(distinct_buffers(run.restore(fresh_state(setup, config.seed))), mesh)
+  if mesh is not None and data.on_device:
+    data = dataclasses.replace(data, train=parallel.replicate(data.train, mesh),
+                               eval_splits=parallel.replicate(data.eval_splits, mesh))
   start_step = int(state.step)
   if start_step % steps_per_epoch:
     raise RuntimeError(f"checkpoint at step {start_step} is not at an epoch boundary "
@@ -256,18 +264,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
   hooks = EpochHooks(setup, [data_key], stacked=False)
   if start_step == 0:
     run.write_hparams()
-    state = hooks.prepare(state)
+    state = parallel.replicate(hooks.prepare(state), mesh)
   from clu import periodic_actions  # after the data: keeps TensorFlow off the import path
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=run.writer,
                                              every_steps=config.log_every_steps)
   train_fn, collection = make_train_fn(setup.model, setup.tx, config, steps_per_epoch, state,
-                                       setup.example, setup.probe_cfg, data.on_device)
+                                       setup.example, setup.probe_cfg, data.on_device, mesh)
   eval_fn = make_eval_fn(setup.model, config.eval_batch_size, setup.probe_cfg, setup.frame_sizes,
-                         data.on_device)
+                         data.on_device, mesh)
 
   run_dir.log(f"training {config.method.name} on {config.dataset.name} ({', '.join(names)}): "
               f"{config.num_epochs} epochs x {steps_per_epoch} steps, data on the "
-              f"{data.placement}, workdir {run.workdir}")
+              f"{data.placement}"
+              + (f", batch sharded over {mesh.size} devices" if mesh is not None else "")
+              + f", workdir {run.workdir}")
   step = start_step
   window_start, window_step = time.time(), step
   try:
@@ -292,7 +302,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           metrics_acc = fresh_metrics(collection)
       splits = {s: evaluate(eval_fn, state, data, s, config.eval_batch_size)
                 for s in ("validation", "test")}
-      state = hooks.epoch_end(state, [splits["validation"]], epoch + 1)
+      state = parallel.replicate(hooks.epoch_end(state, [splits["validation"]], epoch + 1), mesh)
       record = eval_record(epoch + 1, splits["validation"], splits["test"],
                            time.time() - epoch_start)
       run.end_epoch(step, state, record)

@@ -1,0 +1,62 @@
+"""Data parallelism: the batch sharded over a mesh of every device.
+
+The train state is replicated and each batch is laid out along the mesh's
+"data" axis with a sharding constraint inside the jitted step; XLA's SPMD
+partitioner then computes each device's share of the forward and backward
+pass and inserts the all-reduces itself. Means over the batch (the losses,
+BatchNorm's batch statistics, OGM-GE's batch-sum scores) are therefore the
+global ones, so a sharded step computes what the single-device step
+computes, up to the order of float additions (tests/test_parallel.py).
+
+`parallel.data_parallel="auto"` shards over every device when there is more
+than one; "off" keeps one device. The batch size (and the eval batch size)
+must divide by the device count. Multi-host runs (`jax.distributed.initialize`
+before anything else, one process per host) use the same mesh over
+`jax.devices()`; they are documented but not tested here (one host).
+Sweeps keep their seeds on one device.
+"""
+
+from __future__ import annotations
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from asgml_jax.config_schema import ConfigError
+
+AXIS = "data"
+
+
+def data_mesh(config) -> Mesh | None:
+  """The 1-D mesh of all devices, or None for one device / data_parallel="off"."""
+  if config.parallel.data_parallel == "off":
+    return None
+  devices = jax.devices()
+  if len(devices) == 1:
+    return None
+  n = len(devices)
+  for key in ("batch_size", "eval_batch_size"):
+    if config[key] % n:
+      raise ConfigError(f"config.{key}: {config[key]} does not divide over the {n} devices of "
+                        f"the data-parallel mesh (set parallel.data_parallel='off' or a multiple "
+                        f"of {n})")
+  return Mesh(devices, (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def replicate(tree, mesh: Mesh | None):
+  """Every leaf on every device of the mesh (identity without one)."""
+  return tree if mesh is None else jax.device_put(tree, replicated(mesh))
+
+
+def constrain_batch(batch, mesh: Mesh | None):
+  """Inside jit: lay the batch's leading axis out over the mesh."""
+  if mesh is None:
+    return batch
+  return jax.lax.with_sharding_constraint(batch, batch_sharded(mesh))

@@ -1,0 +1,85 @@
+"""Data parallelism on 4 CPU devices (`--xla_force_host_platform_device_count=4`).
+
+The flag must be set before JAX starts, so the check runs in a subprocess:
+one epoch of the small-CNN config (BatchNorm and convolutions, OGM-GE's
+batch-sum scores and GE noise) with the batch sharded over the 4 devices and
+with one device. Tolerance: the sharded step sums each device's partial
+gradients in an all-reduce, a different float summation order, so params
+agree to rtol 1e-4 / atol 1e-5 and eval metrics within one example of 48.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+from conftest import ROOT
+
+SCRIPT = r'''
+import json, os, sys, tempfile
+sys.path.insert(0, os.path.join(sys.argv[1], "tests")); sys.path.insert(0, sys.argv[1])
+import jax, numpy as np
+from conftest import tiny_config
+from asgml_jax import checkpointing, parallel, train
+from asgml_jax.config_schema import ConfigError
+
+def latest(workdir, like):
+  m = checkpointing._manager(os.path.join(workdir, checkpointing.LATEST_DIR), 5, read_only=True)
+  try:
+    return checkpointing.restore(m, like)[0]
+  finally:
+    m.close()
+
+out = {"devices": len(jax.devices())}
+runs = {}
+for mode in ("auto", "off"):
+  c = tiny_config(sys.argv[2], num_epochs=1)
+  c.method.name = "ogm_ge"
+  c.parallel.data_parallel = mode
+  d = tempfile.mkdtemp()
+  runs[mode] = (train.train_and_evaluate(c, d), d, c)
+setup = train.setup_run(runs["off"][2])
+like = train.fresh_state(setup, 42)
+a, b = latest(runs["auto"][1], like), latest(runs["off"][1], like)
+out["max_param_diff"] = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))
+                                          / (1e-5 + 1e-4 * np.abs(np.asarray(y)))))
+                            for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
+out["metric_diff"] = max(abs(runs["auto"][0]["final"][s][k] - runs["off"][0]["final"][s][k])
+                         for s in ("validation", "test") for k in runs["off"][0]["final"][s])
+mesh = parallel.data_mesh(runs["auto"][2])
+fn, _ = train.make_train_fn(setup.model, setup.tx, setup.config, setup.steps_per_epoch, like,
+                            setup.example, setup.probe_cfg, True, mesh)
+from asgml_jax.train import fresh_metrics
+_, coll = train.make_train_body(setup.model, setup.tx, setup.config, setup.steps_per_epoch,
+                                like, setup.example, setup.probe_cfg)
+data = parallel.replicate(setup.data.train, mesh)
+hlo = fn.lower(parallel.replicate(like, mesh), fresh_metrics(coll), data,
+               jax.numpy.arange(setup.data.num_train), 0).compile().as_text()
+out["all_reduce"] = "all-reduce" in hlo
+bad = runs["auto"][2].copy_and_resolve_references()
+bad.batch_size = 30
+try:
+  parallel.data_mesh(bad)
+  out["error"] = None
+except ConfigError as err:
+  out["error"] = str(err)
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_sharded_training_matches_one_device(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", SCRIPT, ROOT, str(tmp_path / "tfds")],
+                        capture_output=True, text=True, env=env, timeout=900)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+  result = json.loads(lines[-1][len("RESULT "):])
+  assert result["devices"] == 4
+  assert result["all_reduce"], "the sharded step should all-reduce across devices"
+  assert result["max_param_diff"] <= 1.0       # |a − b| <= 1e-5 + 1e-4·|b| for every param
+  assert result["metric_diff"] <= 1 / 48 + 1e-9
+  assert "config.batch_size: 30 does not divide over the 4 devices" in result["error"]
