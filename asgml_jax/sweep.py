@@ -195,35 +195,46 @@ def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
               f"seeds {', '.join(map(str, seeds))} in one program ({mode}): {config.num_epochs} epochs x "
               f"{steps_per_epoch} steps from step {start_step}, data on the {data.placement}")
   step = start_step
-  window_start, window_step = time.time(), step
+  window = {"start": time.time(), "step": step}
+
+  def flush(pending) -> None:
+    """Logs a window's per-seed metrics, fetched after the next step was dispatched."""
+    at_step, at_epoch, computed, health = pending
+    computed, health = jax.device_get((computed, health))
+    now = time.time()
+    rate = (at_step - window["step"]) / max(now - window["start"], 1e-9)
+    for s, run in enumerate(runs):
+      message = train.nonfinite_message(health[s], names, steps_per_epoch)
+      if message and s not in failed:
+        failed[s] = message
+        run_dir.log(f"seed {seeds[s]}: {message}; the other seeds go on")
+      if s not in failed:
+        run.write_train_scalars(at_step, {k: float(v[s]) for k, v in computed.items()})
+    mean = {k: float(np.mean(v)) for k, v in computed.items()}
+    run_dir.log(train.progress_line(at_epoch, config.num_epochs, at_step, total_steps, mean,
+                                    names, rate, prefix=f"[{num_seeds} seeds, mean] "))
+    window.update(start=now, step=at_step)
+
   try:
     for epoch in range(start_step // steps_per_epoch, config.num_epochs):
       epoch_start = time.time()
       perms = input_pipeline.epoch_order(data, data_keys, epoch)
       metrics_acc = empty_metrics()
+      pending = None
       for batch_index in range(steps_per_epoch):
         states, metrics_acc = train_fn(states, metrics_acc, *input_pipeline.train_args(
             data, perms, batch_index, config.batch_size))
         step += 1
         progress(step)
+        if pending is not None:  # the last window's values, ready while this step runs
+          flush(pending)
+          pending = None
         if step % config.log_every_steps == 0 or batch_index == steps_per_epoch - 1:
-          computed = jax.device_get(jax.vmap(lambda m: m.compute())(metrics_acc))
-          health = jax.device_get(states.health)
-          now = time.time()
-          rate = (step - window_step) / max(now - window_start, 1e-9)
-          for s, run in enumerate(runs):
-            message = train.nonfinite_message(health[s], names, steps_per_epoch)
-            if message and s not in failed:
-              failed[s] = message
-              run_dir.log(f"seed {seeds[s]}: {message}; the other seeds go on")
-            scalars = {k: float(v[s]) for k, v in computed.items()}
-            if s not in failed:
-              run.write_train_scalars(step, scalars)
-          mean = {k: float(np.mean(v)) for k, v in computed.items()}
-          run_dir.log(train.progress_line(epoch, config.num_epochs, step, total_steps, mean,
-                                          names, rate, prefix=f"[{num_seeds} seeds, mean] "))
-          window_start, window_step = now, step
+          pending = (step, epoch, jax.vmap(lambda m: m.compute())(metrics_acc),
+                     jnp.copy(states.health))
           metrics_acc = empty_metrics()
+      if pending is not None:
+        flush(pending)
       per_split = {}
       for split in ("validation", "test"):
         counts = train.accumulate_confusions(eval_fn, states, data, split,

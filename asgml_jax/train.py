@@ -47,12 +47,6 @@ def nonfinite_message(health, names, steps_per_epoch: int) -> str | None:
           f"stopped; checkpoints hold only the epochs before it")
 
 
-def _raise_if_unhealthy(state, names, steps_per_epoch: int) -> None:
-  message = nonfinite_message(jax.device_get(state.health), names, steps_per_epoch)
-  if message:
-    raise NonFiniteError(message)
-
-
 def _field(metric: str) -> str:
   """Metric name -> Collection field (an identifier): "probe/acc_audio" -> "probe__acc_audio"."""
   return metric.replace("/", "__")
@@ -279,27 +273,43 @@ def train_and_evaluate(config, workdir: str) -> dict:
               + (f", batch sharded over {mesh.size} devices" if mesh is not None else "")
               + f", workdir {run.workdir}")
   step = start_step
-  window_start, window_step = time.time(), step
+  window = {"start": time.time(), "step": step}
+
+  def flush(pending) -> None:
+    """Logs a window's metrics, fetched after the next step was dispatched."""
+    at_step, at_epoch, computed, health = pending
+    message = nonfinite_message(jax.device_get(health), names, steps_per_epoch)
+    if message:
+      raise NonFiniteError(message)
+    scalars = {k: float(v) for k, v in jax.device_get(computed).items()}
+    run.write_train_scalars(at_step, scalars)
+    now = time.time()
+    rate = (at_step - window["step"]) / max(now - window["start"], 1e-9)
+    run_dir.log(progress_line(at_epoch, config.num_epochs, at_step, total_steps, scalars, names,
+                              rate))
+    window.update(start=now, step=at_step)
+
   try:
     for epoch in range(start_step // steps_per_epoch, config.num_epochs):
       epoch_start = time.time()
       perm = input_pipeline.epoch_order(data, data_key, epoch)
       metrics_acc = fresh_metrics(collection)
+      pending = None
       for batch_index in range(steps_per_epoch):
         state, metrics_acc = train_fn(state, metrics_acc, *input_pipeline.train_args(
             data, perm, batch_index, config.batch_size))
         step += 1
         progress(step)
+        if pending is not None:  # the last window's values, ready while this step runs
+          flush(pending)
+          pending = None
         if step % config.log_every_steps == 0 or batch_index == steps_per_epoch - 1:
-          scalars = {k: float(v) for k, v in metrics_acc.compute().items()}
-          _raise_if_unhealthy(state, names, steps_per_epoch)
-          run.write_train_scalars(step, scalars)
-          now = time.time()
-          rate = (step - window_step) / max(now - window_start, 1e-9)
-          run_dir.log(progress_line(epoch, config.num_epochs, step, total_steps, scalars, names,
-                                    rate))
-          window_start, window_step = now, step
+          # Dispatched, not fetched: no host sync here (the state is donated next step,
+          # so the health flag is copied out).
+          pending = (step, epoch, metrics_acc.compute(), jnp.copy(state.health))
           metrics_acc = fresh_metrics(collection)
+      if pending is not None:
+        flush(pending)
       splits = {s: evaluate(eval_fn, state, data, s, config.eval_batch_size)
                 for s in ("validation", "test")}
       state = parallel.replicate(hooks.epoch_end(state, [splits["validation"]], epoch + 1), mesh)
