@@ -13,7 +13,9 @@ than one; "off" keeps one device. The batch size (and the eval batch size)
 must divide by the device count. Multi-host runs (`jax.distributed.initialize`
 before anything else, one process per host) use the same mesh over
 `jax.devices()`; they are documented but not tested here (one host).
-Sweeps keep their seeds on one device.
+A sweep with a vmapped seed axis instead spreads its seeds over the devices
+(`seed_mesh`: S must divide by the device count), each device training whole
+seeds with no communication; an unrolled sweep stays on one device.
 """
 
 from __future__ import annotations
@@ -60,3 +62,19 @@ def constrain_batch(batch, mesh: Mesh | None):
   if mesh is None:
     return batch
   return jax.lax.with_sharding_constraint(batch, batch_sharded(mesh))
+
+
+def seed_mesh(config, num_seeds: int, mode: str) -> Mesh | None:
+  """A sweep's mesh: its seeds spread over every device, for a vmapped seed
+  axis whose size divides by the device count; None otherwise (one device)."""
+  if config.parallel.data_parallel == "off" or mode != "vmap":
+    return None
+  devices = jax.devices()
+  if len(devices) == 1 or num_seeds % len(devices):
+    return None
+  return Mesh(devices, (AXIS,))
+
+
+def shard_seeds(tree, mesh: Mesh | None):
+  """Leaves with a leading seed axis, laid out over the mesh (identity without one)."""
+  return tree if mesh is None else jax.device_put(tree, batch_sharded(mesh))

@@ -45,6 +45,7 @@ plain run's up to the same caveat.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Sequence
 
@@ -52,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asgml_jax import input_pipeline, run_dir, train
+from asgml_jax import input_pipeline, parallel, run_dir, train
 from asgml_jax.config_schema import ConfigError
 from asgml_jax.epoch_hooks import EpochHooks
 from asgml_jax.metrics import summarize_confusions
@@ -176,12 +177,16 @@ def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
   for run, state in zip(runs, seed_states):
     if int(state.step) == 0:
       run.write_hparams()
-  states = stack(seed_states)
+  mode = seed_axis_mode(config, seed_axis)
+  mesh = parallel.seed_mesh(config, num_seeds, mode)
+  if mesh is not None and data.on_device:
+    data = dataclasses.replace(data, train=parallel.replicate(data.train, mesh),
+                               eval_splits=parallel.replicate(data.eval_splits, mesh))
+  states = parallel.shard_seeds(stack(seed_states), mesh)
   data_keys = [train.run_keys(s)[1] for s in seeds]
   hooks = EpochHooks(setup, data_keys, stacked=True)
   if start_step == 0:
-    states = hooks.prepare(states)
-  mode = seed_axis_mode(config, seed_axis)
+    states = parallel.shard_seeds(hooks.prepare(states), mesh)
   train_fn, eval_fn, collection, empty_metrics = make_sweep_fns(setup, seed_states[0], num_seeds,
                                                                 mode)
   del seed_states
@@ -192,7 +197,9 @@ def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
   failed: dict[int, str] = {}
 
   run_dir.log(f"sweep: {config.method.name} on {config.dataset.name} ({', '.join(names)}), "
-              f"seeds {', '.join(map(str, seeds))} in one program ({mode}): {config.num_epochs} epochs x "
+              f"seeds {', '.join(map(str, seeds))} in one program ({mode}"
+              + (f", seeds sharded over {mesh.size} devices" if mesh is not None else "")
+              + f"): {config.num_epochs} epochs x "
               f"{steps_per_epoch} steps from step {start_step}, data on the {data.placement}")
   step = start_step
   window = {"start": time.time(), "step": step}
@@ -219,7 +226,9 @@ def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
     for epoch in range(start_step // steps_per_epoch, config.num_epochs):
       epoch_start = time.time()
       perms = input_pipeline.epoch_order(data, data_keys, epoch)
-      metrics_acc = empty_metrics()
+      if data.on_device:
+        perms = parallel.shard_seeds(perms, mesh)
+      metrics_acc = parallel.shard_seeds(empty_metrics(), mesh)
       pending = None
       for batch_index in range(steps_per_epoch):
         states, metrics_acc = train_fn(states, metrics_acc, *input_pipeline.train_args(
@@ -232,7 +241,7 @@ def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
         if step % config.log_every_steps == 0 or batch_index == steps_per_epoch - 1:
           pending = (step, epoch, jax.vmap(lambda m: m.compute())(metrics_acc),
                      jnp.copy(states.health))
-          metrics_acc = empty_metrics()
+          metrics_acc = parallel.shard_seeds(empty_metrics(), mesh)
       if pending is not None:
         flush(pending)
       per_split = {}
@@ -240,7 +249,8 @@ def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
         counts = train.accumulate_confusions(eval_fn, states, data, split,
                                              config.eval_batch_size)
         per_split[split] = _split_eval(counts, num_seeds)
-      states = hooks.epoch_end(states, per_split["validation"], epoch + 1)
+      states = parallel.shard_seeds(hooks.epoch_end(states, per_split["validation"], epoch + 1),
+                                    mesh)
       seconds = time.time() - epoch_start
       for s, run in enumerate(runs):
         if s in failed:

@@ -6,6 +6,8 @@ batch-sum scores and GE noise) with the batch sharded over the 4 devices and
 with one device. Tolerance: the sharded step sums each device's partial
 gradients in an all-reduce, a different float summation order, so params
 agree to rtol 1e-4 / atol 1e-5 and eval metrics within one example of 48.
+A 4-seed vmapped sweep with its seeds spread over the 4 devices ends where
+the same sweep on one device does.
 """
 
 from __future__ import annotations
@@ -59,6 +61,20 @@ data = parallel.replicate(setup.data.train, mesh)
 hlo = fn.lower(parallel.replicate(like, mesh), fresh_metrics(coll), data,
                jax.numpy.arange(setup.data.num_train), 0).compile().as_text()
 out["all_reduce"] = "all-reduce" in hlo
+from conftest import tiny_mlp_config
+from asgml_jax import sweep
+swept = {}
+for mode in ("auto", "off"):
+  c = tiny_mlp_config(sys.argv[2], num_epochs=1)
+  c.method.name = "ogm_ge"
+  c.parallel.data_parallel = mode
+  d = tempfile.mkdtemp()
+  swept[mode] = sweep.train_sweep(c, (42, 0, 7, 9), [os.path.join(d, str(i)) for i in range(4)],
+                                  seed_axis="vmap")
+out["seed_mesh"] = parallel.seed_mesh(c.copy_and_resolve_references(), 4, "vmap") is None
+out["sweep_metric_diff"] = max(abs(a["final"][s][k] - b["final"][s][k])
+                               for a, b in zip(swept["auto"], swept["off"])
+                               for s in ("validation", "test") for k in a["final"][s])
 bad = runs["auto"][2].copy_and_resolve_references()
 bad.batch_size = 30
 try:
@@ -79,7 +95,11 @@ def test_sharded_training_matches_one_device(tmp_path):
   assert proc.returncode == 0 and lines, proc.stderr[-3000:]
   result = json.loads(lines[-1][len("RESULT "):])
   assert result["devices"] == 4
+  assert "batch sharded over 4 devices" in proc.stdout
+  assert "seeds sharded over 4 devices" in proc.stdout
   assert result["all_reduce"], "the sharded step should all-reduce across devices"
   assert result["max_param_diff"] <= 1.0       # |a − b| <= 1e-5 + 1e-4·|b| for every param
   assert result["metric_diff"] <= 1 / 48 + 1e-9
   assert "config.batch_size: 30 does not divide over the 4 devices" in result["error"]
+  assert result["seed_mesh"]           # data_parallel "off": the sweep stays on one device
+  assert result["sweep_metric_diff"] <= 1 / 48 + 1e-9   # 4 seeds sharded over 4 devices
