@@ -51,17 +51,18 @@ out["max_param_diff"] = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))
                             for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
 out["metric_diff"] = max(abs(runs["auto"][0]["final"][s][k] - runs["off"][0]["final"][s][k])
                          for s in ("validation", "test") for k in runs["off"][0]["final"][s])
-mesh = parallel.data_mesh(runs["auto"][2])
-fn, _ = train.make_train_fn(setup.model, setup.tx, setup.config, setup.steps_per_epoch, like,
-                            setup.example, setup.probe_cfg, True, mesh)
-from asgml_jax.train import fresh_metrics
-_, coll = train.make_train_body(setup.model, setup.tx, setup.config, setup.steps_per_epoch,
-                                like, setup.example, setup.probe_cfg)
-data = parallel.replicate(setup.data.train, mesh)
-hlo = fn.lower(parallel.replicate(like, mesh), fresh_metrics(coll), data,
-               jax.numpy.arange(setup.data.num_train), 0).compile().as_text()
-out["all_reduce"] = "all-reduce" in hlo
 from conftest import tiny_mlp_config
+mlp = tiny_mlp_config(sys.argv[2], num_epochs=1)
+mlp_setup = train.setup_run(mlp)
+mlp_state = train.fresh_state(mlp_setup, 42)
+mesh = parallel.data_mesh(mlp_setup.config)
+fn, coll = train.make_train_fn(mlp_setup.model, mlp_setup.tx, mlp_setup.config,
+                               mlp_setup.steps_per_epoch, mlp_state, mlp_setup.example,
+                               mlp_setup.probe_cfg, True, mesh)
+hlo = fn.lower(parallel.replicate(mlp_state, mesh), train.fresh_metrics(coll),
+               parallel.replicate(mlp_setup.data.train, mesh),
+               jax.numpy.arange(mlp_setup.data.num_train), 0).compile().as_text()
+out["all_reduce"] = "all-reduce" in hlo
 from asgml_jax import sweep
 swept = {}
 for mode in ("auto", "off"):
