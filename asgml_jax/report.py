@@ -72,7 +72,14 @@ def _get(tree, path):
 
 
 def _variant(config: dict, mixed_datasets: bool) -> str:
-  name = config["method"]["name"] + ("_seedcode" if config["method"].get("seed_code") else "")
+  """The variant a run's saved config is (configs/variants.py names)."""
+  method = config["method"]
+  name = method["name"]
+  if name == "unimodal":
+    name = "unimodal_" + "_".join(sorted(config["modalities"]))
+  if name == "arl" and method.get("arl", {}).get("scaling") == "fixed":
+    name = "arl_fixed"
+  name += "_seedcode" if method.get("seed_code") else ""
   return f"{config['dataset']['name']}/{name}" if mixed_datasets else name
 
 

@@ -225,3 +225,17 @@ def test_sweep_command_grid_and_report(tmp_path, tfds_dir):
               "train_boost_scale.png"):
     assert (out / png).stat().st_size > 1000, png
     assert f"({png})" in markdown
+
+
+def test_report_names_every_variant_apart(tfds_dir):
+  """Variants that share a method name (unimodal_<m>, arl/arl_fixed) get their own rows."""
+  import json as _json
+
+  from asgml_jax.report import _variant
+  from configs.variants import apply_variant
+  names = {}
+  for variant in ("unimodal_audio", "unimodal_visual", "arl", "arl_fixed", "boost_ogm_seedcode",
+                  "baseline"):
+    config = apply_variant(tiny_config(tfds_dir), variant)
+    names[variant] = _variant(_json.loads(config.to_json_best_effort()), False)
+  assert names == {v: v for v in names}
