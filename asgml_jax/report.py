@@ -228,7 +228,8 @@ def plot_all(runs: list[dict], out_dir: str) -> list[str]:
   def eval_series(variant, split, key):
     return [(np.array([h["epoch"] for h in histories[r["dir"]]]),
              np.array([h[split][key] for h in histories[r["dir"]]]))
-            for r in done if r["variant"] == variant and histories[r["dir"]]]
+            for r in done if r["variant"] == variant and histories[r["dir"]]
+            and key in histories[r["dir"]][0][split]]  # unimodal runs lack the others' keys
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
   for ax, split in zip(axes, ("validation", "test")):
