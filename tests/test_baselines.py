@@ -18,6 +18,12 @@ import pytest
 from conftest import jitted_step, tiny_config, tiny_mlp_config
 
 
+def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+  """Every leaf of two same-structure pytrees agrees within the tolerance."""
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
 def _tree(audio, visual, fusion=(0.0,)):
   return {"encoders": {"audio": {"w": jnp.asarray(audio, jnp.float32)},
                        "visual": {"w": jnp.asarray(visual, jnp.float32)}},
@@ -303,8 +309,7 @@ def test_opm_step_without_execution_is_fused_only_joint_training(tfds_dir):
   new, _ = step(state, batch)
   new_o, metrics = step_o(state_o, batch)
   assert float(metrics["opm/executed"]) == 0.0
-  for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(new_o.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  _assert_trees_close(new.params, new_o.params)
   config.method.opm.p_exe = 1.0
   config.method.opm.warmup_epochs = 0
   state_o, step_o, _ = jitted_step(config)
@@ -440,8 +445,7 @@ def test_agm_step_without_modulation_is_fused_only_joint_training(tfds_dir):
   new, m_base = step(state, batch)
   new_g, m_agm = step_g(state_g, batch)
   assert float(m_agm["fused_loss"]) == pytest.approx(float(m_base["fused_loss"]), rel=1e-5)
-  for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(new_g.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  _assert_trees_close(new.params, new_g.params)
   config.method.agm.alpha = 1.0
   state_g, step_g, _ = jitted_step(config)
   state_g, first = step_g(state_g, batch)
@@ -734,13 +738,11 @@ def test_per_loss_gradients_are_each_losses_own_gradient_and_sum_to_the_total(tf
   grads, losses, _ = steps.per_loss_gradients(losses_fn, state.params, 4)
   for k in range(4):
     alone = jax.grad(lambda p, k=k: losses_fn(p)[0][k])(state.params)
-    for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(grads[k])):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    _assert_trees_close(alone, grads[k], atol=1e-7)
   total = jax.grad(lambda p: jnp.dot(jnp.array([1.0, 0.5, 0.5, 0.5]), losses_fn(p)[0]))(
       state.params)
   summed = jax.tree.map(lambda *g: g[0] + 0.5 * (g[1] + g[2] + g[3]), *grads)
-  for a, b in zip(jax.tree.leaves(total), jax.tree.leaves(summed)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  _assert_trees_close(total, summed, atol=1e-7)
 
 
 @pytest.mark.parametrize("method", ["dwa", "pcgrad"])
@@ -757,8 +759,7 @@ def test_weight_one_methods_match_joint_training_when_nothing_conflicts(tfds_dir
   if method == "pcgrad" and any(float(v) > 0 for k, v in metrics.items()
                                 if k.startswith("pcgrad/conflicts")):
     pytest.skip("this batch has conflicting task gradients")
-  for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(new_m.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  _assert_trees_close(new.params, new_m.params)
 
 
 VARIANTS = ["mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm", "inforeg", "agm",

@@ -24,7 +24,7 @@ SCRIPT = r'''
 import json, os, sys, tempfile
 sys.path.insert(0, os.path.join(sys.argv[1], "tests")); sys.path.insert(0, sys.argv[1])
 import jax, numpy as np
-from conftest import tiny_config
+from conftest import tiny_config, tiny_mlp_config
 from asgml_jax import checkpointing, parallel, train
 from asgml_jax.config_schema import ConfigError
 
@@ -35,13 +35,16 @@ def latest(workdir, like):
   finally:
     m.close()
 
+def ogm_ge_config(make, mode):
+  c = make(sys.argv[2], num_epochs=1)
+  c.method.name = "ogm_ge"
+  c.parallel.data_parallel = mode
+  return c
+
 out = {"devices": len(jax.devices())}
 runs = {}
 for mode in ("auto", "off"):
-  c = tiny_config(sys.argv[2], num_epochs=1)
-  c.method.name = "ogm_ge"
-  c.parallel.data_parallel = mode
-  d = tempfile.mkdtemp()
+  c, d = ogm_ge_config(tiny_config, mode), tempfile.mkdtemp()
   runs[mode] = (train.train_and_evaluate(c, d), d, c)
 setup = train.setup_run(runs["off"][2])
 like = train.fresh_state(setup, 42)
@@ -51,7 +54,6 @@ out["max_param_diff"] = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))
                             for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
 out["metric_diff"] = max(abs(runs["auto"][0]["final"][s][k] - runs["off"][0]["final"][s][k])
                          for s in ("validation", "test") for k in runs["off"][0]["final"][s])
-from conftest import tiny_mlp_config
 mlp = tiny_mlp_config(sys.argv[2], num_epochs=1)
 mlp_setup = train.setup_run(mlp)
 mlp_state = train.fresh_state(mlp_setup, 42)
@@ -66,10 +68,7 @@ out["all_reduce"] = "all-reduce" in hlo
 from asgml_jax import sweep
 swept = {}
 for mode in ("auto", "off"):
-  c = tiny_mlp_config(sys.argv[2], num_epochs=1)
-  c.method.name = "ogm_ge"
-  c.parallel.data_parallel = mode
-  d = tempfile.mkdtemp()
+  c, d = ogm_ge_config(tiny_mlp_config, mode), tempfile.mkdtemp()
   swept[mode] = sweep.train_sweep(c, (42, 0, 7, 9), [os.path.join(d, str(i)) for i in range(4)],
                                   seed_axis="vmap")
 out["seed_mesh"] = parallel.seed_mesh(c.copy_and_resolve_references(), 4, "vmap") is None
