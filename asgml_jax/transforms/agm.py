@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from asgml_jax.transforms.ogm_ge import in_epoch_window
+
 
 class AGMConfig(NamedTuple):
   alpha: float
@@ -114,8 +116,7 @@ def scale_gradient(x: jnp.ndarray, c) -> jnp.ndarray:
 
 
 def modulation_active(cfg: AGMConfig, step) -> jnp.ndarray:
-  epoch = step // cfg.steps_per_epoch
-  return (epoch >= cfg.modulation_starts) & (epoch <= cfg.modulation_ends)
+  return in_epoch_window(step, cfg.steps_per_epoch, cfg.modulation_starts, cfg.modulation_ends)
 
 
 def agm_running_scores(opt_state, scores: Mapping[str, jnp.ndarray]) -> dict:

@@ -97,8 +97,7 @@ def ogm_ge(alpha: float, *, steps_per_epoch: int, gradient_noise: bool = True,
 
   def update_fn(updates, state, params=None, *, ogm_scores, step, **extra_args):
     del params, extra_args
-    epoch = step // steps_per_epoch
-    active = (epoch >= modulation_starts) & (epoch <= modulation_ends)
+    active = in_epoch_window(step, steps_per_epoch, modulation_starts, modulation_ends)
     ratios = score_ratios(ogm_scores)
     coeffs = _coefficients_from_ratios(ratios, alpha)
     key, noise_key = jax.random.split(state.key)
@@ -126,6 +125,13 @@ def ogm_ge(alpha: float, *, steps_per_epoch: int, gradient_noise: bool = True,
     return {**updates, "encoders": new_encoders}, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def in_epoch_window(step, steps_per_epoch: int, first_epoch: int, last_epoch: int):
+  """Whether the global `step` falls in the epochs [first_epoch, last_epoch] (inclusive);
+  the modulation window of OGM-GE, AGM and PMR."""
+  epoch = step // steps_per_epoch
+  return (epoch >= first_epoch) & (epoch <= last_epoch)
 
 
 def batch_scores(unimodal_logits: Mapping[str, jnp.ndarray], labels_B: jnp.ndarray) -> dict:

@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from asgml_jax.transforms.ogm_ge import in_epoch_window
+
 
 class PMRConfig(NamedTuple):
   alpha: float
@@ -94,8 +96,7 @@ def prototype_loss(features: Mapping[str, jnp.ndarray], prototypes: Mapping[str,
 
 
 def modulation_active(cfg: PMRConfig, step) -> jnp.ndarray:
-  epoch = step // cfg.steps_per_epoch
-  return (epoch >= cfg.modulation_starts) & (epoch <= cfg.modulation_ends)
+  return in_epoch_window(step, cfg.steps_per_epoch, cfg.modulation_starts, cfg.modulation_ends)
 
 
 def pmr(num_classes: int, feature_dims: Mapping[str, int]) -> optax.GradientTransformationExtraArgs:
