@@ -56,6 +56,9 @@ _TAU = flags.DEFINE_integer("staleness_tau", 4, "τ of the staleness row.")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", None, "Classes (default: the dataset's).")
 _WHOLE_RUNS = flags.DEFINE_integer("whole_runs", 0, "Time S sequential runs of this many "
                                    "epochs against one sweep of them (0: step rows instead).")
+_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 0, "After timing a row, profile this "
+                                      "many steps and print where the step's time goes, by "
+                                      "HLO op category (launch/op_profile.py; 0: skip).")
 _OUT = flags.DEFINE_string("out", None, "Write the rows to this JSON file.")
 flags.mark_flags_as_required(["config"])
 
@@ -229,7 +232,12 @@ def bench_row(config, num_classes: int, seeds: int) -> dict:
     run_steps(_WARMUP.value)
     step_s = statistics.median(_time_windows(run_steps, _STEPS.value, _WINDOWS.value))
     flops = _jaxpr_flops(jax.make_jaxpr(fn)(*args, 0).jaxpr) or _flops(compiled)
-    return {"compile_s": compile_s, "step_ms": step_s * 1e3, "steps_per_s": 1 / step_s,
+    profile = {}
+    if _PROFILE_STEPS.value and per_seed == 1:
+      from launch import op_profile
+      profile["profile"] = op_profile.profile_ops(run_steps, _PROFILE_STEPS.value,
+                                                  compiled.as_text())
+    return {**profile, "compile_s": compile_s, "step_ms": step_s * 1e3, "steps_per_s": 1 / step_s,
             "examples_per_s": per_seed * batch / step_s,
             "gflop_per_step": flops / 1e9 if flops else None,
             "achieved_tflop_per_s": flops / step_s / 1e12 if flops else None}
@@ -341,6 +349,9 @@ def main(argv):
              else "")
           + (f"  | {seeds['S']} seeds ({seeds['mode']}): {seeds['per_seed_step_ms']:.2f} ms/seed,"
              f" x{seeds['speedup_vs_one_seed']:.2f} vs one" if seeds else ""), flush=True)
+    if "profile" in row:
+      from launch import op_profile
+      print(op_profile.format_profile(row["profile"]), flush=True)
   if _OUT.value:
     with open(_OUT.value, "w") as f:
       json.dump({**header, "rows": rows}, f, indent=2)

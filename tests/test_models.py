@@ -108,3 +108,35 @@ def test_reference_initialisation_statistics():
   assert abs(float(jnp.std(kernel)) / expected - 1) < 0.02
   bn = variables["params"]["stem_bn"]
   assert float(bn["scale"].min()) == 1.0 and float(jnp.abs(bn["bias"]).max()) == 0.0
+
+
+@pytest.mark.parametrize("window,strides,padding", [
+    ((2, 2), (2, 2), ((0, 0), (0, 0))),   # SmallCNN
+    ((3, 3), (2, 2), ((1, 1), (1, 1))),   # ResNet-18 stem
+])
+def test_max_pool_matches_reduce_window_values_and_gradient(window, strides, padding):
+  import flax.linen as nn
+  from asgml_jax.models.pooling import max_pool
+  z = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 10, 3))
+  ours = lambda z: max_pool(jax.nn.relu(z), window, strides, padding)
+  flax_pool = lambda z: nn.max_pool(jax.nn.relu(z), window, strides, padding)
+  np.testing.assert_array_equal(ours(z), flax_pool(z))
+  # Gradients w.r.t. the pre-ReLU input agree: ties sit at 0, where ReLU kills them.
+  cotangent = jax.random.normal(jax.random.PRNGKey(1), ours(z).shape)
+  grad = lambda f: jax.vjp(f, z)[1](cotangent)[0]
+  np.testing.assert_allclose(grad(ours), grad(flax_pool), rtol=0, atol=1e-6)
+  assert float(jnp.abs(grad(ours)).sum()) > 0
+
+
+def test_max_pool_splits_the_gradient_between_tied_maxima():
+  from asgml_jax.models.pooling import max_pool
+  x = jnp.array([[1.0, 1.0], [0.0, -2.0]]).reshape(1, 2, 2, 1)
+  assert float(max_pool(x, (2, 2), (2, 2))[0, 0, 0, 0]) == 1.0
+  grad = jax.grad(lambda x: max_pool(x, (2, 2), (2, 2)).sum())(x)
+  np.testing.assert_array_equal(grad.reshape(2, 2), [[0.5, 0.5], [0.0, 0.0]])
+
+
+def test_max_pool_rejects_non_nhwc():
+  from asgml_jax.models.pooling import max_pool
+  with pytest.raises(ValueError, match=r"max_pool: expected NHWC input, got shape \(4, 4\)"):
+    max_pool(jnp.zeros((4, 4)), (2, 2), (2, 2))

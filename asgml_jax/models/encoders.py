@@ -8,6 +8,8 @@ space after the last stage, as the OGM-GE reference does for visual clips.
 Initialisation follows the OGM-GE reference: Conv kaiming-normal (fan_out,
 ReLU gain, untruncated), Linear xavier-normal with zero bias, BatchNorm (1, 0).
 BatchNorm uses PyTorch's momentum 0.1 (Flax momentum 0.9) and eps 1e-5.
+Max pooling is `pooling.max_pool` (same values as `nn.max_pool`; its gradient
+is elementwise instead of XLA:CPU's argmax + scatter, see that module).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from asgml_jax.models.pooling import max_pool
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 dense_init = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
@@ -79,7 +83,7 @@ class ResNet18(nn.Module):
     x = nn.Conv(width, (7, 7), 2, padding=((3, 3), (3, 3)), use_bias=False,
                 kernel_init=conv_init, dtype=self.dtype, name="stem_conv")(x.astype(self.dtype))
     x = nn.relu(_batch_norm(train, self.dtype, name="stem_bn")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
     for stage, multiplier in enumerate((1, 2, 4, 8)):
       for block in range(2):
         strides = 2 if (stage > 0 and block == 0) else 1
@@ -104,7 +108,7 @@ class SmallCNN(nn.Module):
                   kernel_init=conv_init, dtype=self.dtype, name=f"conv{stage + 1}")(x)
       x = nn.relu(_batch_norm(train, self.dtype, name=f"bn{stage + 1}")(x))
       if stage < 2:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool(x, (2, 2), (2, 2))
     pooled = _pool_over_time_and_space(x, frames)
     out = nn.Dense(self.feature_dim, kernel_init=dense_init, dtype=self.dtype, name="proj")(pooled)
     return nn.relu(out).astype(jnp.float32)

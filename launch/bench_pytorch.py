@@ -1,0 +1,133 @@
+r"""The PyTorch side of issue 7's CPU comparison: the same ResNet-18 pair, timed the same way.
+
+  python launch/bench_pytorch.py --out torch_r18.json      # in an env with torch
+  python -m launch.bench --config configs/resnet18_pair.py --methods baseline \
+      --steps 2 --windows 5 --warmup 1
+
+PyTorch is not a dependency of asgml_jax; run this with any Python that has
+`torch` (the CPU wheel is enough). It builds the late-fusion pair the OGM-GE
+reference trains, written out here so no torchvision is needed: per modality
+a ResNet-18 (7x7/2 stem, BatchNorm, ReLU, 3x3/2 max-pool, four stages of two
+basic blocks, 64..512 channels, global average pooling), the two 512-d
+features concatenated into one linear classifier, cross-entropy, and SGD
+with momentum 0.9 and weight decay 1e-4 — the step `configs/resnet18_pair.py`
+compiles in JAX (audio 1x128x128, one 3x112x112 frame, batch 64, f32). A
+step is forward, backward and the optimizer update on a fixed random batch;
+after `--warmup` steps, `--windows` windows of `--steps` steps are timed
+and the median window is reported, as `launch.bench` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+
+def _shape(text: str) -> tuple[int, ...]:
+  return tuple(int(v) for v in text.split(","))
+
+
+def build_model(num_classes: int, channels: tuple[int, int]):
+  import torch
+  from torch import nn
+
+  class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+      super().__init__()
+      self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(cout)
+      self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(cout)
+      self.down = None
+      if stride != 1 or cin != cout:
+        self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+      y = torch.relu(self.bn1(self.conv1(x)))
+      y = self.bn2(self.conv2(y))
+      return torch.relu(y + (x if self.down is None else self.down(x)))
+
+  def resnet18(cin):
+    layers = [nn.Conv2d(cin, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+              nn.MaxPool2d(3, 2, 1)]
+    width = 64
+    for stage, out in enumerate((64, 128, 256, 512)):
+      for block in range(2):
+        layers.append(BasicBlock(width, out, 2 if stage > 0 and block == 0 else 1))
+        width = out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers)
+
+  class Pair(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.audio, self.visual = resnet18(channels[0]), resnet18(channels[1])
+      self.head = nn.Linear(1024, num_classes)
+
+    def forward(self, audio, visual):
+      return self.head(torch.cat([self.audio(audio), self.visual(visual)], dim=1))
+
+  return Pair()
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--audio", type=_shape, default=(1, 128, 128), help="C,H,W")
+  parser.add_argument("--visual", type=_shape, default=(3, 112, 112), help="C,H,W")
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--classes", type=int, default=6)
+  parser.add_argument("--steps", type=int, default=2, help="steps per timed window")
+  parser.add_argument("--windows", type=int, default=5)
+  parser.add_argument("--warmup", type=int, default=1)
+  parser.add_argument("--threads", type=int, default=os.cpu_count())
+  parser.add_argument("--channels_last", action="store_true",
+                      help="NHWC memory format (oneDNN's preferred layout)")
+  parser.add_argument("--out", help="write the result to this JSON file")
+  args = parser.parse_args()
+
+  import torch
+  torch.manual_seed(0)
+  torch.set_num_threads(args.threads)
+  model = build_model(args.classes, (args.audio[0], args.visual[0]))
+  audio = torch.randn(args.batch, *args.audio)
+  visual = torch.randn(args.batch, *args.visual)
+  labels = torch.randint(0, args.classes, (args.batch,))
+  if args.channels_last:
+    model = model.to(memory_format=torch.channels_last)
+    audio = audio.contiguous(memory_format=torch.channels_last)
+    visual = visual.contiguous(memory_format=torch.channels_last)
+  optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+  model.train()
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(audio, visual), labels).backward()
+    optimizer.step()
+
+  for _ in range(args.warmup):
+    step()
+  windows = []
+  for _ in range(args.windows):
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      step()
+    windows.append((time.perf_counter() - start) / args.steps)
+  step_s = statistics.median(windows)
+  result = {"framework": f"torch {torch.__version__}", "threads": torch.get_num_threads(),
+            "mkldnn": torch.backends.mkldnn.is_available(), "host": platform.machine(),
+            "channels_last": args.channels_last, "batch_size": args.batch,
+            "audio": args.audio, "visual": args.visual, "step_ms": step_s * 1e3,
+            "window_step_ms": [w * 1e3 for w in windows],
+            "examples_per_s": args.batch / step_s}
+  print(json.dumps(result), flush=True)
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
