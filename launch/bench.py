@@ -230,14 +230,16 @@ def bench_row(config, num_classes: int, seeds: int) -> dict:
       jax.block_until_ready(carry[0])
 
     run_steps(_WARMUP.value)
-    step_s = statistics.median(_time_windows(run_steps, _STEPS.value, _WINDOWS.value))
+    windows = _time_windows(run_steps, _STEPS.value, _WINDOWS.value)
+    step_s = statistics.median(windows)
     flops = _jaxpr_flops(jax.make_jaxpr(fn)(*args, 0).jaxpr) or _flops(compiled)
     profile = {}
     if _PROFILE_STEPS.value and per_seed == 1:
       from launch import op_profile
       profile["profile"] = op_profile.profile_ops(run_steps, _PROFILE_STEPS.value,
                                                   compiled.as_text())
-    return {**profile, "compile_s": compile_s, "step_ms": step_s * 1e3, "steps_per_s": 1 / step_s,
+    return {**profile, "compile_s": compile_s, "step_ms": step_s * 1e3,
+            "window_step_ms": [w * 1e3 for w in windows], "steps_per_s": 1 / step_s,
             "examples_per_s": per_seed * batch / step_s,
             "gflop_per_step": flops / 1e9 if flops else None,
             "achieved_tflop_per_s": flops / step_s / 1e12 if flops else None}
