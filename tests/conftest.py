@@ -14,6 +14,37 @@ if ROOT not in sys.path:
 from asgml_jax.config_schema import base_config, modality_config  # noqa: E402
 
 
+def _share_compilations_within_the_session() -> None:
+  """Most tests compile the same tiny train/eval steps again (new closures, same
+  HLO). A persistent compilation cache in a fresh per-session directory lets a
+  later test load the executable an earlier one compiled: identical programs,
+  so no test's result changes, only less time is spent compiling.
+  Subprocesses started by tests inherit it through the environment."""
+  import tempfile
+
+  import jax
+  global _OWN_CACHE_DIR
+  cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+  if not cache_dir:
+    cache_dir = _OWN_CACHE_DIR = tempfile.mkdtemp(prefix="asgml_jax_test_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = cache_dir
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+_OWN_CACHE_DIR = None
+_share_compilations_within_the_session()
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if _OWN_CACHE_DIR:
+    import shutil
+    shutil.rmtree(_OWN_CACHE_DIR, ignore_errors=True)
+
+
 def tiny_config(data_dir: str, *, num_epochs: int = 2, three_modalities: bool = False):
   """Two (or three) tiny modalities, a few hundred examples, 4-channel CNNs."""
   c = base_config()
