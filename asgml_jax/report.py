@@ -40,7 +40,7 @@ COLUMNS = (
 SIGNALS = (("probe/acc_", "probe accuracy (train-time probes)"),
            ("boost/scale_", "boost scale"), ("ogm/coeff_", "OGM coefficient"),
            ("sched/tau_", "staleness / period tau"), ("sched/update_ratio_", "update ratio"),
-           ("train/task_weight_", "loss weight (DWA / GradNorm)"),
+           ("train/task_weight_", "loss weight (DWA / GradNorm / G-Blending)"),
            ("mmpareto/gamma_", "MMPareto weight of the fused gradient"),
            ("pcgrad/conflicts_", "PCGrad projections per step"),
            ("cggm/balance_", "CGGM balance B"), ("opm/drop_prob_", "OPM drop probability"),
