@@ -56,7 +56,15 @@ def modality_config(encoder: str = "small_cnn", input_shape=(32, 32, 1),
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every key an experiment may set, with the SPEC §6 defaults."""
+  """Every key an experiment may set, with the SPEC §6 defaults.
+
+  `config_dict.placeholder(T)` below is ml_collections' typed None: the key
+  defaults to None and `--config.key=...` is still type-checked as T. None
+  is a real setting for each: the default TFDS dir (data_dir), no raw data
+  (raw_dir), clean audio (audio_snr_db), fusion straight to logits
+  (fusion_dim), the first modality conditions (condition_modality), skip
+  rather than soft-mask (soft_mask_scale), start from scratch (init_from).
+  """
   c = ml_collections.ConfigDict()
   c.seed = 42
   # Seeds of `launch.sweep` when --seeds is not given (SPEC §6: 42, 0, 1, 2, 3;
