@@ -1,0 +1,92 @@
+"""Golden values of every method variant: a few train steps of the default config.
+
+`record(variant)` runs 4 jitted train steps of `configs/default.py:<variant>`
+from seed 42 on four batches of the synthetic data, and returns the step
+metrics and, for every leaf of the params, batch statistics, optimizer state
+and probe state, its path, shape, sum and sum of absolute values (float64
+sums of the float32 leaf, exact for bit-identical arrays).
+
+The windows that would otherwise stay closed in 4 steps are opened: one step
+per epoch, OPM's warm-up and ARL's start at epoch 1, probes refreshed every
+2 steps. Everything else is the default config.
+
+`python -m tests.golden_steps` (from the repository root) rewrites
+`tests/golden/variant_steps.json`; run it only when a change of numbers is
+intended, and say why in the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GOLDEN_FILE = os.path.join(HERE, "golden", "variant_steps.json")
+NUM_STEPS = 4
+BATCH = 32
+
+
+def golden_variants() -> tuple[str, ...]:
+  from configs.variants import VARIANTS
+  return tuple(VARIANTS) + ("unimodal_audio",)
+
+
+def golden_config(variant: str):
+  from asgml_jax.config_schema import effective_config, validate
+  from configs import default
+  config = default.get_config(variant)
+  with config.unlocked():
+    config.method.opm.warmup_epochs = 1
+    config.method.arl.start_epoch = 1
+    config.probes.eval_freq = 2
+    config.probes.train_steps = 2
+  return effective_config(validate(config))
+
+
+def _leaves(tree) -> list:
+  import jax
+  out = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    x = np.asarray(leaf)
+    as64 = x.astype(np.float64)
+    out.append([jax.tree_util.keystr(path), list(x.shape), str(x.dtype),
+                float(as64.sum()), float(np.abs(as64).sum())])
+  return out
+
+
+def record(variant: str) -> dict:
+  import jax.numpy as jnp
+  from conftest import jitted_step
+  from data_prep.synthetic import SyntheticSpec, generate_split
+
+  config = golden_config(variant)
+  state, step, _ = jitted_step(config, steps_per_epoch=1)
+  data = generate_split(SyntheticSpec.from_config(config), "train")
+  metrics = []
+  for i in range(NUM_STEPS):
+    batch = {k: jnp.asarray(v[i * BATCH:(i + 1) * BATCH]) for k, v in data.items()}
+    batch["label"] = batch["label"].astype(jnp.int32)
+    state, m = step(state, batch)
+    metrics.append({k: float(v) for k, v in sorted(m.items())})
+  return {"metrics": metrics,
+          "params": _leaves(state.params), "batch_stats": _leaves(state.batch_stats),
+          "opt_state": _leaves(state.opt_state), "probe_state": _leaves(state.probe_state)}
+
+
+def main() -> None:
+  sys.path.insert(0, HERE)
+  os.makedirs(os.path.dirname(GOLDEN_FILE), exist_ok=True)
+  out = {}
+  for variant in golden_variants():
+    print(f"recording {variant}", flush=True)
+    out[variant] = record(variant)
+  with open(GOLDEN_FILE, "w") as f:
+    json.dump(out, f, indent=0, sort_keys=True)
+  print(f"wrote {GOLDEN_FILE}")
+
+
+if __name__ == "__main__":
+  main()
