@@ -18,19 +18,17 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from asgml_jax import methods as method_registry
+from asgml_jax.config_checks import (ConfigError, modality_names, parse_named_floats,  # noqa: F401
+                                     require as _require, one_of as _one_of,
+                                     positive as _positive)
+from asgml_jax.methods import stack as method_stack
+
 ENCODERS = ("resnet18", "small_cnn", "mlp")
 FUSIONS = ("concat", "sum", "film", "gated")
 DATASETS = ("synthetic", "av_digits", "cremad", "ave", "kinetics_sounds", "mmsa", "npz")
-METHODS = ("baseline", "ogm", "ogm_ge", "boost", "boost_ogm", "frequency", "frequency_control",
-           "staleness", "adaptive", "unimodal", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm",
-           "inforeg", "agm", "miles", "pmr", "arl", "gblend")
-# Methods that combine the per-loss gradients (`steps.train_step(per_loss_grads=True)`).
-PER_LOSS_METHODS = ("mmpareto", "pcgrad", "dwa", "gradnorm", "gblend")
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
 
-
-class ConfigError(ValueError):
-  """An experiment config that cannot be run; the message names the key."""
 
 
 def modality_config(encoder: str = "small_cnn", input_shape=(32, 32, 1),
@@ -173,84 +171,18 @@ def base_config() -> ml_collections.ConfigDict:
       unimodal_weight=1.0,  # gamma of SPEC §2; 0 disables the unimodal terms
   ))
 
+  # The methods (asgml_jax/methods/): `stack` composes several, a
+  # comma-separated list of method names (order free: the canonical order of
+  # methods/stack.py applies); when it is empty, `name` picks one method or a
+  # named stack (methods.NAMED_STACKS; the default is the empty one). Each
+  # method's own group (method.<block>) comes from its module.
   c.method = ml_collections.ConfigDict(dict(
-      name="baseline",
+      name=method_registry.DEFAULT_NAME,
+      stack="",
       # Turn on every difference of the seeds' PyTorch code (SPEC §10); this
       # forces the options listed in `SEED_CODE_PRESET` whatever they are set to.
       seed_code=False,
-      boost=ml_collections.ConfigDict(dict(
-          alpha=0.5, scale_max=2.0, ema_alpha=0.3,
-          noise_sigma=0.0,       # seeds' code: N(0, sigma*std(g)) on conv gradients
-      )),
-      frequency=ml_collections.ConfigDict(dict(
-          ratio=2,               # k: throttled encoders update when t mod k == 0
-          throttled="probe",     # comma-separated modalities, or "probe" (highest score)
-          soft_mask_scale=config_dict.placeholder(float),  # seeds' code: 0.1 instead of skip
-      )),
-      staleness=ml_collections.ConfigDict(dict(
-          tau=2,
-          modalities="",         # comma-separated modalities that use stale gradients
-          seed_code=False,       # g(t-tau+1), fresh while t < tau
-      )),
-      adaptive=ml_collections.ConfigDict(dict(
-          tau_base=2.0, tau_max=8.0, beta=0.5, lam=0.1, window=10, kappa=3.0,
-          warmup_steps=0,
-          source="dual",         # dual | probe | both
-          threshold_delta=0.0, update_ratio_min=0.0,
-          compensation="multiply",  # multiply | divide (seeds' code)
-          kappa_mode="relative",    # relative | absolute (seeds' code)
-          signals="design",         # design | seed_code
-          grad_norm_ema=0.1,
-      )),
-      # OGM / OGM-GE (method.name ogm | ogm_ge): reference math of BASELINES.md.
-      ogm=ml_collections.ConfigDict(dict(
-          alpha=0.8,
-          modulation_starts=0,   # epochs, inclusive
-          modulation_ends=50,    # epochs, inclusive
-          leaves="all",          # all | conv (reference: 4-D only) | min_2d (seeds' code)
-          noise_on="all",        # all (reference) | dominant (seeds' code)
-      )),
-      # Baselines (BASELINES.md). unimodal: train the one configured modality.
-      mmpareto=ml_collections.ConfigDict(dict(scale=1.5)),   # gamma_s of the reference
-      opm=ml_collections.ConfigDict(dict(q_base=0.5, lam=0.5, p_exe=0.7, warmup_epochs=5)),
-      cggm=ml_collections.ConfigDict(dict(rho=1.3, lam=0.2, cls_lr=5e-4)),  # MOSI defaults
-      dwa=ml_collections.ConfigDict(dict(temperature=2.0)),
-      inforeg=ml_collections.ConfigDict(dict(
-          scales="",             # "<modality>=<β scale>,..." (reference: audio=0.95,visual=0.1)
-          default_scale=0.5,     # for modalities not named in scales
-          threshold=0.05,        # the prime-learning window is open while k > threshold
-          window_modality="",    # "": a window per modality; a name: its window gates all
-      )),
-      miles=ml_collections.ConfigDict(dict(
-          tau=0.2,               # rebalance only when max u − min u > tau
-          mu=0.5,                # the dominant encoder's learning-rate factor
-      )),
-      pmr=ml_collections.ConfigDict(dict(
-          alpha=1.0,             # weight of the weaker modality's prototype CE
-          momentum=0.2,          # prototype EMA: p = (1 − momentum)·new + momentum·old
-          modulation_starts=0,   # epochs, inclusive
-          modulation_ends=70,    # epochs, inclusive
-      )),
-      arl=ml_collections.ConfigDict(dict(
-          gamma=4.0,             # unimodal-loss weight after start_epoch (1 before)
-          temperature=8.0,       # T of softmax(T·d_other·q)
-          start_epoch=5,         # modulation for epoch indices > start_epoch
-          scaling="coefficients",  # coefficients: ×(1 + w_m) | fixed: ×1.5 (seeds' code)
-          clip_norm=40.0,        # global gradient-norm clip
-      )),
-      gblend=ml_collections.ConfigDict(dict(
-          gb_epoch=10,           # re-estimate the weights every gb_epoch epochs ([inferred])
-          holdout_fraction=0.08,  # of the train split, for the estimate's holdout losses
-      )),
-      agm=ml_collections.ConfigDict(dict(
-          alpha=1.0,             # c_m = exp(alpha·min(opt_m − ratio_m, cap))
-          modulation_starts=0,   # epochs, inclusive
-          modulation_ends=20,    # epochs, inclusive
-      )),
-      gradnorm=ml_collections.ConfigDict(dict(
-          alpha=1.5, lr=0.025,
-          layer="fusion",        # fusion (shared by every loss with split heads) | encoders
-      )),
+      **method_registry.blocks(),
   ))
 
   # Data parallelism (asgml_jax/parallel.py): "auto" shards each batch over every
@@ -297,25 +229,6 @@ def _check_keys(cfg, schema, path: str) -> None:
       _check_keys(value, template, full)
 
 
-def _require(ok: bool, key: str, problem: str) -> None:
-  if not ok:
-    raise ConfigError(f"config.{key}: {problem}")
-
-
-def _one_of(value: Any, allowed, key: str) -> None:
-  _require(value in allowed, key,
-           f"unknown value {value!r}; choose one of {', '.join(map(str, allowed))}")
-
-
-def _positive(cfg, key: str, *, integer: bool = False) -> None:
-  value = cfg
-  for part in key.split("."):
-    value = value[part]
-  kind = int if integer else (int, float)
-  _require(isinstance(value, kind) and not isinstance(value, bool) and value > 0,
-           key, f"must be a positive {'integer' if integer else 'number'}, got {value!r}")
-
-
 def resolve_compute_dtype(name: str) -> str:
   """"auto" -> "bfloat16" on accelerators (the seeds' AMP), "float32" on the CPU."""
   if name != "auto":
@@ -328,7 +241,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks keys and values; returns the config unchanged or raises ConfigError."""
   _check_keys(config, base_config(), "")
   _one_of(config.dataset.name, DATASETS, "dataset.name")
-  _one_of(config.method.name, METHODS, "method.name")
   _one_of(config.model.fusion, FUSIONS, "model.fusion")
   _one_of(config.model.compute_dtype, COMPUTE_DTYPES, "model.compute_dtype")
   seeds = tuple(config.sweep_seeds)
@@ -347,12 +259,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            f"must be in (0, 1], got {config.optimizer.lr_decay!r}")
   _require(config.loss.unimodal_weight >= 0, "loss.unimodal_weight",
            f"must be >= 0, got {config.loss.unimodal_weight!r}")
-  ogm = config.method.ogm
-  _require(ogm.alpha >= 0, "method.ogm.alpha", f"must be >= 0, got {ogm.alpha!r}")
-  _one_of(ogm.leaves, ("all", "conv", "min_2d"), "method.ogm.leaves")
-  _one_of(ogm.noise_on, ("all", "dominant"), "method.ogm.noise_on")
-  _require(0 <= ogm.modulation_starts <= ogm.modulation_ends, "method.ogm.modulation_ends",
-           f"window [{ogm.modulation_starts}, {ogm.modulation_ends}] is empty or negative")
   if config.model.fusion_dim is not None:
     _positive(config, "model.fusion_dim", integer=True)
   _one_of(config.model.unimodal_heads, ("split", "separate"), "model.unimodal_heads")
@@ -363,7 +269,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _positive(config, "probes.learning_rate")
   _require(0 < config.probes.score_ema <= 1, "probes.score_ema",
            f"must be in (0, 1], got {config.probes.score_ema!r}")
-  _validate_method(config)
+  method_stack.validate(config)
 
   names = list(config.modalities.keys())
   _require(len(names) >= 1, "modalities", "no modality configured")
@@ -442,144 +348,14 @@ def _validate_dataset(config) -> None:
     _one_of(ds.mmsa.label, ("three_class", "binary"), "dataset.mmsa.label")
 
 
-def parse_named_floats(text: str, names, default: float) -> dict:
-  """"audio=0.95,visual=0.1" → {m: float} over `names`; unnamed ones get `default`."""
-  values = {m: float(default) for m in names}
-  for item in (t.strip() for t in text.split(",")):
-    if not item:
-      continue
-    name, sep, value = item.partition("=")
-    if not sep or name.strip() not in values:
-      raise ValueError(f"{item!r} is not <modality>=<number> for a modality of the config "
-                       f"({', '.join(names)})")
-    try:
-      values[name.strip()] = float(value)
-    except ValueError:
-      raise ValueError(f"{item!r}: {value!r} is not a number") from None
-  return values
-
-
-def _names_list(value: str) -> list[str]:
-  return [n.strip() for n in value.split(",") if n.strip()]
-
-
-def _validate_method(config) -> None:
-  method, names = config.method, sorted(config.modalities.keys())
-  boost = method.boost
-  _require(boost.alpha >= 0, "method.boost.alpha", f"must be >= 0, got {boost.alpha!r}")
-  _require(boost.scale_max >= 1, "method.boost.scale_max", f"must be >= 1, got {boost.scale_max!r}")
-  _require(0 < boost.ema_alpha <= 1, "method.boost.ema_alpha",
-           f"must be in (0, 1], got {boost.ema_alpha!r}")
-  _require(boost.noise_sigma >= 0, "method.boost.noise_sigma", "must be >= 0")
-  freq = method.frequency
-  _positive(config, "method.frequency.ratio", integer=True)
-  if freq.throttled != "probe":
-    for n in _names_list(freq.throttled):
-      _one_of(n, names, "method.frequency.throttled")
-    _require(bool(_names_list(freq.throttled)), "method.frequency.throttled",
-             "name at least one modality, or 'probe'")
-  if freq.soft_mask_scale is not None:
-    _require(0 <= freq.soft_mask_scale <= 1, "method.frequency.soft_mask_scale", "must be in [0, 1]")
-  stale = method.staleness
-  _require(isinstance(stale.tau, int) and stale.tau >= 0, "method.staleness.tau",
-           f"must be an integer >= 0, got {stale.tau!r}")
-  for n in _names_list(stale.modalities):
-    _one_of(n, names, "method.staleness.modalities")
-  if method.name == "staleness":
-    _require(bool(_names_list(stale.modalities)), "method.staleness.modalities",
-             "name the modalities that use stale gradients (e.g. 'audio')")
-  _positive(config, "method.mmpareto.scale")
-  _positive(config, "method.cggm.rho")
-  _positive(config, "method.cggm.cls_lr")
-  _require(method.cggm.lam >= 0, "method.cggm.lam", f"must be >= 0, got {method.cggm.lam!r}")
-  if method.name == "cggm":
-    _require(config.model.fusion in ("concat", "sum") and config.model.fusion_dim is None,
-             "model.fusion", "cggm compares each classifier with the fusion-layer block of its "
-             "modality: needs concat or sum fusion straight to classes (fusion_dim None)")
-  opm = method.opm
-  _require(0 <= opm.q_base <= 1, "method.opm.q_base", f"must be in [0, 1], got {opm.q_base!r}")
-  _require(opm.lam >= 0, "method.opm.lam", f"must be >= 0, got {opm.lam!r}")
-  _require(0 <= opm.p_exe <= 1, "method.opm.p_exe", f"must be in [0, 1], got {opm.p_exe!r}")
-  _require(isinstance(opm.warmup_epochs, int) and opm.warmup_epochs >= 0,
-           "method.opm.warmup_epochs", f"must be an integer >= 0, got {opm.warmup_epochs!r}")
-  _positive(config, "method.dwa.temperature")
-  info = method.inforeg
-  _require(info.default_scale >= 0, "method.inforeg.default_scale", "must be >= 0")
-  if info.window_modality:
-    _one_of(info.window_modality, names, "method.inforeg.window_modality")
-  if method.name == "inforeg":
-    try:
-      scales = parse_named_floats(info.scales, names, info.default_scale)
-    except ValueError as err:
-      raise ConfigError(f"config.method.inforeg.scales: {err}") from None
-    _require(all(v >= 0 for v in scales.values()), "method.inforeg.scales", "must be >= 0")
-  _require(method.miles.tau >= 0, "method.miles.tau", f"must be >= 0, got {method.miles.tau!r}")
-  _positive(config, "method.miles.mu")
-  pmr = method.pmr
-  _require(pmr.alpha >= 0, "method.pmr.alpha", f"must be >= 0, got {pmr.alpha!r}")
-  _require(0 <= pmr.momentum <= 1, "method.pmr.momentum", f"must be in [0, 1], got {pmr.momentum!r}")
-  _require(0 <= pmr.modulation_starts <= pmr.modulation_ends, "method.pmr.modulation_ends",
-           "need 0 <= modulation_starts <= modulation_ends")
-  arl = method.arl
-  _require(arl.gamma >= 0, "method.arl.gamma", f"must be >= 0, got {arl.gamma!r}")
-  _positive(config, "method.arl.temperature")
-  _positive(config, "method.arl.clip_norm")
-  _require(isinstance(arl.start_epoch, int) and arl.start_epoch >= 0, "method.arl.start_epoch",
-           f"must be an integer >= 0, got {arl.start_epoch!r}")
-  _one_of(arl.scaling, ("coefficients", "fixed"), "method.arl.scaling")
-  if method.name == "arl":
-    _require(config.model.unimodal_heads == "split", "model.unimodal_heads",
-             "arl reads each modality's logits off the shared fusion layer: use 'split'")
-  _positive(config, "method.gblend.gb_epoch", integer=True)
-  _require(0 < method.gblend.holdout_fraction < 1, "method.gblend.holdout_fraction",
-           f"must be in (0, 1), got {method.gblend.holdout_fraction!r}")
-  if method.name == "gblend":
-    _require(config.model.unimodal_heads == "separate", "model.unimodal_heads",
-             "gblend trains each unimodal branch with its own head: use 'separate'")
-  agm = method.agm
-  _require(agm.alpha >= 0, "method.agm.alpha", f"must be >= 0, got {agm.alpha!r}")
-  _require(0 <= agm.modulation_starts <= agm.modulation_ends, "method.agm.modulation_ends",
-           "need 0 <= modulation_starts <= modulation_ends")
-  _positive(config, "method.gradnorm.lr")
-  _require(method.gradnorm.alpha >= 0, "method.gradnorm.alpha", "must be >= 0")
-  _one_of(method.gradnorm.layer, ("fusion", "encoders"), "method.gradnorm.layer")
-  if method.name == "gradnorm" and method.gradnorm.layer == "fusion":
-    _require(config.model.fusion in ("concat", "sum") and config.model.unimodal_heads == "split"
-             and config.model.fusion_dim is None, "method.gradnorm.layer",
-             "'fusion' is shared by every loss only with split unimodal heads of a concat/sum "
-             "fusion straight to classes; use 'encoders'")
-  if method.name == "unimodal":
-    _require(len(names) == 1, "modalities",
-             f"method unimodal trains one modality, but {len(names)} are configured "
-             f"({', '.join(names)}); use the variant unimodal_<modality>")
-  ad = method.adaptive
-  _one_of(ad.source, ("dual", "probe", "both"), "method.adaptive.source")
-  _one_of(ad.compensation, ("multiply", "divide"), "method.adaptive.compensation")
-  _one_of(ad.kappa_mode, ("relative", "absolute"), "method.adaptive.kappa_mode")
-  _one_of(ad.signals, ("design", "seed_code"), "method.adaptive.signals")
-  _require(1 <= ad.tau_max, "method.adaptive.tau_max", f"must be >= 1, got {ad.tau_max!r}")
-  _require(0 <= ad.beta <= 1, "method.adaptive.beta", f"must be in [0, 1], got {ad.beta!r}")
-  _require(ad.kappa >= 1, "method.adaptive.kappa", f"must be >= 1, got {ad.kappa!r}")
-  _positive(config, "method.adaptive.window", integer=True)
-  _require(0 <= ad.update_ratio_min <= 1, "method.adaptive.update_ratio_min", "must be in [0, 1]")
-
-
 # SPEC §10: every difference of the seeds' PyTorch code, as (key, value).
-SEED_CODE_PRESET = (
-    ("method.frequency.soft_mask_scale", 0.1),
-    ("method.staleness.seed_code", True),
-    ("method.adaptive.compensation", "divide"),
-    ("method.adaptive.kappa_mode", "absolute"),
-    ("method.adaptive.signals", "seed_code"),
+_GENERIC_SEED_CODE = (
     ("probes.ema_init", "zero"),
     ("probes.learning_rate", 1e-3),
-    ("method.boost.ema_alpha", 0.3),
     ("model.unimodal_heads", "separate"),
-    ("method.ogm.leaves", "min_2d"),
-    ("method.ogm.noise_on", "dominant"),
-    ("method.boost.noise_sigma", 0.1),
     ("loss.unimodal_weight", 1.0),
 )
+SEED_CODE_PRESET = _GENERIC_SEED_CODE + method_stack.seed_code_settings()
 
 
 def effective_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -595,8 +371,3 @@ def effective_config(config: ml_collections.ConfigDict) -> ml_collections.Config
     node[leaf] = value
   out.lock()
   return out
-
-
-def modality_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The configured modalities in their fixed (sorted) order."""
-  return tuple(sorted(config.modalities.keys()))

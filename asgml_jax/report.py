@@ -4,8 +4,8 @@ Reads ordinary run directories (a single run's or a sweep's
 <variant>/seed_<s>): `summary.json` for the run summary (SPEC §7), the
 eval history kept in the latest checkpoint's meta, and the per-step train
 signals from the TensorBoard event files. Runs are grouped into variants by
-their config (method name, `_seedcode` when the seeds' preset is on, and the
-dataset when several are mixed). A run without a summary (still training, or
+their config (the variant or the stack of methods, `_seedcode` when the seeds'
+preset is on, and the dataset when several are mixed). A run without a summary (still training, or
 stopped) is listed and left out of the means.
 
 std is the sample standard deviation (ddof = 1), as papers' "± std over
@@ -23,6 +23,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from asgml_jax.methods import stack as method_stack
 from asgml_jax.run_dir import CONFIG_FILE, SUMMARY_FILE
 
 # (column, path in summary.json, title)
@@ -36,19 +37,12 @@ COLUMNS = (
     ("convergence_epoch", ("convergence_epoch",), "convergence epoch"),
     ("seconds_per_epoch", ("seconds_per_epoch",), "s / epoch / seed"),
 )
-# Train signals plotted per modality (TensorBoard tag prefix, title).
-SIGNALS = (("probe/acc_", "probe accuracy (train-time probes)"),
-           ("boost/scale_", "boost scale"), ("ogm/coeff_", "OGM coefficient"),
-           ("sched/tau_", "staleness / period tau"), ("sched/update_ratio_", "update ratio"),
-           ("train/task_weight_", "loss weight (DWA / GradNorm / G-Blending)"),
-           ("mmpareto/gamma_", "MMPareto weight of the fused gradient"),
-           ("pcgrad/conflicts_", "PCGrad projections per step"),
-           ("cggm/balance_", "CGGM balance B"), ("opm/drop_prob_", "OPM drop probability"),
-           ("inforeg/beta_", "InfoReg proximal strength beta"),
-           ("inforeg/window_k_", "InfoReg window k"), ("agm/coeff_", "AGM coefficient"),
-           ("miles/lr_scale_", "MILES learning-rate factor"),
-           ("pmr/score_", "PMR prototype score (batch sum)"),
-           ("arl/weight_", "ARL coefficient w"))
+
+
+def signal_plots() -> tuple[tuple[str, str], ...]:
+  """(TensorBoard tag prefix, title) of the train signals plotted per modality:
+  the probes', the update schedule's and every registered method's."""
+  return method_stack.plots()
 
 
 def find_runs(directories) -> list[str]:
@@ -72,14 +66,9 @@ def _get(tree, path):
 
 
 def _variant(config: dict, mixed_datasets: bool) -> str:
-  """The variant a run's saved config is (configs/variants.py names)."""
-  method = config["method"]
-  name = method["name"]
-  if name == "unimodal":
-    name = "unimodal_" + "_".join(sorted(config["modalities"]))
-  if name == "arl" and method.get("arl", {}).get("scaling") == "fixed":
-    name = "arl_fixed"
-  name += "_seedcode" if method.get("seed_code") else ""
+  """A run's label from its saved config: its variant (configs/variants.py
+  names) or, for a stack, the methods joined by '+' in canonical order."""
+  name = method_stack.run_label(config)
   return f"{config['dataset']['name']}/{name}" if mixed_datasets else name
 
 
@@ -264,8 +253,9 @@ def plot_all(runs: list[dict], out_dir: str) -> list[str]:
     ax.legend(fontsize=8)
     save(fig, "utilization_gap.png")
 
-  signals = {r["dir"]: train_signals(r["dir"], [p for p, _ in SIGNALS]) for r in done}
-  for prefix, title in SIGNALS:
+  plotted = signal_plots()
+  signals = {r["dir"]: train_signals(r["dir"], [p for p, _ in plotted]) for r in done}
+  for prefix, title in plotted:
     tags = sorted({t for s in signals.values() for t in s if t.startswith(prefix)})
     values = [s[t][1] for s in signals.values() for t in tags if t in s]
     if not tags or np.ptp(np.concatenate(values)) == 0:

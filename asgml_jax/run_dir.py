@@ -20,6 +20,7 @@ from absl import logging
 
 from asgml_jax import checkpointing
 from asgml_jax.config_schema import ConfigError
+from asgml_jax.methods import stack as method_stack
 
 # Keys whose value may change between a run and its resumption.
 RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "sweep_seeds")
@@ -94,7 +95,9 @@ def summarize(history: list[dict], config, workdir: str) -> dict:
       "best_on_test_for_literature_comparison": {"epoch": best_on_test["epoch"],
                                                  "accuracy": best_on_test["test"]["accuracy"]},
       "seed": config.seed,
-      "method": config.method.name,
+      "method": method_stack.method_name(config),
+      "stack": [m.name for m in method_stack.resolve(config.method)],
+      "label": method_stack.run_label(config),
   }
 
 
@@ -172,7 +175,7 @@ class RunDir:
   def fail(self, message: str) -> dict:
     """Records in summary.json that the run stopped (non-finite), for reports."""
     summary = {"workdir": self.workdir, "seed": self.config.seed,
-               "method": self.config.method.name, "error": message,
+               "method": method_stack.method_name(self.config), "error": message,
                "num_epochs": len(self.history)}
     _write_json_atomically(os.path.join(self.workdir, SUMMARY_FILE), summary)
     return summary

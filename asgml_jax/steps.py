@@ -16,13 +16,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from asgml_jax.opm import OPMConfig, make_feature_gate, masked_cross_entropy
+from asgml_jax.methods.base import StepContext, merge_extras
+from asgml_jax.methods.stack import StepHooks
 from asgml_jax.probes import ProbeConfig, maybe_refresh, probe_logits, utilization_gap
+from asgml_jax.signals import batch_scores
 from asgml_jax.state import TrainState
-from asgml_jax.transforms import agm as agm_lib
-from asgml_jax.transforms import pmr as pmr_lib
-from asgml_jax.transforms.cggm import direction_loss, fusion_blocks
-from asgml_jax.transforms.ogm_ge import batch_scores
 from asgml_jax.transforms.schedule import update_gates
 
 
@@ -37,17 +35,17 @@ def accuracy(logits_BxC: jnp.ndarray, labels_B: jnp.ndarray) -> jnp.ndarray:
 
 
 def multimodal_loss(outputs: Mapping[str, Any], labels_B: jnp.ndarray,
-                    unimodal_weight: float, update_gates: Mapping[str, jnp.ndarray]):
+                    unimodal_weight: float, update_gates: Mapping[str, jnp.ndarray],
+                    fused: jnp.ndarray | None = None):
   """L = CE(fused) + γ·Σ_m gate_m·CE(unimodal_m)   (SPEC §2).
 
   `update_gates[m]` is 1 when modality m's encoder updates this step (always,
   for joint training); a skipped modality's unimodal term is switched off.
-  Returns the loss and the unimodal CE per modality (ungated, for logging).
-  With OPM's feature gate, the fused CE leaves out the samples it emptied.
+  `fused`: a method's own fused loss, in place of CE(fused).
+  Returns the loss, the fused loss and the unimodal CE per modality
+  (ungated, for logging).
   """
-  if "gate" in outputs:
-    fused = masked_cross_entropy(outputs["logits"], labels_B, outputs["gate"]["valid"])
-  else:
+  if fused is None:
     fused = cross_entropy(outputs["logits"], labels_B)
   unimodal = {m: cross_entropy(z, labels_B) for m, z in outputs["unimodal_logits"].items()}
   total = fused + unimodal_weight * sum(update_gates[m] * u for m, u in unimodal.items())
@@ -92,100 +90,80 @@ def per_loss_gradients(losses_fn, params, num_losses: int):
 
 def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx,
                unimodal_weight: float, lr_fn, probe_cfg: ProbeConfig,
-               per_loss_grads: bool = False,
-               opm_cfg: OPMConfig | None = None,
-               cggm_lambda: float | None = None,
-               agm_cfg: agm_lib.AGMConfig | None = None,
-               pmr_cfg: pmr_lib.PMRConfig | None = None,
-               unimodal_weight_after: tuple[int, int, float] | None = None,
-               ) -> tuple[TrainState, dict]:
+               hooks: StepHooks | None = None) -> tuple[TrainState, dict]:
   """One optimisation step; returns the new state and scalar metrics.
 
   Order: forward/backward with the unimodal terms gated by the schedule's
   predicted flags; probe refresh on stop-gradient features (every
   `eval_freq` steps); `tx.update` with this step's signals as extra args.
 
-  per_loss_grads: also hand `tx.update` the gradient of every unweighted loss
-  (`loss_grads` {"fused" | m: grads}) and the losses (`task_losses`), from
-  one forward and 1 + N backward passes; `grads` is then their weighted sum
-  (weights 1 and γ·gate_m), the same total as the single backward pass.
-  opm_cfg: OPM's per-sample feature dropping between encoders and fusion.
-  cggm_lambda: add λ·L_gm, CGGM's direction term, with the B_m and auxiliary
-  classifiers its transformation kept from the previous step.
+  hooks: the loss-side parts of the run's method stack
+  (`methods.stack.step_hooks`; None: plain joint training):
+  - a feature gate between encoders and fusion, a method's own fused loss in
+    place of CE(fused), loss terms added to the total, a γ schedule;
+  - per_loss_grads: also hand `tx.update` the gradient of every unweighted
+    loss (`loss_grads` {"fused" | m: grads}) and the losses (`task_losses`),
+    from one forward and 1 + N backward passes; `grads` is then their weighted
+    sum (weights 1 and γ·gate_m), the same total as one backward pass. The
+    "fused" task is the fused loss plus every loss term.
+  Loss hooks may return metrics (logged) and tx args (handed to `tx.update`).
 
   A non-finite loss or gradient leaves the state untouched and records the step
   and the culprit in `state.health`; once recorded, every later step is a no-op
   too, so the host can stop with a precise error and nothing corrupt is saved.
   """
+  hooks = hooks or StepHooks()
   names = model.modality_names
   labels = batch["label"]
   dropout_key = jax.random.fold_in(state.rng, state.step)
   gates = update_gates(state.opt_state, names)
-  if unimodal_weight_after is not None:
-    per_epoch, after, later_weight = unimodal_weight_after
-    unimodal_weight = jnp.where(state.step // per_epoch > after, later_weight,
-                                unimodal_weight).astype(jnp.float32)
-  feature_gate = (make_feature_gate(opm_cfg, labels, jax.random.fold_in(dropout_key, 0x0B3),
-                                    state.step) if opm_cfg is not None else None)
+  if hooks.unimodal_weight is not None:
+    unimodal_weight = hooks.unimodal_weight(state.step, unimodal_weight)
+  ctx = StepContext(model=model, batch=batch, labels=labels, names=names, state=state,
+                    dropout_key=dropout_key)
+  feature_gate = hooks.feature_gate(ctx) if hooks.feature_gate is not None else None
 
-  def loss_fn(params):
+  def forward(params):
+    """Outputs, new batch stats, the fused loss (with the terms) and the hooks' extras."""
     variables = {"params": params}
     if state.batch_stats:
       variables["batch_stats"] = state.batch_stats
     outputs, new_vars = model.apply(variables, _inputs(batch, names), train=True,
                                     mutable=["batch_stats"], rngs={"dropout": dropout_key},
                                     feature_gate=feature_gate)
-    total, fused, unimodal = multimodal_loss(outputs, labels, unimodal_weight, gates)
-    if agm_cfg is not None:
-      agm_fused, outputs["agm"] = agm_term(variables, outputs)
-      total, fused = total - fused + agm_fused, agm_fused
-    if pmr_cfg is not None:
-      pmr_term, outputs["pmr"] = pmr_lib.prototype_loss(
-          outputs["features"], optax.tree_utils.tree_get(state.opt_state, "pmr_prototypes"),
-          labels, pmr_cfg.alpha, pmr_lib.modulation_active(pmr_cfg, state.step))
-      total = total + pmr_term
-    if cggm_lambda is not None:
-      total = total + cggm_lambda * cggm_term(params)
-    return total, (outputs, new_vars.get("batch_stats", {}), fused, unimodal)
+    extras = {}
+    fused = None
+    if hooks.fused_loss is not None:
+      fused, more = hooks.fused_loss(ctx, variables, outputs)
+      merge_extras(extras, more)
+    return outputs, new_vars.get("batch_stats", {}), fused, extras
 
-  def agm_term(variables, outputs):
-    full = frozenset(names)
+  def add_terms(total, params, outputs, extras):
+    for term in hooks.loss_terms:
+      value, more = term(ctx, params, outputs)
+      total = total + value
+      merge_extras(extras, more)
+    return total
 
-    def coalition_logits(subset):
-      if subset == full:
-        return outputs["logits"]
-      inputs = {m: batch[m] if m in subset else jnp.zeros_like(batch[m]) for m in names}
-      out, _ = model.apply(variables, inputs, train=True, mutable=["batch_stats"],
-                           rngs={"dropout": dropout_key})
-      return out["logits"]
-
-    phi = agm_lib.shapley_outputs(coalition_logits, names)
-    scores = agm_lib.agm_scores(jax.lax.stop_gradient(phi), labels)
-    coefficients = agm_lib.agm_coefficients(
-        scores, agm_lib.agm_running_scores(state.opt_state, scores), agm_cfg.alpha,
-        agm_lib.modulation_active(agm_cfg, state.step))
-    logits = sum(agm_lib.scale_gradient(phi[m], coefficients[m]) for m in names)
-    return cross_entropy(logits, labels), {"scores": scores, "coefficients": coefficients}
-
-  def cggm_term(params):
-    classifiers = optax.tree_utils.tree_get(state.opt_state, "classifiers")
-    kernels = {m: classifiers[m]["kernel"] for m in names}
-    feature_dim = next(iter(kernels.values())).shape[0]
-    return direction_loss(optax.tree_utils.tree_get(state.opt_state, "cggm_balance"), kernels,
-                          fusion_blocks(params, names, feature_dim))
+  def loss_fn(params):
+    outputs, new_batch_stats, fused, extras = forward(params)
+    total, fused, unimodal = multimodal_loss(outputs, labels, unimodal_weight, gates, fused)
+    total = add_terms(total, params, outputs, extras)
+    return total, (outputs, new_batch_stats, fused, unimodal, extras)
 
   extra = {}
-  if per_loss_grads:
+  if hooks.per_loss_grads:
     def losses_fn(params):
-      variables = {"params": params}
-      if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-      outputs, new_vars = model.apply(variables, _inputs(batch, names), train=True,
-                                      mutable=["batch_stats"], rngs={"dropout": dropout_key})
-      return loss_terms(outputs, labels, names), (outputs, new_vars.get("batch_stats", {}))
+      outputs, new_batch_stats, fused, extras = forward(params)
+      if fused is None:
+        fused = cross_entropy(outputs["logits"], labels)
+      fused = add_terms(fused, params, outputs, extras)
+      losses = jnp.stack([fused] + [cross_entropy(outputs["unimodal_logits"][m], labels)
+                                    for m in names])
+      return losses, (outputs, new_batch_stats, extras)
 
     tasks = (FUSED_TASK,) + tuple(names)
-    task_grads, task_losses, (outputs, new_batch_stats) = per_loss_gradients(
+    task_grads, task_losses, (outputs, new_batch_stats, hook_extras) = per_loss_gradients(
         losses_fn, state.params, len(tasks))
     weights = jnp.stack([jnp.float32(1.0)] + [unimodal_weight * gates[m] for m in names])
     loss = jnp.dot(weights, task_losses)
@@ -196,11 +174,9 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
              "task_losses": dict(zip(tasks, task_losses)),
              "task_weights": dict(zip(tasks, weights))}
   else:
-    (loss, (outputs, new_batch_stats, fused_loss, unimodal)), grads = (
+    (loss, (outputs, new_batch_stats, fused_loss, unimodal, hook_extras)), grads = (
         jax.value_and_grad(loss_fn, has_aux=True)(state.params))
-  if "agm" in outputs:
-    extra = {"agm_scores": outputs["agm"]["scores"],
-             "agm_coefficients": outputs["agm"]["coefficients"]}
+  extra.update(hook_extras.get("tx_args", {}))
   probe_state = maybe_refresh(probe_cfg, state.probe_state, state.step, outputs["features"], labels)
   grad_norms = {m: optax.global_norm(grads["encoders"][m]) for m in names}
   updates, new_opt_state = tx.update(
@@ -235,41 +211,18 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
     metrics[f"probe/acc_{m}"] = probe_state.accuracy[m]
     metrics[f"probe/score_{m}"] = probe_state.score[m]
   metrics["probe/utilization_gap"] = utilization_gap(probe_state.accuracy)
-  if cggm_lambda is not None:
-    metrics["cggm/direction_loss"] = cggm_term(state.params)
-  if "pmr" in outputs:
-    metrics.update({f"pmr/score_{m}": v for m, v in outputs["pmr"].items()})
-  if "agm" in outputs:
-    metrics.update({f"agm/score_{m}": v for m, v in outputs["agm"]["scores"].items()})
-  if "gate" in outputs:
-    gate = outputs["gate"]
-    metrics.update({f"opm/drop_prob_{m}": q for m, q in gate["q"].items()})
-    metrics["opm/executed"] = gate["executed"].astype(jnp.float32)
-    metrics["opm/valid_fraction"] = jnp.mean(gate["valid"].astype(jnp.float32))
-  metrics.update(intervention_signals(new_opt_state))
+  metrics.update(hook_extras.get("metrics", {}))
+  metrics.update(state_signals(new_opt_state, hooks.signals))
   return new_state, metrics
 
 
-# (state field, log prefix) of the per-modality signals transformations keep.
-_SIGNALS = (("coefficients", "ogm/coeff"), ("ratios", "ogm/score_ratio"),
-            ("scales", "boost/scale"), ("tau", "sched/tau"), ("flags", "sched/update"),
-            ("update_ratio", "sched/update_ratio"), ("grad_norms_in", "grad_norm_after"),
-            ("task_weights", "task_weight"), ("pareto_cosines", "mmpareto/cos"),
-            ("pareto_gammas", "mmpareto/gamma"), ("conflicts", "pcgrad/conflicts"),
-            ("cggm_balance", "cggm/balance"), ("aux_accuracy", "cggm/aux_acc"),
-            ("inforeg_beta", "inforeg/beta"), ("inforeg_window", "inforeg/window_k"),
-            ("agm_coefficients", "agm/coeff"), ("agm_running_score", "agm/running_score"),
-            ("miles_lr_scale", "miles/lr_scale"), ("miles_utilization", "miles/utilization"),
-            ("arl_weight", "arl/weight"), ("arl_scale", "arl/grad_scale"))
-
-
-def intervention_signals(opt_state) -> dict:
-  """Per-modality signals the interventions keep in their states, for logging."""
+def state_signals(opt_state, signals) -> dict:
+  """The per-modality signals the transformations keep in their states, for logging."""
   out = {}
-  for field, prefix in _SIGNALS:
-    values = optax.tree_utils.tree_get(opt_state, field)
+  for signal in signals:
+    values = optax.tree_utils.tree_get(opt_state, signal.field)
     if values is not None:
-      out.update({f"{prefix}_{m}": v for m, v in values.items()})
+      out.update({f"{signal.prefix}_{m}": v for m, v in values.items()})
   return out
 
 

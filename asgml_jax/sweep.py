@@ -18,7 +18,7 @@ What differs per seed is exactly what differs between separate runs:
 
 - the init key (`train.run_keys(seed)`), hence params, probes and the state rng
   that dropout and frame augmentation fold the step into;
-- the GE / boost noise key, which `tx.init` seeds from `config.seed`, so each
+- the noise keys of the methods' transformations, which `tx.init` seeds from `config.seed`, so each
   seed's optimizer state is initialised by its own `tx` (the update is the same
   function for every seed, and only the first seed's `tx` is traced);
 - the data order: each seed's epoch permutation comes from its own data key,
@@ -56,6 +56,7 @@ import numpy as np
 from asgml_jax import input_pipeline, parallel, run_dir, train
 from asgml_jax.config_schema import ConfigError
 from asgml_jax.epoch_hooks import EpochHooks
+from asgml_jax.methods import stack as method_stack
 from asgml_jax.metrics import summarize_confusions
 
 
@@ -196,7 +197,7 @@ def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
                                              every_steps=config.log_every_steps)
   failed: dict[int, str] = {}
 
-  run_dir.log(f"sweep: {config.method.name} on {config.dataset.name} ({', '.join(names)}), "
+  run_dir.log(f"sweep: {method_stack.run_label(config)} on {config.dataset.name} ({', '.join(names)}), "
               f"seeds {', '.join(map(str, seeds))} in one program ({mode}"
               + (f", seeds sharded over {mesh.size} devices" if mesh is not None else "")
               + f"): {config.num_epochs} epochs x "

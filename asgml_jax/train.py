@@ -18,15 +18,12 @@ import jax.numpy as jnp
 
 from asgml_jax import augment, input_pipeline, optim, parallel, run_dir, steps
 from asgml_jax.epoch_hooks import EpochHooks
-from asgml_jax.config_schema import (PER_LOSS_METHODS, effective_config, modality_names,
-                                    validate)
+from asgml_jax.config_schema import effective_config, modality_names, validate
 from asgml_jax.metrics import ConfusionMatrix, summarize_confusions, train_metrics_collection
 from asgml_jax.models import model_from_config
-from asgml_jax.opm import OPMConfig
+from asgml_jax.methods import stack as method_stack
 from asgml_jax.probes import probe_config_from
 from asgml_jax.state import create_train_state, distinct_buffers
-from asgml_jax.transforms.agm import AGMConfig
-from asgml_jax.transforms.pmr import PMRConfig
 
 SUMMARY_FILE = run_dir.SUMMARY_FILE
 
@@ -52,29 +49,9 @@ def _field(metric: str) -> str:
   return metric.replace("/", "__")
 
 
-def step_options(config, steps_per_epoch: int) -> dict:
-  """The method-dependent static options of `steps.train_step`."""
-  opm_cfg = None
-  if config.method.name == "opm":
-    o = config.method.opm
-    opm_cfg = OPMConfig(q_base=o.q_base, lam=o.lam, p_exe=o.p_exe,
-                        warmup_epochs=o.warmup_epochs, steps_per_epoch=steps_per_epoch)
-  pmr_cfg = None
-  if config.method.name == "pmr":
-    p = config.method.pmr
-    pmr_cfg = PMRConfig(alpha=p.alpha, modulation_starts=p.modulation_starts,
-                        modulation_ends=p.modulation_ends, steps_per_epoch=steps_per_epoch)
-  agm_cfg = None
-  if config.method.name == "agm":
-    a = config.method.agm
-    agm_cfg = AGMConfig(alpha=a.alpha, modulation_starts=a.modulation_starts,
-                        modulation_ends=a.modulation_ends, steps_per_epoch=steps_per_epoch)
-  return {"per_loss_grads": config.method.name in PER_LOSS_METHODS, "opm_cfg": opm_cfg,
-          "agm_cfg": agm_cfg, "pmr_cfg": pmr_cfg,
-          "unimodal_weight_after": ((steps_per_epoch, config.method.arl.start_epoch,
-                                     config.method.arl.gamma)
-                                    if config.method.name == "arl" else None),
-          "cggm_lambda": config.method.cggm.lam if config.method.name == "cggm" else None}
+def step_options(config, steps_per_epoch: int, num_classes: int | None = None) -> dict:
+  """The static options of `steps.train_step` for the config's method stack."""
+  return {"hooks": method_stack.step_hooks(config, steps_per_epoch, num_classes)}
 
 
 def make_train_body(model, tx, config, steps_per_epoch: int, state, example_batch, probe_cfg,
@@ -93,7 +70,8 @@ def make_train_body(model, tx, config, steps_per_epoch: int, state, example_batc
   frame_sizes = augment.frame_modalities(config)
   step_fn = functools.partial(steps.train_step, model=model, tx=tx,
                               unimodal_weight=config.loss.unimodal_weight, lr_fn=lr_fn,
-                              probe_cfg=probe_cfg, **step_options(config, steps_per_epoch))
+                              probe_cfg=probe_cfg,
+                              **step_options(config, steps_per_epoch, model.num_classes))
   metric_keys = sorted(jax.eval_shape(step_fn, state, example_batch)[1])
   collection = train_metrics_collection([_field(k) for k in metric_keys])
 
@@ -267,7 +245,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_fn = make_eval_fn(setup.model, config.eval_batch_size, setup.probe_cfg, setup.frame_sizes,
                          data.on_device, mesh)
 
-  run_dir.log(f"training {config.method.name} on {config.dataset.name} ({', '.join(names)}): "
+  run_dir.log(f"training {method_stack.run_label(config)} on {config.dataset.name} "
+              f"({', '.join(names)}): "
               f"{config.num_epochs} epochs x {steps_per_epoch} steps, data on the "
               f"{data.placement}"
               + (f", batch sharded over {mesh.size} devices" if mesh is not None else "")

@@ -1,88 +1,74 @@
 """Method variants shared by every dataset config: `configs/<dataset>.py:<variant>`.
 
-One row per SPEC ablation condition. `*_seedcode` variants turn on the
-seeds' PyTorch behaviour (SPEC §10) through `method.seed_code=True`.
-`arl_fixed` is ARL with the seeds' fixed ×1.5 encoder scaling.
-`unimodal_<modality>` trains that one modality of the dataset alone (its
-encoder and the fusion layer as its classifier, no unimodal loss term).
+A variant is a named preset over the method registry (asgml_jax/methods/):
+- `<method>`: that method with its preset (the settings its reference uses,
+  e.g. γ = 0 for PMR), for every registered method;
+- further presets a method module names (`arl_fixed`: ARL with the seeds'
+  fixed ×1.5 encoder scaling);
+- named stacks (`boost_ogm` = the stack ogm_ge,boost with each part's preset
+  and its own alphas; `baseline` = no method);
+- `<variant>_seedcode`: the variant with the seeds' PyTorch behaviour
+  (SPEC §10) through `method.seed_code=True`;
+- `unimodal_<modality>`: that one modality of the dataset alone (its encoder
+  and the fusion layer as its classifier, no unimodal loss term).
+
+A stack of methods without a variant is `--config.method.stack=a,b,c`.
 """
 
-VARIANTS = ("baseline", "ogm", "ogm_ge", "frequency", "frequency_control", "staleness",
-            "adaptive", "boost", "boost_ogm", "boost_ogm_seedcode", "frequency_seedcode",
-            "staleness_seedcode", "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm",
-            "inforeg", "agm", "miles", "pmr", "arl", "arl_fixed", "gblend")
-UNIMODAL_PREFIX = "unimodal_"
+from asgml_jax import methods
+from asgml_jax.methods import unimodal
+
+UNIMODAL_PREFIX = unimodal.VARIANT_PREFIX
+SEEDCODE_SUFFIX = "_seedcode"
 
 
-def _only_modality(config, name: str):
-  """Drops every modality but `name`; interventions that named another are cleared."""
-  names = sorted(config.modalities.keys())
-  if name not in names:
-    raise ValueError(f"variant {UNIMODAL_PREFIX}{name}: the config has no modality {name!r} "
-                     f"(it has: {', '.join(names)})")
-  signal = config.dataset.synthetic.signal
-  with config.unlocked(), signal.unlocked():
-    for other in names:
-      if other != name:
-        del config.modalities[other]
-        if other in signal:
-          del signal[other]
-  config.method.name = "unimodal"
-  config.method.frequency.throttled = "probe"
-  config.method.staleness.modalities = ""
-  config.model.condition_modality = None
-  config.loss.unimodal_weight = 0.0  # the fused logits are the unimodal logits
-  return config
+def _presets() -> dict:
+  """{variant: (method.name, [preset functions], extra settings)}."""
+  out = {"baseline": ("baseline", [], ())}
+  for method in methods.all_methods():
+    if method.alone:
+      continue  # reached through its own prefix (unimodal_<modality>)
+    out[method.name] = (method.name, [method.preset] if method.preset else [], ())
+    for variant, preset in method.variants.items():
+      out[variant] = (method.name, [preset], ())
+  for name, (stack, settings) in methods.NAMED_STACKS.items():
+    if stack:
+      parts = [methods.get(m).preset for m in stack if methods.get(m).preset]
+      out[name] = (name, parts, settings)
+  return out
+
+
+PRESETS = _presets()
+# Listed in the README and by `launch.sweep --variants`: every preset and the
+# three with the seeds' code the seed ablations use.
+VARIANTS = tuple(PRESETS) + tuple(f"{v}{SEEDCODE_SUFFIX}" for v in
+                                  ("boost_ogm", "frequency", "staleness"))
+
+
+def _set(config, key: str, value) -> None:
+  *path, leaf = key.split(".")
+  node = config
+  for part in path:
+    node = node[part]
+  node[leaf] = value
 
 
 def apply_variant(config, variant: str | None):
-  """Sets `config.method` for `variant` (None: baseline); returns the config."""
+  """Sets `config.method` (and what the variant's methods need) for `variant`
+  (None: baseline); returns the config."""
   variant = variant or "baseline"
   if variant.startswith(UNIMODAL_PREFIX):
-    return _only_modality(config, variant[len(UNIMODAL_PREFIX):])
-  if variant not in VARIANTS:
+    return unimodal.only_modality(config, variant[len(UNIMODAL_PREFIX):])
+  base = variant.removesuffix(SEEDCODE_SUFFIX)
+  if base not in PRESETS:
     raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}, "
-                     f"or {UNIMODAL_PREFIX}<modality>")
-  name = variant.removesuffix("_seedcode").removesuffix("_fixed")
+                     f"{UNIMODAL_PREFIX}<modality>, or any of them + {SEEDCODE_SUFFIX}")
+  name, presets, settings = PRESETS[base]
   config.method.name = name
-  config.method.seed_code = variant.endswith("_seedcode")
-  if name == "ogm" or name == "ogm_ge":
-    config.method.ogm.alpha = 0.8           # OGM-GE README value for CREMA-D
-  if name == "boost":
-    config.method.boost.alpha = 0.5
-  if name == "boost_ogm":
-    config.method.boost.alpha = 0.75        # best with OGM-GE in the seed sweeps
-    config.method.ogm.alpha = 0.8
-  if name == "mmpareto":
-    config.model.unimodal_heads = "separate"  # Linear(D, C) per modality, as the reference
-    config.loss.unimodal_weight = 1.0
-  if name == "cggm":
-    config.loss.unimodal_weight = 0.0         # CE(fused) + λ·L_gm; classifiers train apart
-  if name == "opm":
-    config.loss.unimodal_weight = 0.0         # OPM trains on the fused CE only
-  if name == "inforeg":
-    config.loss.unimodal_weight = 1.0         # CE(z) + Σ_m CE(z_m) on the split head
-    config.model.unimodal_heads = "split"
-    reference = {"audio": 0.95, "visual": 0.1}  # the reference's β scales
-    config.method.inforeg.scales = ",".join(f"{m}={v}" for m, v in reference.items()
-                                            if m in config.modalities)
-  if name == "miles":
-    config.model.unimodal_heads = "separate"  # its unimodal heads, judged on validation
-    config.loss.unimodal_weight = 1.0
-  if name == "pmr":
-    config.loss.unimodal_weight = 0.0         # CE(fused) + α·CE(prototypes of the weaker)
-  if name == "arl":
-    config.loss.unimodal_weight = 1.0         # γ_eff = 1 up to start_epoch, method.arl.gamma after
-    config.model.unimodal_heads = "split"
-    # arl_fixed: the seeds' code, every encoder gradient ×1.5 instead of ×(1 + w_m)
-    config.method.arl.scaling = "fixed" if variant == "arl_fixed" else "coefficients"
-  if name == "gblend":
-    config.model.unimodal_heads = "separate"  # a head per unimodal branch, as the reference
-    config.loss.unimodal_weight = 1.0
-  if name == "agm":
-    config.loss.unimodal_weight = 0.0         # AGM's loss is CE(Σ_m Shapley output m) alone
-  if name in ("pcgrad", "dwa", "gradnorm"):
-    config.loss.unimodal_weight = 1.0         # the tasks: fused + every unimodal CE
-  if name == "gradnorm" and config.model.fusion_dim is not None:
-    config.method.gradnorm.layer = "encoders"
+  config.method.stack = ""
+  config.method.seed_code = variant.endswith(SEEDCODE_SUFFIX)
+  for preset in presets:
+    preset(config)
+  for key, value in settings:
+    _set(config, key, value)
   return config

@@ -204,7 +204,8 @@ def bench_row(config, num_classes: int, seeds: int) -> dict:
   body, collection = train.make_train_body(model, tx, config, steps_per_epoch, state, example,
                                            probe_cfg)
   perm = input_pipeline.epoch_permutation(jax.random.PRNGKey(1), 0, num_examples)
-  row = {"method": config.method.name + ("_seedcode" if config.method.seed_code else ""),
+  from asgml_jax.methods.stack import run_label
+  row = {"method": run_label(config),
          "batch_size": batch, "compute_dtype": str(model.dtype.__name__ if hasattr(
              model.dtype, "__name__") else model.dtype)}
   if config.method.name == "staleness":

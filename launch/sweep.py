@@ -74,8 +74,8 @@ def main(argv):
     if _VARIANTS.value:
       configs = [(v, _config_for_variant(v)) for v in _VARIANTS.value]
     else:
-      configs = [(_CONFIG.value.method.name + ("_seedcode" if _CONFIG.value.method.seed_code
-                                               else ""), _CONFIG.value)]
+      from asgml_jax.methods.stack import run_label
+      configs = [(run_label(_CONFIG.value), _CONFIG.value)]
     failed = 0
     for variant, config in configs:
       seeds = _parse_seeds(config)

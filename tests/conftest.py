@@ -104,7 +104,7 @@ def jitted_step(config, *, steps_per_epoch: int = 6, lr_fn=None):
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
                                    unimodal_weight=config.loss.unimodal_weight, lr_fn=lr_fn,
                                    probe_cfg=probe_cfg,
-                                   **step_options(config, steps_per_epoch)))
+                                   **step_options(config, steps_per_epoch, spec.num_classes)))
   return state, step, batch
 
 

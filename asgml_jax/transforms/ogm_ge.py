@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from asgml_jax.signals import batch_scores  # noqa: F401  (re-exported)
+
 LEAVES = ("all", "conv", "min_2d")
 NOISE_ON = ("all", "dominant")
 
@@ -132,11 +134,3 @@ def in_epoch_window(step, steps_per_epoch: int, first_epoch: int, last_epoch: in
   the modulation window of OGM-GE, AGM and PMR."""
   epoch = step // steps_per_epoch
   return (epoch >= first_epoch) & (epoch <= last_epoch)
-
-
-def batch_scores(unimodal_logits: Mapping[str, jnp.ndarray], labels_B: jnp.ndarray) -> dict:
-  """score_m = Σ_i softmax(z_m)[i, y_i] in float32 (OGM-GE's batch sums)."""
-  def score(z):
-    probs = jax.nn.softmax(z.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(probs, labels_B[:, None], axis=-1).sum()
-  return {m: score(z) for m, z in unimodal_logits.items()}

@@ -1,0 +1,80 @@
+"""The registry of methods: one line per method module.
+
+A method is one module of this package declaring a `Method`
+(`asgml_jax/methods/base.py`); listing it below is all it takes for the
+config schema, the trainer, the sweeps, the epoch hooks and the report to
+know it, and for `method.stack` to compose it with the others
+(`asgml_jax/methods/stack.py`). docs/adding_a_method.md walks through one.
+"""
+
+from __future__ import annotations
+
+from asgml_jax.methods import (adaptive, agm, arl, boost, cggm, dwa, frequency, gblend, gradnorm,
+                               inforeg, miles, mmpareto, ogm_ge, opm, pcgrad, pmr, staleness,
+                               unimodal)
+from asgml_jax.methods.base import Method
+
+REGISTRY: tuple[Method, ...] = (
+    ogm_ge.OGM,
+    ogm_ge.OGM_GE,
+    boost.BOOST,
+    frequency.FREQUENCY,
+    frequency.FREQUENCY_CONTROL,
+    staleness.STALENESS,
+    adaptive.ADAPTIVE,
+    unimodal.UNIMODAL,
+    mmpareto.MMPARETO,
+    pcgrad.PCGRAD,
+    dwa.DWA,
+    gradnorm.GRADNORM,
+    opm.OPM,
+    cggm.CGGM,
+    inforeg.INFOREG,
+    agm.AGM,
+    miles.MILES,
+    pmr.PMR,
+    arl.ARL,
+    gblend.GBLEND,
+)
+
+# Named stacks: a `method.name` that means several methods, and the settings
+# its variant adds to theirs (dotted key under config, value).
+NAMED_STACKS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, object], ...]]] = {
+    "baseline": ((), ()),
+    # ASGML's headline: OGM-GE throttles the dominant, boost pushes the weak.
+    "boost_ogm": (("ogm_ge", "boost"), (("method.boost.alpha", 0.75),)),  # best with OGM-GE
+}
+
+# `config.method.name` by default: joint training, no method.
+DEFAULT_NAME = "baseline"
+
+_BY_NAME = {m.name: m for m in REGISTRY}
+if len(_BY_NAME) != len(REGISTRY):
+  raise ValueError("two registered methods share a name")
+
+
+def all_methods() -> tuple[Method, ...]:
+  return REGISTRY
+
+
+def get(name: str) -> Method:
+  """The registered method `name` (KeyError if none)."""
+  return _BY_NAME[name]
+
+
+def method_names() -> tuple[str, ...]:
+  return tuple(_BY_NAME)
+
+
+def names_for_method_key() -> tuple[str, ...]:
+  """What `config.method.name` accepts: a named stack or a method."""
+  return tuple(NAMED_STACKS) + method_names()
+
+
+def blocks() -> dict:
+  """{block name: defaults()} of every method's config group (shared ones once)."""
+  out = {}
+  for method in REGISTRY:
+    if method.block is not None and method.block not in out:
+      out[method.block] = method.defaults()
+  return out

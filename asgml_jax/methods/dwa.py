@@ -1,0 +1,37 @@
+"""DWA (Liu et al., CVPR 2019): loss weights from each loss's descent rate
+over the last two epochs, softmax with a temperature.
+
+Stage `combine` (`asgml_jax.transforms.multitask.dwa`); tasks: the fused
+and every unimodal loss (γ = 1 in its variant).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from asgml_jax import config_checks as cc
+from asgml_jax.methods.base import Method, Signal
+
+
+def defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(temperature=2.0))
+
+
+def check_block(config) -> None:
+  cc.positive(config, "method.dwa.temperature")
+
+
+def preset(config) -> None:
+  config.loss.unimodal_weight = 1.0
+
+
+def transform(ctx):
+  from asgml_jax.transforms.multitask import dwa
+  return [dwa(ctx.steps_per_epoch, ctx.config.method.dwa.temperature)]
+
+
+DWA = Method(
+    name="dwa", summary="DWA: loss weights from each loss's descent rate",
+    block="dwa", defaults=defaults, check_block=check_block, preset=preset,
+    stage="combine", transform=transform,
+    signals=(Signal("task_weights", "task_weight", "loss weight (DWA)"),))

@@ -1,0 +1,54 @@
+"""GradNorm (Chen et al., ICML 2018): loss weights learned so that each
+loss's gradient norm on a shared layer trains at a common relative rate.
+
+Stage `combine` (`asgml_jax.transforms.multitask.gradnorm`). The shared
+layer is the fusion layer (shared by every loss only with split heads of a
+concat/sum fusion straight to classes) or the encoders.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from asgml_jax import config_checks as cc
+from asgml_jax.methods.base import Method, Signal
+
+
+def defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      alpha=1.5, lr=0.025,
+      layer="fusion",        # fusion (shared by every loss with split heads) | encoders
+  ))
+
+
+def check_block(config) -> None:
+  cc.positive(config, "method.gradnorm.lr")
+  cc.require(config.method.gradnorm.alpha >= 0, "method.gradnorm.alpha", "must be >= 0")
+  cc.one_of(config.method.gradnorm.layer, ("fusion", "encoders"), "method.gradnorm.layer")
+
+
+def check(config) -> None:
+  if config.method.gradnorm.layer == "fusion":
+    cc.require(config.model.fusion in ("concat", "sum") and config.model.unimodal_heads == "split"
+               and config.model.fusion_dim is None, "method.gradnorm.layer",
+               "'fusion' is shared by every loss only with split unimodal heads of a concat/sum "
+               "fusion straight to classes; use 'encoders'")
+
+
+def preset(config) -> None:
+  config.loss.unimodal_weight = 1.0
+  if config.model.fusion_dim is not None:
+    config.method.gradnorm.layer = "encoders"
+
+
+def transform(ctx):
+  from asgml_jax.transforms.multitask import gradnorm
+  g = ctx.config.method.gradnorm
+  return [gradnorm(g.alpha, g.lr, g.layer)]
+
+
+GRADNORM = Method(
+    name="gradnorm", summary="GradNorm: loss weights that balance the losses' gradient norms",
+    block="gradnorm", defaults=defaults, check_block=check_block, check=check, preset=preset,
+    stage="combine", transform=transform,
+    signals=(Signal("task_weights", "task_weight", "loss weight (GradNorm)"),))

@@ -1,0 +1,25 @@
+"""PCGrad (Yu et al., NeurIPS 2020): each loss's gradient projected off the
+others it conflicts with, in a random order per step.
+
+Stage `combine` (`asgml_jax.transforms.multitask.pcgrad`); the tasks are the
+fused loss and every unimodal loss, so the variant sets γ = 1.
+"""
+
+from __future__ import annotations
+
+from asgml_jax.methods.base import Method, Signal
+
+
+def preset(config) -> None:
+  config.loss.unimodal_weight = 1.0         # the tasks: fused + every unimodal CE
+
+
+def transform(ctx):
+  from asgml_jax.transforms.multitask import pcgrad
+  return [pcgrad(seed=ctx.config.seed + 2)]
+
+
+PCGRAD = Method(
+    name="pcgrad", summary="PCGrad: conflicting per-loss gradients projected off each other",
+    preset=preset, stage="combine", transform=transform,
+    signals=(Signal("conflicts", "pcgrad/conflicts", "PCGrad projections per step"),))

@@ -1,0 +1,283 @@
+"""A run's stack of methods: which, in what order, whether they compose, and
+the parts the trainer gets from them.
+
+`config.method.stack` ("ogm_ge,boost,staleness") names the methods; when it
+is empty, `config.method.name` does (a method, or a named stack such as
+`boost_ogm`; `baseline` is the empty stack). The order the user writes does
+not matter: parts run in the canonical order of `base.STAGES` (combine, edit
+by rank, schedule, post), which for the methods of SPEC §4.5 is
+chain(OGM-GE, boost, schedule(weight decay, momentum, lr)). Loss terms add up
+in the same order.
+
+Stacks that cannot compose are refused by `check_stack` before anything
+runs, in one line naming both methods and why: two combiners, two update
+schedules, two owners of the fused loss, two feature gates, two γ schedules,
+two methods that keep the same optimizer-state field, different values of a
+config key both require, a method that stacks with nothing, or a pair a
+method excludes by name.
+
+Presets (the variants' settings, e.g. γ = 0 for PMR) are not applied to a
+stack given on the command line: the config's values stand, so
+`configs/default.py:pmr --config.method.stack=pmr,boost` is PMR's settings
+plus boost, and `--config.method.stack=pmr,boost` alone is the config's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+from typing import Any, Callable, Mapping, Sequence
+
+from asgml_jax import config_checks as cc
+from asgml_jax import methods as registry
+from asgml_jax.methods.base import (STAGES, BuildContext, Method, Plot, Signal)
+
+# Signals of the update schedule every run has (joint training's too).
+SCHEDULE_SIGNALS = (Signal("tau", "sched/tau", "update period tau"),
+                    Signal("flags", "sched/update"),
+                    Signal("update_ratio", "sched/update_ratio", "update ratio"),
+                    Signal("grad_norms_in", "grad_norm_after"))
+# Step metrics every run logs that the report plots.
+COMMON_PLOTS = (Plot("probe/acc", "probe accuracy (train-time probes)"),)
+
+
+def _split(text: str) -> list[str]:
+  return cc.names_list(text)
+
+
+def requested_names(method_cfg: Mapping) -> list[str]:
+  """The method names a config's `method` group asks for, named stacks expanded."""
+  stack = method_cfg.get("stack", "") or ""
+  names = _split(stack) if stack else [method_cfg["name"]]
+  out = []
+  for name in names:
+    out.extend(registry.NAMED_STACKS[name][0] if name in registry.NAMED_STACKS else [name])
+  return out
+
+
+def _order_key(method: Method):
+  stage = STAGES.index(method.stage) if method.stage in STAGES else len(STAGES)
+  return stage, method.rank, registry.REGISTRY.index(method)
+
+
+def ordered(methods: Sequence[Method]) -> tuple[Method, ...]:
+  """Canonical order: combine, edit (by rank), schedule, post, then the rest."""
+  return tuple(sorted(methods, key=_order_key))
+
+
+def _unknown(name: str) -> cc.ConfigError:
+  known = registry.method_names()
+  close = difflib.get_close_matches(name, known + tuple(registry.NAMED_STACKS), n=1)
+  hint = f" (did you mean '{close[0]}'?)" if close else ""
+  return cc.ConfigError(f"config.method.stack: unknown method {name!r}{hint}; choose from "
+                        f"{', '.join(known)}")
+
+
+def resolve(method_cfg: Mapping) -> tuple[Method, ...]:
+  """The config's methods in canonical order (ConfigError for an unknown or repeated name)."""
+  names = requested_names(method_cfg)
+  seen = set()
+  for name in names:
+    if name in seen:
+      raise cc.ConfigError(f"config.method.stack: {name} is listed twice")
+    seen.add(name)
+  try:
+    return ordered([registry.get(n) for n in names])
+  except KeyError as err:
+    raise _unknown(err.args[0]) from None
+
+
+def _has(method: Method, part: str) -> bool:
+  return getattr(method, part) is not None
+
+
+# (part, why two methods cannot both have it)
+_SINGLE_PARTS = (
+    ("feature_gate", "both gate the features between the encoders and the fusion"),
+    ("fused_loss", "both replace the fused loss"),
+    ("unimodal_weight", "both schedule the unimodal-loss weight"),
+)
+
+
+def pair_conflict(a: Method, b: Method) -> str | None:
+  """Why `a` and `b` cannot stack, or None if they can."""
+  for x, y in ((a, b), (b, a)):
+    if x.alone:
+      return f"{x.name} stacks with no other method ({x.summary})"
+    if y.name in x.excludes:
+      return x.excludes[y.name]
+  if a.stage == b.stage == "combine":
+    return "both build the gradient from the per-loss gradients; a stack takes one combiner"
+  if a.stage == b.stage == "schedule":
+    return "both decide when each encoder updates; a stack takes one update schedule"
+  for part, why in _SINGLE_PARTS:
+    if _has(a, part) and _has(b, part):
+      return why
+  required = {r.key: r for r in a.requires}
+  for r in b.requires:
+    if r.key in required and required[r.key].value != r.value:
+      return (f"{a.name} needs {r.key}={required[r.key].value!r}, "
+              f"{b.name} needs {r.value!r}")
+  shared = {s.field for s in a.signals} & {s.field for s in b.signals}
+  if shared:
+    return f"both keep {sorted(shared)[0]!r} in the optimizer state"
+  return None
+
+
+def check_stack(methods: Sequence[Method]) -> None:
+  """ConfigError naming the first pair that cannot stack."""
+  for a, b in itertools.combinations(methods, 2):
+    why = pair_conflict(a, b)
+    if why:
+      raise cc.ConfigError(f"config.method.stack: {a.name} and {b.name} cannot stack: {why}")
+
+
+def validate(config) -> tuple[Method, ...]:
+  """Checks every block, the stack and its requirements; returns the stack."""
+  cc.one_of(config.method.name, registry.names_for_method_key(), "method.name")
+  for method in registry.all_methods():
+    if method.check_block is not None:
+      method.check_block(config)
+  methods = resolve(config.method)
+  check_stack(methods)
+  for method in methods:
+    for r in method.requires:
+      cc.require(cc.lookup(config, r.key) == r.value, r.key, f"{r.why}: use {r.value!r}")
+    if method.check is not None:
+      method.check(config)
+  return methods
+
+
+def method_name(config: Mapping) -> str:
+  """`method.name`, or for a stack its methods joined by '+' in canonical order."""
+  method_cfg = config["method"]
+  if method_cfg.get("stack"):
+    return "+".join(m.name for m in resolve(method_cfg))
+  return method_cfg["name"]
+
+
+def run_label(config: Mapping) -> str:
+  """A run's label from its (saved) config: the named stack or method, or the
+  stack joined by '+' in canonical order; `_seedcode` with the seeds' preset."""
+  method_cfg = config["method"]
+  if method_cfg.get("stack"):
+    try:
+      label = "+".join(m.run_label(config) for m in resolve(method_cfg))
+    except cc.ConfigError:
+      label = "+".join(_split(method_cfg["stack"]))
+  else:
+    name = method_cfg["name"]
+    method = dict((m.name, m) for m in registry.all_methods()).get(name)
+    label = method.run_label(config) if method is not None else name
+  return label + ("_seedcode" if method_cfg.get("seed_code") else "")
+
+
+def signals() -> tuple[Signal, ...]:
+  """Every state signal any method (or the schedule) may keep, one per field."""
+  out, seen = [], set()
+  for s in SCHEDULE_SIGNALS + tuple(s for m in registry.all_methods() for s in m.signals):
+    if s.field not in seen:
+      seen.add(s.field)
+      out.append(s)
+  return tuple(out)
+
+
+def _tag_prefix(metric_prefix: str) -> str:
+  """The TensorBoard tag prefix of a metric prefix (run_dir.train_tag's rule)."""
+  return (metric_prefix if "/" in metric_prefix else f"train/{metric_prefix}") + "_"
+
+
+def _merge_titles(titles: list[str]) -> str:
+  """"loss weight (DWA)", "loss weight (GradNorm)" -> "loss weight (DWA / GradNorm)"."""
+  unique = list(dict.fromkeys(titles))
+  heads = {t.partition(" (")[0] for t in unique}
+  if len(unique) > 1 and len(heads) == 1 and all(t.endswith(")") for t in unique):
+    return f"{heads.pop()} ({' / '.join(t.partition(' (')[2][:-1] for t in unique)})"
+  return " / ".join(unique)
+
+
+def plots() -> tuple[tuple[str, str], ...]:
+  """(TensorBoard tag prefix, title) of every per-modality quantity the report plots."""
+  titles: dict[str, list[str]] = {}
+  entries = [(p.prefix, p.title) for p in COMMON_PLOTS]
+  entries += [(s.prefix, s.title) for s in SCHEDULE_SIGNALS if s.title]
+  for method in registry.all_methods():
+    entries += [(s.prefix, s.title) for s in method.signals if s.title]
+    entries += [(p.prefix, p.title) for p in method.plots]
+  for prefix, title in entries:
+    titles.setdefault(_tag_prefix(prefix), []).append(title)
+  return tuple((prefix, _merge_titles(t)) for prefix, t in titles.items())
+
+
+@dataclasses.dataclass(frozen=True)
+class StepHooks:
+  """What the train step runs for a stack (built once per run, static under jit).
+
+  per_loss_grads: one backward pass per loss (a combiner is in the stack).
+  feature_gate: StepContext -> the model's `feature_gate`.
+  fused_loss: (StepContext, variables, outputs) -> (loss, extras), replacing CE(fused).
+  loss_terms: [(StepContext, params, outputs) -> (term, extras)], added to the loss.
+  unimodal_weight: (step, base γ) -> γ of this step.
+  signals: the state signals to log.
+  """
+  per_loss_grads: bool = False
+  feature_gate: Callable | None = None
+  fused_loss: Callable | None = None
+  loss_terms: tuple[Callable, ...] = ()
+  unimodal_weight: Callable | None = None
+  signals: tuple[Signal, ...] = dataclasses.field(default_factory=signals)
+
+
+def build_context(config, steps_per_epoch: int, num_classes: int | None = None) -> BuildContext:
+  return BuildContext(config=config, steps_per_epoch=steps_per_epoch, num_classes=num_classes,
+                      names=cc.modality_names(config))
+
+
+def _single(methods, part: str, ctx):
+  found = [getattr(m, part)(ctx) for m in methods if _has(m, part)]
+  return found[0] if found else None
+
+
+def step_hooks(config, steps_per_epoch: int, num_classes: int | None = None) -> StepHooks:
+  """The loss-side parts of the config's stack."""
+  methods = resolve(config.method)
+  ctx = build_context(config, steps_per_epoch, num_classes)
+  return StepHooks(
+      per_loss_grads=any(m.per_loss_grads for m in methods),
+      feature_gate=_single(methods, "feature_gate", ctx),
+      fused_loss=_single(methods, "fused_loss", ctx),
+      loss_terms=tuple(m.loss_term(ctx) for m in methods if _has(m, "loss_term")),
+      unimodal_weight=_single(methods, "unimodal_weight", ctx))
+
+
+def transformations(config, steps_per_epoch: int, num_classes: int | None,
+                    inner: Any, joint_schedule: Callable[[Any], Any]) -> list:
+  """The optax chain's parts in stage order; `inner` is the base optimizer, which
+  the stack's schedule (or `joint_schedule`) wraps."""
+  methods = resolve(config.method)
+  ctx = build_context(config, steps_per_epoch, num_classes)
+  parts = []
+  for m in methods:
+    if m.stage in ("combine", "edit"):
+      parts += m.transform(ctx)
+  schedules = [m for m in methods if m.stage == "schedule"]
+  parts.append(schedules[0].schedule(ctx, inner) if schedules else joint_schedule(inner))
+  for m in methods:
+    if m.stage == "post":
+      parts += m.transform(ctx)
+  return parts
+
+
+def epoch_hooks(config, setup) -> list:
+  """The stack's epoch hooks (objects with prepare / epoch_end)."""
+  return [m.epoch_hook(setup) for m in resolve(config.method) if _has(m, "epoch_hook")]
+
+
+def seed_code_settings() -> tuple[tuple[str, Any], ...]:
+  """Every method's seed-code settings (SPEC §10), in registry order, once each."""
+  out = {}
+  for method in registry.all_methods():
+    for key, value in method.seed_code:
+      out.setdefault(key, value)
+  return tuple(out.items())
