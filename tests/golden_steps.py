@@ -29,9 +29,17 @@ NUM_STEPS = 4
 BATCH = 32
 
 
+# The variants that existed when the file was recorded (before the method-modules
+# refactor); methods added since pin their numbers in their own tests.
+RECORDED_VARIANTS = (
+    "baseline", "ogm", "ogm_ge", "frequency", "frequency_control", "staleness", "adaptive",
+    "boost", "boost_ogm", "boost_ogm_seedcode", "frequency_seedcode", "staleness_seedcode",
+    "mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm", "inforeg", "agm", "miles", "pmr",
+    "arl", "arl_fixed", "gblend", "unimodal_audio")
+
+
 def golden_variants() -> tuple[str, ...]:
-  from configs.variants import VARIANTS
-  return tuple(VARIANTS) + ("unimodal_audio",)
+  return RECORDED_VARIANTS
 
 
 def golden_config(variant: str):
