@@ -10,8 +10,8 @@ know it, and for `method.stack` to compose it with the others
 from __future__ import annotations
 
 from asgml_jax.methods import (adaptive, agm, arl, boost, cggm, dwa, frequency, gblend, gradnorm,
-                               inforeg, miles, mmpareto, ogm_ge, opm, pcgrad, pmr, staleness,
-                               unimodal)
+                               inforeg, miles, mmpareto, mslr, ogm_ge, opm, pcgrad, pmr,
+                               staleness, unimodal)
 from asgml_jax.methods.base import Method
 
 REGISTRY: tuple[Method, ...] = (
@@ -35,6 +35,7 @@ REGISTRY: tuple[Method, ...] = (
     pmr.PMR,
     arl.ARL,
     gblend.GBLEND,
+    mslr.MSLR,
 )
 
 # Named stacks: a `method.name` that means several methods, and the settings
