@@ -13,7 +13,6 @@ this fixes the concat order of the fusion (audio before visual, as OGM-GE).
 from __future__ import annotations
 
 import difflib
-from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
