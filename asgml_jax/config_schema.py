@@ -64,6 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
   """
   c = ml_collections.ConfigDict()
   c.seed = 42
+  # How reports, sweep directories and log lines name this run ("": its variant
+  # or stack of methods, e.g. ogm_ge+boost). Set it to tell apart runs of one
+  # method with different settings (an ablation).
+  c.label = ""
   # Seeds of `launch.sweep` when --seeds is not given (SPEC §6: 42, 0, 1, 2, 3;
   # the 3-frame CREMA-D config uses 42, 123, 456, 789, 1024).
   c.sweep_seeds = (42, 0, 1, 2, 3)
@@ -242,6 +246,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of(config.dataset.name, DATASETS, "dataset.name")
   _one_of(config.model.fusion, FUSIONS, "model.fusion")
   _one_of(config.model.compute_dtype, COMPUTE_DTYPES, "model.compute_dtype")
+  label = config.label
+  _require(isinstance(label, str) and "/" not in label and label.strip() == label
+           and label not in (".", ".."), "label",
+           f"must be a name usable as a directory (no '/', no surrounding spaces), got {label!r}")
   seeds = tuple(config.sweep_seeds)
   _require(len(seeds) > 0 and all(isinstance(x, int) for x in seeds)
            and len(set(seeds)) == len(seeds), "sweep_seeds",

@@ -168,3 +168,13 @@ def test_a_stacked_run_records_its_stack_and_label(tmp_path, tfds_dir):
   assert summary["label"] == "pmr+boost+miles" and "error" not in summary
   with open(tmp_path / "run" / "config.json") as f:
     assert json.load(f)["method"]["stack"] == "miles,pmr,boost"
+
+
+def test_a_label_names_an_ablation_arm_apart():
+  config = stack_config("ogm_ge")
+  assert method_stack.run_label(config) == "ogm_ge"
+  config.label = "ogm_ge_conv"
+  assert method_stack.run_label(validate(config)) == "ogm_ge_conv"
+  config.label = "a/b"
+  with pytest.raises(ConfigError, match="config.label: must be a name usable as a directory"):
+    validate(config)

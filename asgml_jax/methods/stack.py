@@ -158,8 +158,11 @@ def method_name(config: Mapping) -> str:
 
 
 def run_label(config: Mapping) -> str:
-  """A run's label from its (saved) config: the named stack or method, or the
-  stack joined by '+' in canonical order; `_seedcode` with the seeds' preset."""
+  """A run's label from its (saved) config: its `label` if set, else the named
+  stack or method, or the stack joined by '+' in canonical order; `_seedcode`
+  with the seeds' preset."""
+  if config.get("label"):
+    return config["label"]
   method_cfg = config["method"]
   if method_cfg.get("stack"):
     try:
