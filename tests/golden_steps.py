@@ -10,9 +10,13 @@ The windows that would otherwise stay closed in 4 steps are opened: one step
 per epoch, OPM's warm-up and ARL's start at epoch 1, probes refreshed every
 2 steps. Everything else is the default config.
 
-`python -m tests.golden_steps` (from the repository root) rewrites
-`tests/golden/variant_steps.json`; run it only when a change of numbers is
-intended, and say why in the commit.
+`python tests/golden_steps.py [variant ...]` rewrites
+`tests/golden/variant_steps.json` (every variant, or only those named); run it
+only when a change of numbers is intended, and say why in the commit.
+
+Re-recorded on purpose since the refactor (issue 16, reference fidelity):
+cggm (the reference's 0.8 gradient-norm clip; its balance formula for S < 0)
+and inforeg (the variant's audio window gates both modalities).
 """
 
 from __future__ import annotations
@@ -87,8 +91,15 @@ def record(variant: str) -> dict:
 def main() -> None:
   sys.path.insert(0, HERE)
   os.makedirs(os.path.dirname(GOLDEN_FILE), exist_ok=True)
+  only = sys.argv[1:]
+  unknown = sorted(set(only) - set(golden_variants()))
+  if unknown:
+    sys.exit(f"error: not recorded variants: {', '.join(unknown)}")
   out = {}
-  for variant in golden_variants():
+  if only:
+    with open(GOLDEN_FILE) as f:
+      out = json.load(f)
+  for variant in only or golden_variants():
     print(f"recording {variant}", flush=True)
     out[variant] = record(variant)
   with open(GOLDEN_FILE, "w") as f:

@@ -186,18 +186,20 @@ def test_gradnorm_transform_uses_the_current_weights_then_updates_them():
 
 # ------------------------------------------------------------------ CGGM
 
-def test_cggm_balance_coefficients_and_their_guards():
+def test_cggm_balance_coefficients_and_the_optional_guard():
   """Δ = (0.1, 0.3): S = 0.4, B = (0.3/0.4, 0.1/0.4) = (0.75, 0.25).
   Δ = (0.1, 0.2, 0.2): S = 0.5, B = (0.8, 0.6, 0.6), Σ B = N − 1 = 2.
-  Guards: Δ = (0, 0) -> (N−1)/N = 0.5 each; Δ = (0.1, −0.05): raw (−1, 2) -> clipped (0, 1)."""
+  S < 0 follows the reference formula: Δ = (−0.1, 0.05): S = −0.05, B = (−1, 2).
+  Δ = (0, 0): S = 1e-8, B = (1, 1); guard="near_zero" gives (N−1)/N = 0.5 there."""
   from asgml_jax.transforms.cggm import balance_coefficients
-  b = lambda *d: [float(v) for v in balance_coefficients(
-      {f"m{i}": jnp.float32(x) for i, x in enumerate(d)}).values()]
+  b = lambda *d, guard="none": [float(v) for v in balance_coefficients(
+      {f"m{i}": jnp.float32(x) for i, x in enumerate(d)}, guard).values()]
   np.testing.assert_allclose(b(0.1, 0.3), [0.75, 0.25], rtol=1e-5)
   np.testing.assert_allclose(b(0.1, 0.2, 0.2), [0.8, 0.6, 0.6], rtol=1e-5)
-  np.testing.assert_allclose(b(0.0, 0.0), [0.5, 0.5])
-  np.testing.assert_allclose(b(-0.1, 0.05), [0.5, 0.5])  # S < 0: no modality improved
-  np.testing.assert_allclose(b(0.1, -0.05), [0.0, 1.0], atol=1e-5)
+  np.testing.assert_allclose(b(-0.1, 0.05), [-1.0, 2.0], rtol=1e-5)
+  np.testing.assert_allclose(b(0.0, 0.0), [1.0, 1.0])
+  np.testing.assert_allclose(b(0.0, 0.0, guard="near_zero"), [0.5, 0.5])
+  np.testing.assert_allclose(b(-0.1, 0.05, guard="near_zero"), [-1.0, 2.0], rtol=1e-5)
 
 
 def test_cggm_direction_loss_by_hand_reaches_only_the_fusion_layer():

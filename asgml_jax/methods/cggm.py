@@ -2,9 +2,13 @@
 auxiliary classifiers measure each modality's improvement; encoder gradients
 are scaled by ρ·B_m and a direction term λ·L_gm joins the loss.
 
+Reference: zrguo/CGGM, src/msatrain.py (`train_model.train`), models/msamodel.py
+(`ClassifierGuided`), src/eval_metrics.py (`cal_cos`).
+
 Parts: the transformation `asgml_jax.transforms.cggm` (stage `edit`, first:
 it trains the classifiers from the step's stop-gradient features and keeps
-B_m) and the loss term λ·L_gm, which reads B_m and the classifier kernels
+B_m) followed by the reference's global-norm clip (`clip_norm`, 0.8), and the
+loss term λ·L_gm, which reads B_m and the classifier kernels
 the transformation kept from the previous step. Needs a concat or sum fusion
 straight to classes (each classifier is compared with its modality's block
 of the fusion weight).
@@ -20,13 +24,19 @@ from asgml_jax.methods.base import Method, Signal
 
 
 def defaults() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(rho=1.3, lam=0.2, cls_lr=5e-4))  # MOSI defaults
+  return ml_collections.ConfigDict(dict(  # the reference's MOSI defaults
+      rho=1.3, lam=0.2, cls_lr=5e-4,
+      clip_norm=0.8,         # the global gradient norm is clipped here after ×ρ·B_m
+      balance_guard="none",  # none (reference) | near_zero: B = (N−1)/N where |ΣΔ| ≈ 0
+  ))
 
 
 def check_block(config) -> None:
   cc.positive(config, "method.cggm.rho")
   cc.positive(config, "method.cggm.cls_lr")
   cc.at_least(config, "method.cggm.lam", 0)
+  cc.positive(config, "method.cggm.clip_norm")
+  cc.one_of(config.method.cggm.balance_guard, ("none", "near_zero"), "method.cggm.balance_guard")
 
 
 def check(config) -> None:
@@ -40,9 +50,13 @@ def preset(config) -> None:
 
 
 def transform(ctx):
+  import optax
+
   from asgml_jax.transforms.cggm import cggm
   c = ctx.config.method.cggm
-  return [cggm(c.rho, c.cls_lr, ctx.config.model.feature_dim, seed=ctx.config.seed + 3)]
+  return [cggm(c.rho, c.cls_lr, ctx.config.model.feature_dim, seed=ctx.config.seed + 3,
+               guard=c.balance_guard),
+          optax.clip_by_global_norm(c.clip_norm)]
 
 
 def loss_term(ctx):

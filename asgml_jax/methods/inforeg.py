@@ -1,10 +1,14 @@
 """InfoReg (Huang et al., CVPR 2025): a proximal pull towards the epoch's
 anchor on the more confident modality, during its prime-learning window.
 
+Reference: GeWu-Lab/InfoReg_CVPR2025, main.py (`train_epoch`).
+
 Stage `edit` (`asgml_jax.transforms.inforeg`; the anchor, the Fisher traces
 and the window live in its state, the epoch boundary is read off the step).
-Its variant uses the split head with γ = 1 and the reference's β scales
-(audio 0.95, visual 0.1) for the modalities the config has.
+Its variant is the reference's setting: the split head with γ = 1, the β
+scales audio 0.95, visual 0.1, and the audio encoder's prime-learning window
+gating both modalities (`window_modality="audio"`), for the modalities the
+config has. Without an audio modality the variant keeps a window per modality.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ def preset(config) -> None:
   reference = {"audio": 0.95, "visual": 0.1}  # the reference's β scales
   config.method.inforeg.scales = ",".join(f"{m}={v}" for m, v in reference.items()
                                           if m in config.modalities)
+  # the reference computes k from the audio encoder's trace alone, for both
+  config.method.inforeg.window_modality = "audio" if "audio" in config.modalities else ""
 
 
 def drop_modality(config, name: str) -> None:

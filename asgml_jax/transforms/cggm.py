@@ -20,13 +20,27 @@ and `labels` as extra args. The loss term is `direction_loss`, which
 weights: unlike the seeds' code, whose copy of it was detached, its gradient
 reaches the fusion layer.
 
-Choices where the reference is silent or unsafe ([inferred]):
+The reference then clips the global gradient norm of the model at `clip`
+(0.8 for MOSI) before its optimizer step: chain this transformation with
+`optax.clip_by_global_norm(clip)`, as the method module does.
+
+Where the reference differs and this keeps its behaviour on purpose, or is
+silent:
+- B_m follows the reference formula for every sign of S = Σ Δ + 1e-8: a
+  modality that got worse makes S negative and the coefficients may turn
+  negative or exceed N − 1; when the gains cancel exactly (S = 1e-8, common,
+  since batch accuracies are multiples of 1/B) B_m is of order Δ·1e8, and the
+  clip then rescales the whole gradient to norm `clip`. That is what the
+  reference runs. `guard="near_zero"` instead sets B_m = (N − 1)/N (the
+  value equal Δs give) where |S| ≤ 1e-6; it is an option, not the default.
 - W_fusion_m is the block of the fusion layer that multiplies modality m
   (concat: rows of the split weight; sum: fc_m), the counterpart of the
   classifier's Linear(D, C); the reference model has equal shapes there.
-- Guard: where S ≤ 1e-6 (no modality improved, or the gains cancel), B_m =
-  (N − 1)/N for every m, the value equal Δs give; otherwise B_m is clipped
-  to [0, N − 1], so a modality that got worse cannot flip another's sign.
+- The classifiers use Adam at cls_lr, as the reference (whose main optimizer
+  is also Adam, lr 1e-3, with ReduceLROnPlateau on the validation loss); the
+  main optimizer here is the run's (SGD with momentum and StepLR by default).
+- torch's clip divides by (norm + 1e-6), optax's by the norm: a relative
+  difference of 1e-6 in the clipped gradient.
 - Classifier init: N(0, 1/D) kernels, zero biases.
 """
 
@@ -47,14 +61,25 @@ class CGGMState(NamedTuple):
   aux_accuracy: dict       # acc_m of the last step, for logging
 
 
-def balance_coefficients(delta: Mapping[str, jnp.ndarray], eps: float = 1e-6) -> dict:
-  """B_m = (S − Δ_m)/S with S = Σ Δ + 1e-8, guarded (module docstring)."""
+GUARDS = ("none", "near_zero")
+
+
+def balance_coefficients(delta: Mapping[str, jnp.ndarray], guard: str = "none",
+                         eps: float = 1e-6) -> dict:
+  """B_m = (S − Δ_m)/S with S = Σ Δ + 1e-8 (the reference's formula, any sign of S);
+  guard="near_zero": B_m = (N − 1)/N where |S| ≤ eps."""
+  if guard not in GUARDS:
+    raise ValueError(f"guard={guard!r}; choose one of {GUARDS}")
   names = sorted(delta)
   n = len(names)
   d = jnp.stack([jnp.asarray(delta[m], jnp.float32) for m in names])
   s = d.sum() + 1e-8
-  raw = (s - d) / jnp.where(s > eps, s, 1.0)
-  b = jnp.where(s > eps, jnp.clip(raw, 0.0, n - 1.0), (n - 1.0) / n)
+  # S − Δ_m summed over j ≠ m: the same value, without float32 cancellation
+  # when S ≈ Δ_m (every other gain zero gives 1e-8/S, as in float64).
+  others = jnp.sum(jnp.where(jnp.eye(n, dtype=bool), 0.0, d[None, :]), axis=1) + 1e-8
+  b = others / s
+  if guard == "near_zero":
+    b = jnp.where(jnp.abs(s) > eps, others / jnp.where(jnp.abs(s) > eps, s, 1.0), (n - 1.0) / n)
   return {m: b[i] for i, m in enumerate(names)}
 
 
@@ -90,10 +115,12 @@ def _classifier_loss(classifiers, features, labels):
   return sum(losses.values()), accuracies
 
 
-def cggm(rho: float, cls_lr: float, feature_dim: int,
-         seed: int = 0) -> optax.GradientTransformationExtraArgs:
+def cggm(rho: float, cls_lr: float, feature_dim: int, seed: int = 0,
+         guard: str = "none") -> optax.GradientTransformationExtraArgs:
   """Encoder-gradient modulation ×ρ·B_m and the auxiliary classifiers' update.
   The number of classes is read off the fusion layer (it maps to classes)."""
+  if guard not in GUARDS:
+    raise ValueError(f"guard={guard!r}; choose one of {GUARDS}")
   adam = optax.adam(cls_lr)
 
   def init_fn(params):
@@ -118,7 +145,7 @@ def cggm(rho: float, cls_lr: float, feature_dim: int,
                                                      state.classifiers)
     classifiers = optax.apply_updates(state.classifiers, classifier_updates)
     delta = {m: accuracy[m] - state.previous_accuracy[m] for m in accuracy}
-    balance = balance_coefficients(delta)
+    balance = balance_coefficients(delta, guard)
     encoders = {m: jax.tree.map(lambda g, s=rho * balance[m]: g * s.astype(g.dtype), enc)
                 for m, enc in updates["encoders"].items()}
     return {**updates, "encoders": encoders}, CGGMState(

@@ -7,10 +7,14 @@ as `task_weights` (the tasks are ("fused", *modalities), as for DWA).
 `asgml_jax.gblend` estimates new weights between epochs and `epoch_hooks`
 writes them into this state.
 
-Weight rule (BASELINES.md §G-Blending, the MultiBench port's default):
-w_k = |L^V_k / O_k²| with O_k = L^V_k − L^T_k, the holdout and train losses of
-a copy of task k's branch trained gb_epoch epochs; |O| floored at 1e-4;
-normalised to Σ w = 1.
+Weight rule (MultiBench, training_structures/gradient_blend.py,
+`train_unimodal` / `train_multimodal` with delta=False; BASELINES.md
+§G-Blending): w_k = |L^V_k / O_k²| with O_k = L^V_k − L^T_k, the holdout and
+train losses of a copy of task k's branch trained gb_epoch epochs after the
+training; O_k < 0 (the holdout loss below the train loss) is set to 1e-4, so
+that task takes almost all the weight, as the reference does; normalised to
+Σ w = 1. Guard (not in the reference, which divides by zero): O_k = 0 is set
+to 1e-4 too.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ class GBlendState(NamedTuple):
 
 
 def blending_weights(train_losses, holdout_losses, floor: float = 1e-4) -> np.ndarray:
-  """w_k = |L^V_k| / max(|L^V_k − L^T_k|, floor)², normalised to sum 1."""
+  """w_k = |L^V_k / O_k²|, O_k = L^V_k − L^T_k (set to `floor` where O_k ≤ 0),
+  normalised to sum 1."""
   lt = np.asarray(train_losses, np.float64)
   lv = np.asarray(holdout_losses, np.float64)
-  overfit = np.maximum(np.abs(lv - lt), floor)
-  w = np.abs(lv) / overfit ** 2
+  overfit = lv - lt
+  overfit = np.where(overfit > 0, overfit, floor)
+  w = np.abs(lv / overfit ** 2)
   return w / w.sum()
 
 

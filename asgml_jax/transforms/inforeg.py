@@ -23,11 +23,13 @@ Where the reference is silent, buggy or two-modality only ([inferred]):
 - N modalities: β_m = scale_m·exp(tanh(N/(N−1)·(s_m − mean_j s_j))) for every
   m above the mean, else 0. For N = 2 this is exactly the reference's
   exp(tanh(s_a − s_v)) for the larger score. One modality: never regulated.
-- The reference's second branch tests `score_v < score_a` again (so the visual
-  encoder is never regulated); this follows BASELINES.md's s_v > s_a instead.
+- (The reference's current main.py regulates the visual encoder when
+  s_v > s_a; an earlier commit tested s_v < s_a twice. This follows the
+  current one.)
 - The window: `window_modality=""` gives every modality its own k_m from its
-  own encoder's trace; naming a modality makes its k the one flag for all, as
-  the reference does with audio. Σ T = 0 (an encoder that never got a
+  own encoder's trace (the N-modality default); naming a modality makes its k
+  the one flag for all, as the reference does with audio (the `inforeg`
+  variant sets it). Σ T = 0 (an encoder that never got a
   gradient) closes the window instead of dividing by zero.
 - T is accumulated from the gradient after the proximal term, as the
   reference reads `.grad` after adding it; the weights are the leaves named

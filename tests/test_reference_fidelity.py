@@ -1,0 +1,174 @@
+"""Methods against NumPy transcriptions of their reference repositories' code.
+
+Each `reference_*` function below is written from the reference file named in
+its docstring (the rule as that code executes it, in float64), independent of
+the project's implementation; each test feeds both the same random inputs and
+asserts agreement to 1e-5.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+# ------------------------------------------------------------------ CGGM
+
+
+def reference_cggm_gradients(prev_acc, acc, encoder_grads, other_grads, rho, clip):
+  """zrguo/CGGM src/msatrain.py, `train`: diff = acc2 − acc1; diff_sum = Σ diff +
+  1e-8; coeff_i = (diff_sum − diff_i)/diff_sum; encoder i's grads ×= coeff_i·ρ;
+  then torch.nn.utils.clip_grad_norm_(model.parameters(), clip):
+  total = ‖all grads‖₂, coef = clip/(total + 1e-6), grads ×= coef if coef < 1."""
+  diff = [a - p for a, p in zip(acc, prev_acc)]
+  diff_sum = sum(diff) + 1e-8
+  coeff = [(diff_sum - d) / diff_sum for d in diff]
+  scaled = [[g * c * rho for g in grads] for grads, c in zip(encoder_grads, coeff)]
+  every = [g for grads in scaled for g in grads] + list(other_grads)
+  total = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in every))
+  coef = clip / (total + 1e-6)
+  if coef < 1:
+    scaled = [[g * coef for g in grads] for grads in scaled]
+    other_grads = [g * coef for g in other_grads]
+  return scaled, list(other_grads), coeff
+
+
+def _cggm_case(rng, prev_acc, batch=16, feature_dim=3, classes=4, scale=1.0):
+  """Random features, classifiers and gradients; the classifiers' batch accuracy
+  is what the transformation measures (before its Adam step, as the reference)."""
+  names = ("audio", "text", "visual")
+  features = {m: rng.normal(size=(batch, feature_dim)).astype(np.float32) for m in names}
+  labels = rng.integers(0, classes, size=batch)
+  classifiers = {m: {"kernel": rng.normal(size=(feature_dim, classes)).astype(np.float32),
+                     "bias": rng.normal(size=(classes,)).astype(np.float32)} for m in names}
+  acc = [float(np.mean(np.argmax(features[m] @ classifiers[m]["kernel"]
+                                 + classifiers[m]["bias"], -1) == labels)) for m in names]
+  grads = {"encoders": {m: {"w": (scale * rng.normal(size=(5, 2))).astype(np.float32),
+                            "kernel": (scale * rng.normal(size=(3,))).astype(np.float32)}
+                        for m in names},
+           "fusion": {"kernel": (scale * rng.normal(size=(feature_dim * 3, classes))
+                                 ).astype(np.float32)}}
+  return names, features, labels, classifiers, acc, grads
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_cggm_scaling_and_clip_equal_the_reference(case):
+  """Cases 0-3: previous accuracies equal to this batch's but one (S of either
+  sign); 4-7: exactly cancelling gains (S = 1e-8, huge coefficients, then the
+  clip); 8-11: random previous accuracies, small gradients (clip inactive)."""
+  from asgml_jax.transforms.cggm import cggm
+  rng = np.random.default_rng(case)
+  names, features, labels, classifiers, acc, grads = _cggm_case(
+      rng, None, scale=1e-3 if case >= 8 else 1.0)
+  if case < 4:
+    prev = [a + rng.choice([-2, -1, 1, 2]) / 16 if i == case % 3 else a
+            for i, a in enumerate(acc)]
+  elif case < 8:
+    shift = rng.choice([1, 2]) / 16
+    prev = [acc[0] - shift, acc[1] + shift, acc[2]]  # Σ Δ = 0
+  else:
+    prev = list(rng.integers(0, 17, size=3) / 16)
+  tx = optax.chain(cggm(rho=1.3, cls_lr=5e-4, feature_dim=3), optax.clip_by_global_norm(0.8))
+  params = jax.tree.map(jnp.zeros_like, grads)
+  state = tx.init(params)
+  cggm_state = state[0]._replace(
+      classifiers=jax.tree.map(jnp.asarray, classifiers),
+      previous_accuracy={m: jnp.float32(p) for m, p in zip(names, prev)})
+  state = (cggm_state,) + tuple(state[1:])
+  out, new_state = tx.update(jax.tree.map(jnp.asarray, grads), state, params,
+                             features={m: jnp.asarray(f) for m, f in features.items()},
+                             labels=jnp.asarray(labels))
+  ref_enc, ref_other, coeff = reference_cggm_gradients(
+      prev, acc, [[grads["encoders"][m]["kernel"], grads["encoders"][m]["w"]] for m in names],
+      [grads["fusion"]["kernel"]], rho=1.3, clip=0.8)
+  np.testing.assert_allclose([float(new_state[0].cggm_balance[m]) for m in names], coeff,
+                             rtol=1e-5)
+  for i, m in enumerate(names):
+    for got, want in zip((out["encoders"][m]["kernel"], out["encoders"][m]["w"]), ref_enc[i]):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+  np.testing.assert_allclose(out["fusion"]["kernel"], ref_other[0], rtol=1e-5, atol=1e-9)
+
+
+# ------------------------------------------------------------------ G-Blending
+
+
+def reference_blending_weights(train_after, holdout_after):
+  """pliang279/MultiBench training_structures/gradient_blend.py (delta=False):
+  per task, oi = lv − lt (after the copy's training), oi = 1e-4 if oi < 0,
+  g = lv, w = |g/(oi·oi)|; `gb_estimate` returns w/Σw."""
+  weights = []
+  for lt, lv in zip(train_after, holdout_after):
+    oi = lv - lt
+    if oi < 0:
+      oi = 0.0001
+    weights.append(abs(lv / (oi * oi)))
+  z = sum(weights)
+  return [w / z for w in weights]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_gblend_weights_equal_the_reference(seed):
+  """Random train/holdout losses, the holdout often below the train loss (O < 0)."""
+  from asgml_jax.transforms.gblend import blending_weights
+  rng = np.random.default_rng(seed)
+  train = rng.uniform(0.2, 2.0, size=3)
+  holdout = train + rng.uniform(-0.3, 0.5, size=3)
+  np.testing.assert_allclose(blending_weights(train, holdout),
+                             reference_blending_weights(train, holdout), rtol=1e-9)
+
+
+def test_gblend_negative_overfitting_takes_almost_all_the_weight():
+  """O < 0 is 1e-4 (not |O|): that task's weight ∝ L^V/1e-8 dominates."""
+  from asgml_jax.transforms.gblend import blending_weights
+  w = blending_weights([1.0, 1.0, 1.0], [1.2, 0.9, 1.3])
+  assert w[1] > 0.999
+
+
+# ------------------------------------------------------------------ InfoReg
+
+
+def reference_inforeg_betas(score_a, score_v, k):
+  """GeWu-Lab/InfoReg_CVPR2025 main.py, `train_epoch`: k from the audio trace list
+  gates both; audio more confident: β_a = 0.95·exp(tanh(s_a − s_v)); visual
+  more confident: β_v = 0.1·exp(tanh(s_v − s_a)); k ≤ 0.05: neither."""
+  if score_a > score_v and k > 0.05:
+    return 0.95 * np.exp(np.tanh(score_a - score_v)), 0.0
+  if score_a < score_v and k > 0.05:
+    return 0.0, 0.1 * np.exp(np.tanh(score_v - score_a))
+  return 0.0, 0.0
+
+
+def reference_window(trace_list):
+  """k = (mean(list[-10:]) − mean(list[-11:-1])) / mean(list[-10:])."""
+  tr1 = sum(trace_list[-10:]) / 10
+  tr2 = sum(trace_list[-11:-1]) / 10
+  return (tr1 - tr2) / tr1
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_inforeg_variant_gates_both_modalities_by_the_audio_window(seed):
+  """The `inforeg` variant's transformation (scales 0.95 / 0.1, the audio window
+  for both) on random scores and random trace histories of both encoders."""
+  from asgml_jax.transforms.inforeg import HISTORY, inforeg
+  from configs.variants import apply_variant
+  from conftest import tiny_mlp_config
+  config = apply_variant(tiny_mlp_config("/tmp/unused"), "inforeg")
+  assert config.method.inforeg.window_modality == "audio"
+  rng = np.random.default_rng(seed)
+  traces = {m: list(rng.uniform(0.1, 1.0, size=HISTORY) * rng.choice([0.5, 1.0, 3.0], HISTORY))
+            for m in ("audio", "visual")}
+  scores = {m: float(rng.uniform(0, 32)) for m in ("audio", "visual")}
+  tx = inforeg(4, {"audio": 0.95, "visual": 0.1}, config.method.inforeg.threshold,
+               config.method.inforeg.window_modality)
+  params = {"encoders": {m: {"kernel": jnp.ones((2, 2))} for m in ("audio", "visual")}}
+  state = tx.init(params)._replace(
+      epoch=jnp.int32(12), trace_history={m: jnp.asarray(t, jnp.float32)
+                                          for m, t in traces.items()})
+  _, new = tx.update(jax.tree.map(jnp.zeros_like, params), state, params, step=jnp.int32(48),
+                     ogm_scores={m: jnp.float32(s) for m, s in scores.items()})
+  beta_a, beta_v = reference_inforeg_betas(scores["audio"], scores["visual"],
+                                           reference_window(traces["audio"]))
+  np.testing.assert_allclose([float(new.inforeg_beta["audio"]), float(new.inforeg_beta["visual"])],
+                             [beta_a, beta_v], rtol=1e-5)
