@@ -36,18 +36,22 @@ def accuracy(logits_BxC: jnp.ndarray, labels_B: jnp.ndarray) -> jnp.ndarray:
 
 def multimodal_loss(outputs: Mapping[str, Any], labels_B: jnp.ndarray,
                     unimodal_weight: float, update_gates: Mapping[str, jnp.ndarray],
-                    fused: jnp.ndarray | None = None):
+                    fused: jnp.ndarray | None = None,
+                    unimodal_logits: Mapping[str, jnp.ndarray] | None = None):
   """L = CE(fused) + γ·Σ_m gate_m·CE(unimodal_m)   (SPEC §2).
 
   `update_gates[m]` is 1 when modality m's encoder updates this step (always,
   for joint training); a skipped modality's unimodal term is switched off.
-  `fused`: a method's own fused loss, in place of CE(fused).
+  `fused`: a method's own fused loss, in place of CE(fused); `unimodal_logits`:
+  a method's own logits for the unimodal terms (default: the model's).
   Returns the loss, the fused loss and the unimodal CE per modality
   (ungated, for logging).
   """
   if fused is None:
     fused = cross_entropy(outputs["logits"], labels_B)
-  unimodal = {m: cross_entropy(z, labels_B) for m, z in outputs["unimodal_logits"].items()}
+  if unimodal_logits is None:
+    unimodal_logits = outputs["unimodal_logits"]
+  unimodal = {m: cross_entropy(z, labels_B) for m, z in unimodal_logits.items()}
   total = fused + unimodal_weight * sum(update_gates[m] * u for m, u in unimodal.items())
   return total, fused, unimodal
 
@@ -145,9 +149,15 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
       merge_extras(extras, more)
     return total
 
+  def unimodal_logits(params, outputs):
+    if hooks.unimodal_logits is None:
+      return outputs["unimodal_logits"]
+    return hooks.unimodal_logits(ctx, params, outputs)
+
   def loss_fn(params):
     outputs, new_batch_stats, fused, extras = forward(params)
-    total, fused, unimodal = multimodal_loss(outputs, labels, unimodal_weight, gates, fused)
+    total, fused, unimodal = multimodal_loss(outputs, labels, unimodal_weight, gates, fused,
+                                             unimodal_logits(params, outputs))
     total = add_terms(total, params, outputs, extras)
     return total, (outputs, new_batch_stats, fused, unimodal, extras)
 
@@ -158,8 +168,8 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
       if fused is None:
         fused = cross_entropy(outputs["logits"], labels)
       fused = add_terms(fused, params, outputs, extras)
-      losses = jnp.stack([fused] + [cross_entropy(outputs["unimodal_logits"][m], labels)
-                                    for m in names])
+      logits = unimodal_logits(params, outputs)
+      losses = jnp.stack([fused] + [cross_entropy(logits[m], labels) for m in names])
       return losses, (outputs, new_batch_stats, extras)
 
     tasks = (FUSED_TASK,) + tuple(names)

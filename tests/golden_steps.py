@@ -15,7 +15,9 @@ per epoch, OPM's warm-up and ARL's start at epoch 1, probes refreshed every
 only when a change of numbers is intended, and say why in the commit.
 
 Re-recorded on purpose since the refactor (issue 16, reference fidelity):
-cggm (the reference's 0.8 gradient-norm clip; its balance formula for S < 0).
+cggm (the reference's 0.8 gradient-norm clip; its balance formula for S < 0);
+agm (zero-input passes in inference mode, the conditional clip); arl and
+arl_fixed (the unimodal CE on fc(cat(x_m, 0)), the full fusion bias).
 (inforeg's variant now gates both modalities by the audio window; in these 4
 steps both windows are open either way, so its values did not change.)
 """

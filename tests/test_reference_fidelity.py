@@ -172,3 +172,119 @@ def test_inforeg_variant_gates_both_modalities_by_the_audio_window(seed):
                                            reference_window(traces["audio"]))
   np.testing.assert_allclose([float(new.inforeg_beta["audio"]), float(new.inforeg_beta["visual"])],
                              [beta_a, beta_v], rtol=1e-5)
+
+
+# ------------------------------------------------------------------ ARL
+
+
+def _softmax_ce(logits, labels):
+  z = logits - logits.max(-1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  return float(-np.mean(logp[np.arange(len(labels)), labels]))
+
+
+def test_arl_loss_uses_the_fusion_layer_on_zeroed_other_features():
+  """shicaiwei123/ICCV2025-ARL main_arl_variance.py `train_epoch`: loss = CE(out) +
+  γ_eff·(CE(out_a) + CE(out_v)), out_a = fc(cat(a, 0)) = a·W_a + b (the full
+  bias), γ_eff = 1 up to `start`."""
+  from asgml_jax.models import model_from_config
+  from configs.variants import apply_variant
+  from conftest import jitted_step, tiny_mlp_config
+  config = apply_variant(tiny_mlp_config("/tmp/unused"), "arl")
+  config.modalities.audio.dropout = config.modalities.visual.dropout = 0.0
+  state, step, batch = jitted_step(config)
+  _, metrics = step(state, batch)
+  model = model_from_config(config, 4)
+  out = model.apply({"params": state.params}, {m: batch[m] for m in ("audio", "visual")},
+                    train=True)
+  kernel = np.asarray(state.params["fusion"]["kernel"], np.float64)
+  bias = np.asarray(state.params["fusion"]["bias"], np.float64)
+  labels = np.asarray(batch["label"])
+  a = np.asarray(out["features"]["audio"], np.float64)
+  v = np.asarray(out["features"]["visual"], np.float64)
+  d = a.shape[1]
+  fused = np.concatenate([a, v], 1) @ kernel + bias
+  out_a = np.concatenate([a, np.zeros_like(v)], 1) @ kernel + bias
+  out_v = np.concatenate([np.zeros_like(a), v], 1) @ kernel + bias
+  np.testing.assert_allclose(out_a, a @ kernel[:d] + bias, rtol=1e-9)
+  want = _softmax_ce(fused, labels) + 1.0 * (_softmax_ce(out_a, labels)
+                                             + _softmax_ce(out_v, labels))
+  assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5)
+  assert float(metrics["unimodal_loss_audio"]) == pytest.approx(_softmax_ce(out_a, labels),
+                                                                rel=1e-5)
+
+
+# ------------------------------------------------------------------ AGM
+
+
+def reference_agm_clip(fusion_weight_grad, all_grads, max_norm=1.0):
+  """Lingy12/AGM_ICCV2023 run/CREMAD_main.py `train`: if max(fc_out.weight.grad) > 1
+  or min(...) < −1: clip_grad_norm_(model.parameters(), 1.0), i.e. coef =
+  1/(total + 1e-6), applied when < 1."""
+  if fusion_weight_grad.max() > 1 or fusion_weight_grad.min() < -1:
+    total = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in all_grads))
+    coef = max_norm / (total + 1e-6)
+    if coef < 1:
+      return [g * coef for g in all_grads]
+  return list(all_grads)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_agm_conditional_clip_equals_the_reference(seed):
+  from asgml_jax.transforms.agm import conditional_clip
+  rng = np.random.default_rng(seed)
+  scale = [0.05, 0.3, 2.0][seed % 3]
+  grads = {"encoders": {"audio": {"kernel": rng.normal(size=(6, 4)) * scale},
+                        "visual": {"kernel": rng.normal(size=(5, 4)) * scale}},
+           "fusion": {"kernel": rng.normal(size=(8, 3)) * scale, "bias": rng.normal(size=3)}}
+  grads = jax.tree.map(lambda x: np.asarray(x, np.float32), grads)
+  tx = conditional_clip(1.0, 1.0)
+  out, _ = tx.update(jax.tree.map(jnp.asarray, grads), tx.init(grads))
+  leaves, treedef = jax.tree.flatten(grads)
+  want = jax.tree.unflatten(treedef, reference_agm_clip(grads["fusion"]["kernel"], leaves))
+  for got, ref in zip(jax.tree.leaves(out), jax.tree.leaves(want)):
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_agm_keeps_the_last_coefficient_after_its_window():
+  """The reference's backward hooks keep the last `update_scale` once the window
+  has closed (and 1.0 before the first)."""
+  from asgml_jax.transforms.agm import agm_coefficients
+  scores, running = {"a": 0.5, "v": 1.0}, {"a": 1.0, "v": 1.0}
+  last = {"a": jnp.float32(1.7), "v": jnp.float32(0.4)}
+  c = agm_coefficients(scores, running, 2.0, False, previous=last)
+  assert [float(c["a"]), float(c["v"])] == pytest.approx([1.7, 0.4])
+  c = agm_coefficients(scores, running, 2.0, True, previous=last)
+  ratio_a, opt_a = np.exp(1.0 - 0.5), np.exp(0.0)
+  assert float(c["a"]) == pytest.approx(np.exp(2.0 * min(opt_a - ratio_a, 10)), rel=1e-5)
+
+
+def test_agm_zero_input_passes_run_in_inference_mode():
+  """GradMod.forward: f(a, v) in training mode, f(a, 0) and f(0, v) after
+  `self.net.eval()`; loss CE(½(f(a,v) − f(0,v) + f(a,0)) + ½(f(a,v) − f(a,0) +
+  f(0,v))). With BatchNorm the inference-mode passes use the running statistics."""
+  from asgml_jax.models import model_from_config
+  from configs.variants import apply_variant
+  from conftest import jitted_step, tiny_config
+  config = apply_variant(tiny_config("/tmp/unused"), "agm")   # small CNNs with BatchNorm
+  state, step, batch = jitted_step(config)
+  # running statistics unlike the batch's, so the two modes differ
+  state = state.replace(batch_stats=jax.tree.map(lambda x: x + 0.3, state.batch_stats))
+  _, metrics = step(state, batch)
+  model = model_from_config(config, 4)
+  names = ("audio", "visual")
+  inputs = {m: batch[m] for m in names}
+  full, _ = model.apply(state.variables(), inputs, train=True, mutable=["batch_stats"])
+  no_v = model.apply(state.variables(), {**inputs, "visual": jnp.zeros_like(inputs["visual"])},
+                     train=False)
+  no_a = model.apply(state.variables(), {**inputs, "audio": jnp.zeros_like(inputs["audio"])},
+                     train=False)
+  f, fa0, f0v = (np.asarray(x["logits"], np.float64) for x in (full, no_v, no_a))
+  m_a = 0.5 * (f - f0v + fa0)
+  m_v = 0.5 * (f - fa0 + f0v)
+  want = _softmax_ce(m_a + m_v, np.asarray(batch["label"]))
+  assert float(metrics["fused_loss"]) == pytest.approx(want, rel=1e-5)
+  score = lambda z: float(np.mean(-np.log(np.maximum(
+      np.exp(z - z.max(-1, keepdims=True))[np.arange(len(z)), np.asarray(batch["label"])]
+      / np.exp(z - z.max(-1, keepdims=True)).sum(-1), 1e-8))))
+  assert float(metrics["agm/score_audio"]) == pytest.approx(score(m_a), rel=1e-4)

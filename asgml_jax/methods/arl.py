@@ -2,10 +2,14 @@
 logit-magnitude coefficients, a raised unimodal-loss weight after start_epoch,
 then a global gradient-norm clip.
 
+Reference: shicaiwei123/ICCV2025-ARL, main_arl_variance.py (`train_epoch`),
+models/basic_model.py (`AVClassifier_AUXI_Weight`), models/backbone.py.
+
 Parts: the transformation `asgml_jax.transforms.arl` followed by
 `optax.clip_by_global_norm` (stage `edit`, last: the clip sees every other
-edit), and a γ schedule (γ_eff = the config's weight up to start_epoch, then
-`method.arl.gamma`). It reads each modality's logits off the shared fusion
+edit), a γ schedule (γ_eff = the config's weight up to start_epoch, then
+`method.arl.gamma`), and the unimodal CE terms on the reference's unimodal
+logits, fc(cat(x_m, 0)): the split head plus the rest of the fusion bias. It reads each modality's logits off the shared fusion
 layer, so it needs split unimodal heads. Variants: `arl` (the reference's
 coefficients) and `arl_fixed` (the seeds' fixed ×1.5).
 """
@@ -60,6 +64,17 @@ def transform(ctx):
           optax.clip_by_global_norm(a.clip_norm)]
 
 
+def unimodal_logits(ctx):
+  """CE_m of the reference: the fusion layer on modality m's features with the
+  others zeroed, fc(cat(x_m, 0)), so the full fusion bias (not the split head's
+  b/N)."""
+  from asgml_jax.transforms.arl import zero_other_logits
+
+  def logits(step_ctx, params, outputs):
+    return zero_other_logits(outputs["unimodal_logits"], params["fusion"])
+  return logits
+
+
 def unimodal_weight(ctx):
   per_epoch, after = ctx.steps_per_epoch, ctx.config.method.arl.start_epoch
   later = ctx.config.method.arl.gamma
@@ -80,6 +95,7 @@ ARL = Method(
     requires=(Requirement("model.unimodal_heads", "split",
                           "arl reads each modality's logits off the shared fusion layer"),),
     stage="edit", rank=70, transform=transform, unimodal_weight=unimodal_weight,
+    unimodal_logits=unimodal_logits,
     signals=(Signal("arl_weight", "arl/weight", "ARL coefficient w"),
              Signal("arl_scale", "arl/grad_scale")),
     label=label)

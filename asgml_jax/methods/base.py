@@ -10,9 +10,10 @@ Where a method acts, and in which order the parts of a stack run:
 
 - **loss** (in the train step, inside the differentiated function): a
   `feature_gate` between the encoders and the fusion; a `fused_loss` that
-  replaces CE(fused); a `loss_term` added to the total; a `unimodal_weight`
-  schedule for γ of SPEC §2. A stack may hold one feature gate, one fused-loss
-  owner and one γ schedule; loss terms add up.
+  replaces CE(fused); `unimodal_logits` that replace the logits of the
+  unimodal CE terms; a `loss_term` added to the total; a `unimodal_weight`
+  schedule for γ of SPEC §2. A stack may hold one of each but loss terms,
+  which add up.
 - **gradient stages** (one optax chain, SPEC §4.5), in this order:
   1. `combine`: builds the gradient from the per-loss gradients the step
      hands over (`loss_grads`); the step then runs one backward pass per loss.
@@ -117,6 +118,7 @@ class Method:
     schedule(ctx, inner) -> transformation (schedule);
     feature_gate(ctx) -> (StepContext -> gate for `model.apply`),
     fused_loss(ctx) -> ((StepContext, variables, outputs) -> (loss, extras)),
+    unimodal_logits(ctx) -> ((StepContext, params, outputs) -> {m: logits}),
     loss_term(ctx) -> ((StepContext, params, outputs) -> (term, extras)),
     unimodal_weight(ctx) -> ((step, base weight) -> weight);
     epoch_hook(setup) -> object with prepare(state, data_key) and
@@ -144,6 +146,7 @@ class Method:
   schedule: Callable[[BuildContext, Any], Any] | None = None
   feature_gate: Callable[[BuildContext], Callable] | None = None
   fused_loss: Callable[[BuildContext], Callable] | None = None
+  unimodal_logits: Callable[[BuildContext], Callable] | None = None
   loss_term: Callable[[BuildContext], Callable] | None = None
   unimodal_weight: Callable[[BuildContext], Callable] | None = None
   epoch_hook: Callable[[Any], Any] | None = None

@@ -96,6 +96,7 @@ def _has(method: Method, part: str) -> bool:
 _SINGLE_PARTS = (
     ("feature_gate", "both gate the features between the encoders and the fusion"),
     ("fused_loss", "both replace the fused loss"),
+    ("unimodal_logits", "both replace the logits of the unimodal losses"),
     ("unimodal_weight", "both schedule the unimodal-loss weight"),
 )
 
@@ -220,6 +221,7 @@ class StepHooks:
   per_loss_grads: one backward pass per loss (a combiner is in the stack).
   feature_gate: StepContext -> the model's `feature_gate`.
   fused_loss: (StepContext, variables, outputs) -> (loss, extras), replacing CE(fused).
+  unimodal_logits: (StepContext, params, outputs) -> {m: logits} of the unimodal CE terms.
   loss_terms: [(StepContext, params, outputs) -> (term, extras)], added to the loss.
   unimodal_weight: (step, base γ) -> γ of this step.
   signals: the state signals to log.
@@ -227,6 +229,7 @@ class StepHooks:
   per_loss_grads: bool = False
   feature_gate: Callable | None = None
   fused_loss: Callable | None = None
+  unimodal_logits: Callable | None = None
   loss_terms: tuple[Callable, ...] = ()
   unimodal_weight: Callable | None = None
   signals: tuple[Signal, ...] = dataclasses.field(default_factory=signals)
@@ -250,6 +253,7 @@ def step_hooks(config, steps_per_epoch: int, num_classes: int | None = None) -> 
       per_loss_grads=any(m.per_loss_grads for m in methods),
       feature_gate=_single(methods, "feature_gate", ctx),
       fused_loss=_single(methods, "fused_loss", ctx),
+      unimodal_logits=_single(methods, "unimodal_logits", ctx),
       loss_terms=tuple(m.loss_term(ctx) for m in methods if _has(m, "loss_term")),
       unimodal_weight=_single(methods, "unimodal_weight", ctx))
 

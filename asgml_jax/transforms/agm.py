@@ -1,8 +1,8 @@
 """AGM (Li et al., ICCV 2023): Shapley outputs from zero-input passes, gradients
 of each modality's output scaled by c_m.
 
-Reference (Lingy12/AGM_ICCV2023, model/CREMAD_net.py, run/CREMAD_main.py;
-BASELINES.md §AGM), for two modalities:
+Reference (Lingy12/AGM_ICCV2023, model/CREMAD_net.py `GradMod`, run/CREMAD_main.py
+`train`; BASELINES.md §AGM), for two modalities:
 
 - m_a = ½(f(a,v) − f(0,v) + f(a,0)), m_v = ½(f(a,v) − f(a,0) + f(0,v)), f the
   fused logits with the other inputs zeroed; the loss is CE(m_a + m_v);
@@ -17,13 +17,20 @@ zeros elsewhere) with v(∅) = 0, which is the formula above for N = 2 (2^N − 
 forward passes); ratio_m = exp(N/(N−1)·(mean_j s_j − s_m)), the same for
 opt_m with S̄, and the cap is 7 for N > 2.
 
+Also as the reference: the zero-input passes run the network in inference
+mode (`self.net.eval()` in `GradMod.forward`: BatchNorm running statistics,
+no dropout), still differentiated; the c_m of a step use S̄ of the steps
+before it (`train_score` is updated after the coefficients; on the very first
+step S̄ = this batch's s here, so c = 1); outside the modulation window the
+last coefficients stay (the backward hooks keep the last scale set); and
+when any fusion-layer weight gradient element leaves [−1, 1], the whole
+gradient's norm is clipped at 1 (`conditional_clip`, after this
+transformation in the chain).
+
 The loss side (the extra passes, the Shapley outputs and the gradient
-scaling) is `steps.train_step(agm_cfg=...)`; this transformation keeps S̄_m
-in the optimizer state and leaves the gradients alone. The c_m of a step use
-S̄ of the steps before it ([inferred]; on the very first step S̄ = this
-batch's s, so c = 1). The zero-input passes run in training mode but their
-BatchNorm statistics are discarded ([inferred]): the running statistics are
-what evaluation uses, and blank inputs never occur there.
+scaling) is the method's fused-loss hook (asgml_jax/methods/agm.py); this
+transformation keeps S̄_m and the last coefficients in the optimizer state
+and leaves the gradients alone.
 """
 
 from __future__ import annotations
@@ -94,8 +101,10 @@ def agm_scores(outputs: Mapping[str, jnp.ndarray], labels_B: jnp.ndarray) -> dic
 
 
 def agm_coefficients(scores: Mapping[str, jnp.ndarray], running: Mapping[str, jnp.ndarray],
-                     alpha: float, active) -> dict:
-  """c_m = exp(α·min(opt_m − ratio_m, cap)) while active, else 1 (module docstring)."""
+                     alpha: float, active, previous: Mapping[str, jnp.ndarray] | None = None
+                     ) -> dict:
+  """c_m = exp(α·min(opt_m − ratio_m, cap)) while active; outside the window the
+  `previous` coefficients (the reference keeps the last scale it set), 1 if None."""
   names = sorted(scores)
   n = len(names)
   if n < 2:
@@ -105,7 +114,9 @@ def agm_coefficients(scores: Mapping[str, jnp.ndarray], running: Mapping[str, jn
   r = jnp.stack([jnp.asarray(running[m], jnp.float32) for m in names])
   ratio = jnp.exp(n / (n - 1) * (s.mean() - s))
   optimal = jnp.exp(n / (n - 1) * (r.mean() - r))
-  c = jnp.where(active, jnp.exp(alpha * jnp.minimum(optimal - ratio, cap)), 1.0)
+  kept = (jnp.ones_like(s) if previous is None else
+          jnp.stack([jnp.asarray(previous[m], jnp.float32) for m in names]))
+  c = jnp.where(active, jnp.exp(alpha * jnp.minimum(optimal - ratio, cap)), kept)
   return {m: c[i] for i, m in enumerate(names)}
 
 
@@ -146,3 +157,29 @@ def agm() -> optax.GradientTransformationExtraArgs:
                                                for m, c in agm_coefficients.items()})
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class ConditionalClipState(NamedTuple):
+  """No state."""
+
+
+def conditional_clip(max_norm: float = 1.0, threshold: float = 1.0
+                     ) -> optax.GradientTransformation:
+  """The reference's clip: when any element of a fusion-layer weight gradient
+  (`kernel` leaves under updates["fusion"]) leaves [−threshold, threshold], the
+  global norm of the whole gradient is clipped at `max_norm`."""
+
+  def init_fn(params):
+    del params
+    return ConditionalClipState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(updates["fusion"])
+               if getattr(path[-1], "key", None) == "kernel"]
+    big = jnp.any(jnp.stack([jnp.max(jnp.abs(k)) > threshold for k in kernels]))
+    norm = optax.global_norm(updates)
+    scale = jnp.where(big & (norm > max_norm), max_norm / jnp.maximum(norm, 1e-12), 1.0)
+    return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
