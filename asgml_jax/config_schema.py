@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 42
   # How reports, sweep directories and log lines name this run ("": its variant
-  # or stack of methods, e.g. ogm_ge+boost). Set it to tell apart runs of one
+  # or stack of methods, as "a+b"). Set it to tell apart runs of one
   # method with different settings (an ablation).
   c.label = ""
   # Seeds of `launch.sweep` when --seeds is not given (SPEC §6: 42, 0, 1, 2, 3;
@@ -136,8 +136,12 @@ def base_config() -> ml_collections.ConfigDict:
       feature_dim=512,
       fusion="concat",
       # None: the fusion maps straight to class logits (OGM-GE reference);
-      # an int: fusion -> Linear(fusion_dim) -> ReLU -> classifier (seeds' model).
+      # an int: fusion -> Linear(fusion_dim) -> ReLU -> classifier (the seeds'
+      # model has 512 and no ReLU: fusion_activation=none).
       fusion_dim=config_dict.placeholder(int),
+      # relu (design) | none (the seeds' model: the 512-d hidden layer feeds the
+      # classifier directly).
+      fusion_activation="relu",
       # film/gated: the modality that conditions/gates the others (None: first).
       condition_modality=config_dict.placeholder(str),
       # Per-modality heads (used where the fusion weight cannot be split):
@@ -182,9 +186,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = ml_collections.ConfigDict(dict(
       name=method_registry.DEFAULT_NAME,
       stack="",
-      # Turn on every difference of the seeds' PyTorch code (SPEC §10); this
-      # forces the options listed in `SEED_CODE_PRESET` whatever they are set to.
-      seed_code=False,
+      # Which implementation each method follows:
+      # design: this project's (documented in each method module);
+      # seed_code: every difference of the seeds' PyTorch code (SPEC §10), the
+      #   options of `SEED_CODE_PRESET` forced whatever they are set to;
+      # reference: each method of the stack as its public repository trains it
+      #   (its variant's settings and its `reference` options forced).
+      protocol="design",
+      seed_code=False,   # the older switch for protocol=seed_code (kept for old runs)
       **method_registry.blocks(),
   ))
 
@@ -246,6 +255,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of(config.dataset.name, DATASETS, "dataset.name")
   _one_of(config.model.fusion, FUSIONS, "model.fusion")
   _one_of(config.model.compute_dtype, COMPUTE_DTYPES, "model.compute_dtype")
+  _one_of(config.method.protocol, PROTOCOLS, "method.protocol")
+  _require(not (config.method.seed_code and config.method.protocol != "design"),
+           "method.seed_code", "is the older name of method.protocol=seed_code; set only "
+           "method.protocol")
   label = config.label
   _require(isinstance(label, str) and "/" not in label and label.strip() == label
            and label not in (".", ".."), "label",
@@ -269,6 +282,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.model.fusion_dim is not None:
     _positive(config, "model.fusion_dim", integer=True)
   _one_of(config.model.unimodal_heads, ("split", "separate"), "model.unimodal_heads")
+  _one_of(config.model.fusion_activation, ("relu", "none"), "model.fusion_activation")
   _one_of(config.probes.kind, ("linear", "mlp_1layer"), "probes.kind")
   _one_of(config.probes.ema_init, ("first", "zero"), "probes.ema_init")
   for key in ("probes.hidden_dim", "probes.eval_freq", "probes.train_steps"):
@@ -361,20 +375,44 @@ _GENERIC_SEED_CODE = (
     ("probes.learning_rate", 1e-3),
     ("model.unimodal_heads", "separate"),
     ("loss.unimodal_weight", 1.0),
+    # the seeds' model: concat -> Linear(512) -> Linear(C), no ReLU between
+    ("model.fusion_dim", 512),
+    ("model.fusion_activation", "none"),
 )
 SEED_CODE_PRESET = _GENERIC_SEED_CODE + method_stack.seed_code_settings()
 
 
+PROTOCOLS = ("design", "seed_code", "reference")
+
+
+def protocol_of(config) -> str:
+  """The protocol a config asks for (`method.seed_code=True` is protocol seed_code)."""
+  method = config["method"]
+  if method.get("seed_code"):
+    return "seed_code"
+  return method.get("protocol", "design")
+
+
+def _set(config, key: str, value) -> None:
+  *path, leaf = key.split(".")
+  node = config
+  for part in path:
+    node = node[part]
+  node[leaf] = value
+
+
 def effective_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config a run uses: with `method.seed_code=True`, the SPEC §10 preset applied."""
-  if not config.method.seed_code:
+  """The config a run uses: its protocol's settings forced (SPEC §10's preset for
+  seed_code; each stacked method's reference settings for reference)."""
+  protocol = protocol_of(config)
+  if protocol == "design":
     return config
   out = ml_collections.ConfigDict(config.to_dict())
-  for key, value in SEED_CODE_PRESET:
-    *path, leaf = key.split(".")
-    node = out
-    for part in path:
-      node = node[part]
-    node[leaf] = value
+  if protocol == "seed_code":
+    for key, value in SEED_CODE_PRESET:
+      _set(out, key, value)
+  else:
+    for key, value in method_stack.reference_settings(out):
+      _set(out, key, value)
   out.lock()
-  return out
+  return validate(out)   # a protocol's settings must make a runnable config too

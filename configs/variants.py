@@ -8,7 +8,8 @@ A variant is a named preset over the method registry (asgml_jax/methods/):
 - named stacks (`boost_ogm` = the stack ogm_ge,boost with each part's preset
   and its own alphas; `baseline` = no method);
 - `<variant>_seedcode`: the variant with the seeds' PyTorch behaviour
-  (SPEC §10) through `method.seed_code=True`;
+  (SPEC §10) through `method.protocol=seed_code`; any variant also runs
+  as its reference repository trains it with `--config.method.protocol=reference`;
 - `unimodal_<modality>`: that one modality of the dataset alone (its encoder
   and the fusion layer as its classifier, no unimodal loss term).
 
@@ -66,7 +67,8 @@ def apply_variant(config, variant: str | None):
   name, presets, settings = PRESETS[base]
   config.method.name = name
   config.method.stack = ""
-  config.method.seed_code = variant.endswith(SEEDCODE_SUFFIX)
+  config.method.seed_code = False
+  config.method.protocol = "seed_code" if variant.endswith(SEEDCODE_SUFFIX) else "design"
   for preset in presets:
     preset(config)
   for key, value in settings:

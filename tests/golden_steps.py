@@ -17,7 +17,10 @@ only when a change of numbers is intended, and say why in the commit.
 Re-recorded on purpose since the refactor (issue 16, reference fidelity):
 cggm (the reference's 0.8 gradient-norm clip; its balance formula for S < 0);
 agm (zero-input passes in inference mode, the conditional clip); arl and
-arl_fixed (the unimodal CE on fc(cat(x_m, 0)), the full fusion bias).
+arl_fixed (the unimodal CE on fc(cat(x_m, 0)), the full fusion bias);
+boost_ogm_seedcode, frequency_seedcode, staleness_seedcode (the seeds' model
+with its 512-d hidden layer and no ReLU, the boost noise of the scaled
+gradient, the seeds' staleness list rule).
 (inforeg's variant now gates both modalities by the audio window; in these 4
 steps both windows are open either way, so its values did not change.)
 """

@@ -66,6 +66,20 @@ def test_ema_over_refreshes_matches_a_hand_loop_and_scales_every_leaf():
     np.testing.assert_array_equal(out["fusion"]["k"], grads["fusion"]["k"])
 
 
+def test_seed_code_noise_std_is_of_the_scaled_gradient():
+  """The seeds' code scales .grad in place, then reads its std: σ·std(s·g)."""
+  g4 = jax.random.normal(jax.random.PRNGKey(0), (3, 3, 16, 32))
+  grads = {"encoders": {"audio": {"conv": g4}, "visual": {"conv": g4}}}
+  tx = boost(alpha=0.5, scale_max=2.0, ema_alpha=1.0, noise_sigma=0.1, seed=1)
+  scores = {"audio": jnp.float32(0.9), "visual": jnp.float32(0.1)}  # visual boosted
+  out, state = jax.jit(tx.update)(grads, tx.init(grads), None, probe_scores=scores,
+                                  probe_refreshes=jnp.int32(1))
+  s = float(state.scales["visual"])
+  assert s > 1.2
+  noise = np.asarray(out["encoders"]["visual"]["conv"] - s * g4)
+  assert noise.std() == pytest.approx(0.1 * s * float(jnp.std(g4, ddof=1)), rel=0.05)
+
+
 def test_seed_code_noise_only_on_conv_gradients_with_sigma_std():
   g4 = jax.random.normal(jax.random.PRNGKey(0), (3, 3, 16, 32))
   grads = {"encoders": {"audio": {"conv": g4, "bias": jnp.ones(4)}, "visual": {"conv": g4}}}

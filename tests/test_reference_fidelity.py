@@ -288,3 +288,61 @@ def test_agm_zero_input_passes_run_in_inference_mode():
       np.exp(z - z.max(-1, keepdims=True))[np.arange(len(z)), np.asarray(batch["label"])]
       / np.exp(z - z.max(-1, keepdims=True)).sum(-1), 1e-8))))
   assert float(metrics["agm/score_audio"]) == pytest.approx(score(m_a), rel=1e-4)
+
+
+# ------------------------------------------------------------------ the reference protocol
+
+
+def _reference_config(variant):
+  from configs.variants import apply_variant
+  from conftest import tiny_mlp_config
+  config = tiny_mlp_config("/tmp/unused")
+  config.method.frequency.throttled = "audio"
+  config.method.staleness.modalities = "audio"
+  config = apply_variant(config, variant)
+  config.method.protocol = "reference"
+  return config
+
+
+def _variants():
+  from configs.variants import VARIANTS
+  return [v for v in VARIANTS if not v.endswith("_seedcode")] + ["unimodal_audio"]
+
+
+@pytest.mark.parametrize("variant", _variants())
+def test_every_variant_has_a_reference_protocol(variant):
+  from asgml_jax.config_schema import effective_config, validate
+  from asgml_jax.methods.stack import run_label
+  config = effective_config(validate(_reference_config(variant)))
+  assert run_label(config).endswith("_reference")
+
+
+def test_ogm_ge_reference_is_the_official_loss_and_leaves():
+  """GeWu-Lab/OGM-GE_CVPR2022 main.py: loss = CE(out) alone; only 4-D gradients
+  are modulated; the GE noise on both modalities."""
+  from asgml_jax.config_schema import effective_config, validate
+  config = effective_config(validate(_reference_config("boost_ogm")))
+  assert config.loss.unimodal_weight == 0.0
+  assert config.method.ogm.leaves == "conv" and config.method.ogm.noise_on == "all"
+  assert config.method.boost.alpha == 0.75     # boost has no reference of its own
+
+
+@pytest.mark.parametrize("variant", ["ogm_ge", "agm", "arl", "cggm"])
+def test_reference_protocol_trains(variant):
+  from asgml_jax.config_schema import effective_config
+  from conftest import jitted_step
+  config = effective_config(_reference_config(variant))
+  state, step, batch = jitted_step(config)
+  for _ in range(2):
+    state, metrics = step(state, batch)
+  assert int(state.health[0]) == -1 and np.isfinite(float(metrics["loss"]))
+
+
+def test_reference_protocol_refuses_a_stack_whose_references_disagree():
+  """OGM-GE's reference trains on CE(fused) alone (γ = 0), ARL's on γ = 1."""
+  from asgml_jax.config_schema import ConfigError, effective_config, validate
+  config = _reference_config("arl")
+  config.method.stack = "ogm_ge,arl"
+  with pytest.raises(ConfigError, match="ogm_ge and arl cannot stack: their references set "
+                                        "loss.unimodal_weight"):
+    effective_config(validate(config))

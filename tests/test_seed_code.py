@@ -1,5 +1,5 @@
 """One test per row of SPEC §10: each seeds'-code option changes exactly what the
-table says, and `method.seed_code=True` turns all of them on."""
+table says, and `method.protocol=seed_code` turns all of them on."""
 
 import jax
 import jax.numpy as jnp
@@ -33,15 +33,27 @@ def test_frequency_soft_mask_scales_and_lets_momentum_and_decay_act():
   assert float(s2.flags["audio"]) == 0.0  # logged as a skip all the same
 
 
-def test_staleness_seed_code_applies_t_minus_tau_plus_one_and_fresh_before():
-  tau = 3
+def reference_seed_staleness(gradients, tau):
+  """The seeds' staleness (SPEC §10, corrections): a list of gradients; once it
+  holds τ entries, apply its τ-th newest scaled by 1/(1 + 0.1·τ), else the fresh
+  gradient unscaled."""
+  kept, applied = [], []
+  for g in gradients:
+    kept.append(g)
+    applied.append(kept[-tau] / (1 + 0.1 * tau) if len(kept) >= tau else g)
+  return applied
+
+
+@pytest.mark.parametrize("tau", [1, 2, 3, 5])
+def test_staleness_seed_code_equals_the_seeds_list_rule(tau):
   tx = modality_schedule(optax.sgd(1.0), "staleness", staleness={"audio": tau},
                          staleness_seed_code=True)
-  history = _run(tx, 8)
-  for t, (_, updates, _, state) in enumerate(history):
-    applied = -float(updates["encoders"]["audio"]["w"][0])
-    assert applied == (t + 1.0 if t < tau else t - tau + 2.0)  # g(t) or g(t − τ + 1)
-  assert history[-1][3].buffers["audio"]["w"].shape[0] == tau - 1
+  history = _run(tx, 9)
+  want = reference_seed_staleness([t + 1.0 for t in range(9)], tau)   # _run's g(t) = t + 1
+  got = [-float(h[1]["encoders"]["audio"]["w"][0]) for h in history]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  if tau > 1:
+    assert history[-1][3].buffers["audio"]["w"].shape[0] == tau - 1
 
 
 def _adaptive_taus(cfg, steps=4, refresh_at=()):
@@ -63,6 +75,28 @@ def test_compensation_divides_in_the_seed_code():
   np.testing.assert_allclose(-div[0][1]["encoders"]["audio"]["w"], 1.0 / (1 + 0.1 * tau), rtol=1e-6)
 
 
+def test_seed_code_adaptive_soft_masks_off_steps_without_compensation():
+  """The seeds' adaptive frequency path: on-steps apply g, off-steps g × 0.1, and
+  SGD momentum still acts on the off-steps (the inner state advances)."""
+  cfg = AdaptiveConfig(tau_base=8.0, kappa=3.0, kappa_mode="absolute", compensation="none",
+                       off_steps="soft_mask", soft_mask_scale=0.1)
+  tx = modality_schedule(optax.sgd(1.0, momentum=0.5), "adaptive", adaptive=cfg)
+  def extra(t):
+    return {"encoder_grad_norms": {"audio": jnp.float32(9.0), "visual": jnp.float32(1.0)},
+            "unimodal_losses": {m: jnp.float32(1.0) for m in NAMES},
+            "probe_scores": {m: jnp.float32(0.5) for m in NAMES},
+            "probe_refreshes": jnp.int32(0)}
+  history = _run(tx, 4, extra)
+  period = round(float(history[0][3].tau["audio"]))
+  assert period == 3
+  buf = 0.0
+  for t, (_, updates, _, state) in enumerate(history):
+    g = (t + 1.0) * (1.0 if t % period == 0 else 0.1)
+    buf = 0.5 * buf + g
+    assert -float(updates["encoders"]["audio"]["w"][0]) == pytest.approx(buf, rel=1e-6), t
+    assert float(state.flags["audio"]) == float(t % period == 0)
+
+
 def test_kappa_absolute_caps_tau_at_kappa():
   rel = _adaptive_taus(AdaptiveConfig(tau_base=8.0, kappa=3.0))
   ab = _adaptive_taus(AdaptiveConfig(tau_base=8.0, kappa=3.0, kappa_mode="absolute"))
@@ -73,7 +107,8 @@ def test_kappa_absolute_caps_tau_at_kappa():
 
 
 def test_seed_code_signals_ema_norms_abs_drop_and_tau_only_at_refreshes():
-  cfg = AdaptiveConfig(tau_base=2.0, kappa=10.0, window=1, signals="seed_code")
+  # window 2: the seeds' |ΔL| spans window − 1 = 1 step
+  cfg = AdaptiveConfig(tau_base=2.0, kappa=10.0, window=2, signals="seed_code")
   history = _adaptive_taus(cfg, steps=4, refresh_at=(0, 2))
   taus = [float(h[3].tau["audio"]) for h in history]
   assert taus[1] == taus[0] and taus[3] == taus[2]  # frozen between refreshes
@@ -136,7 +171,7 @@ def test_boost_noise_and_ema_alpha_of_the_seed_code():
 def test_seed_code_preset_turns_every_row_on_and_only_with_the_flag():
   plain = effective_config(validate(get_config("boost_ogm")))
   seeded = effective_config(validate(get_config("boost_ogm_seedcode")))
-  assert seeded.method.name == "boost_ogm" and seeded.method.seed_code
+  assert seeded.method.name == "boost_ogm" and seeded.method.protocol == "seed_code"
   def get(config, key):
     for part in key.split("."):
       config = config[part]
@@ -146,4 +181,51 @@ def test_seed_code_preset_turns_every_row_on_and_only_with_the_flag():
   differing = [k for k, v in SEED_CODE_PRESET if get(plain, k) != v]
   assert len(differing) >= 9  # the design defaults differ from the seeds' code
   for variant in ("frequency_seedcode", "staleness_seedcode"):
-    assert effective_config(validate(get_config(variant))).method.seed_code
+    assert effective_config(validate(get_config(variant))).method.protocol == "seed_code"
+
+
+def test_the_older_seed_code_switch_still_means_protocol_seed_code():
+  from asgml_jax.config_schema import ConfigError, protocol_of
+  config = get_config("boost_ogm")
+  config.method.seed_code = True
+  seeded = effective_config(validate(config))
+  assert protocol_of(seeded) == "seed_code"
+  for key, value in SEED_CODE_PRESET:
+    node = seeded
+    for part in key.split("."):
+      node = node[part]
+    assert node == value, key
+  config.method.protocol = "reference"
+  with pytest.raises(ConfigError, match="older name of method.protocol=seed_code"):
+    validate(config)
+
+
+def test_seed_code_ogm_ratio_divides_by_the_mean_of_all_for_three_modalities():
+  """The seeds' OGM-GE for N ≥ 3: ratio_m = s_m / mean_j s_j (all j); for N = 2
+  both rules are the reference's s_m / s_other."""
+  from asgml_jax.transforms.ogm_ge import score_ratios
+  three = {"a": jnp.float32(6.0), "t": jnp.float32(3.0), "v": jnp.float32(3.0)}
+  r = score_ratios(three, "all")
+  assert [float(r[m]) for m in "atv"] == pytest.approx([1.5, 0.75, 0.75])
+  r = score_ratios(three, "others")
+  assert [float(r[m]) for m in "atv"] == pytest.approx([2.0, 3.0 / 4.5, 3.0 / 4.5])
+  two = {"a": jnp.float32(6.0), "v": jnp.float32(3.0)}
+  assert ({m: float(x) for m, x in score_ratios(two, "all").items()}
+          == {m: float(x) for m, x in score_ratios(two, "others").items()})
+
+
+def test_seed_code_model_has_a_512_hidden_layer_without_relu():
+  """concat -> Linear(512) -> Linear(C) with nothing between (the seeds' model)."""
+  from asgml_jax.models import model_from_config
+  config = effective_config(validate(get_config("boost_ogm_seedcode")))
+  assert config.model.fusion_dim == 512 and config.model.fusion_activation == "none"
+  model = model_from_config(config, 6)
+  inputs = {"audio": jnp.ones((2, 32, 32, 1)), "visual": jnp.ones((2, 24, 24, 3))}
+  variables = model.init(jax.random.PRNGKey(0), inputs)
+  out = model.apply(variables, inputs)
+  fused = jnp.concatenate([out["features"]["audio"], out["features"]["visual"]], -1)
+  p = variables["params"]
+  hidden = fused @ p["fusion"]["kernel"] + p["fusion"]["bias"]
+  assert float(jnp.min(hidden)) < 0          # a ReLU would have changed these
+  want = hidden @ p["heads"]["classifier"]["kernel"] + p["heads"]["classifier"]["bias"]
+  np.testing.assert_allclose(out["logits"], want, rtol=1e-4, atol=1e-5)

@@ -3,6 +3,8 @@ normalised gradient-norm and loss-descent signals (or the probes').
 
 Stage `schedule` (`asgml_jax.transforms.schedule`, mode "adaptive",
 `AdaptiveConfig`); every key of `method.adaptive` is a field of that config.
+
+Reference: ASGML's own method (SPEC §4); the reference protocol is the design.
 """
 
 from __future__ import annotations
@@ -25,13 +27,17 @@ def defaults() -> ml_collections.ConfigDict:
       kappa_mode="relative",    # relative | absolute (seeds' code)
       signals="design",         # design | seed_code
       grad_norm_ema=0.1,
+      off_steps="skip",         # skip | soft_mask (seeds' code: ×soft_mask_scale, optimizer acts)
+      soft_mask_scale=0.1,
   ))
 
 
 def check_block(config) -> None:
   ad = config.method.adaptive
   cc.one_of(ad.source, ("dual", "probe", "both"), "method.adaptive.source")
-  cc.one_of(ad.compensation, ("multiply", "divide"), "method.adaptive.compensation")
+  cc.one_of(ad.compensation, ("multiply", "divide", "none"), "method.adaptive.compensation")
+  cc.one_of(ad.off_steps, ("skip", "soft_mask"), "method.adaptive.off_steps")
+  cc.in_range(config, "method.adaptive.soft_mask_scale", 0, 1)
   cc.one_of(ad.kappa_mode, ("relative", "absolute"), "method.adaptive.kappa_mode")
   cc.one_of(ad.signals, ("design", "seed_code"), "method.adaptive.signals")
   cc.at_least(config, "method.adaptive.tau_max", 1)
@@ -52,7 +58,10 @@ def schedule(ctx, inner):
 ADAPTIVE = Method(
     name="adaptive", summary="ASGML adaptive: per-encoder update periods from training signals",
     block="adaptive", defaults=defaults, check_block=check_block,
-    seed_code=(("method.adaptive.compensation", "divide"),
+    # the seeds' adaptive frequency path: off-steps soft-masked ×0.1 with the
+    # optimizer acting, no compensation (SPEC §10, corrections)
+    seed_code=(("method.adaptive.compensation", "none"),
+               ("method.adaptive.off_steps", "soft_mask"),
                ("method.adaptive.kappa_mode", "absolute"),
                ("method.adaptive.signals", "seed_code")),
     stage="schedule", schedule=schedule)

@@ -88,6 +88,7 @@ def fused_loss(ctx):
 AGM = Method(
     name="agm", summary="AGM: Shapley outputs, each modality's gradient scaled by c_m",
     block="agm", defaults=defaults, check_block=check_block, preset=preset,
+    reference=(("loss.unimodal_weight", 0.0),),
     stage="edit", rank=30, transform=transform, fused_loss=fused_loss,
     signals=(Signal("agm_coefficients", "agm/coeff", "AGM coefficient"),
              Signal("agm_running_score", "agm/running_score")))

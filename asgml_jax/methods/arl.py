@@ -92,6 +92,8 @@ ARL = Method(
     name="arl", summary="ARL: encoder gradients ×(1 + w_m), γ raised after start_epoch, clip",
     block="arl", defaults=defaults, check_block=check_block, preset=preset,
     variants={"arl_fixed": preset_fixed},
+    reference=(("model.unimodal_heads", "split"), ("loss.unimodal_weight", 1.0),
+               ("method.arl.scaling", "coefficients")),
     requires=(Requirement("model.unimodal_heads", "split",
                           "arl reads each modality's logits off the shared fusion layer"),),
     stage="edit", rank=70, transform=transform, unimodal_weight=unimodal_weight,

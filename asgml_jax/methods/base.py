@@ -111,7 +111,12 @@ class Method:
     preset(config): the settings of the variant of the method's name
       (`configs/<dataset>.py:<name>`), e.g. the unimodal weight its reference uses.
     variants: further named presets of this method ({variant: preset(config)}).
-    seed_code: (dotted key, value) pairs forced by method.seed_code (SPEC §10).
+    seed_code: (dotted key, value) pairs forced by protocol seed_code (SPEC §10).
+    reference: (dotted key, value) pairs forced by protocol reference: the
+      mechanics its public repository uses (loss terms, heads, modulated
+      leaves), not its hyperparameters; reference_fn(config): the same for
+      settings that depend on the config (e.g. its modalities). The module
+      docstring names the repository, file and function.
     drop_modality(config, name): forget `name` in the block (unimodal variants).
   Parts (see the module docstring for when each runs):
     stage, rank, transform(ctx) -> [optax transformations] (combine/edit/post),
@@ -139,6 +144,8 @@ class Method:
   preset: Callable[[Any], None] | None = None
   variants: Mapping[str, Callable[[Any], None]] = dataclasses.field(default_factory=dict)
   seed_code: Sequence[tuple[str, Any]] = ()
+  reference: Sequence[tuple[str, Any]] = ()
+  reference_fn: Callable[[Any], None] | None = None
   drop_modality: Callable[[Any, str], None] | None = None
   stage: str | None = None
   rank: int = 0

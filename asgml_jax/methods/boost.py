@@ -3,6 +3,9 @@ under-used get their gradients scaled up.
 
 Math: `asgml_jax.transforms.boost`. Stage `edit`, after OGM-GE (rank 60):
 OGM-GE throttles the dominant, boost then pushes the weak (SPEC §4.5).
+
+Reference: ASGML's own method (the research team's design, SPEC §4.4); the
+reference protocol is the design.
 """
 
 from __future__ import annotations

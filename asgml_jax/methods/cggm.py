@@ -77,6 +77,7 @@ def loss_term(ctx):
 CGGM = Method(
     name="cggm", summary="CGGM: classifier-guided gradient modulation and direction loss",
     block="cggm", defaults=defaults, check_block=check_block, check=check, preset=preset,
+    reference=(("loss.unimodal_weight", 0.0), ("method.cggm.balance_guard", "none")),
     stage="edit", rank=10, transform=transform, loss_term=loss_term,
     signals=(Signal("cggm_balance", "cggm/balance", "CGGM balance B"),
              Signal("aux_accuracy", "cggm/aux_acc")))

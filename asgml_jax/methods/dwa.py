@@ -3,6 +3,9 @@ over the last two epochs, softmax with a temperature.
 
 Stage `combine` (`asgml_jax.transforms.multitask.dwa`); tasks: the fused
 and every unimodal loss (γ = 1 in its variant).
+
+Reference: the paper's rule (lorenmt/mtan); the reference protocol is its
+variant's settings.
 """
 
 from __future__ import annotations
@@ -33,5 +36,6 @@ def transform(ctx):
 DWA = Method(
     name="dwa", summary="DWA: loss weights from each loss's descent rate",
     block="dwa", defaults=defaults, check_block=check_block, preset=preset,
+    reference=(("loss.unimodal_weight", 1.0),),
     stage="combine", transform=transform,
     signals=(Signal("task_weights", "task_weight", "loss weight (DWA)"),))

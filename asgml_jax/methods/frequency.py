@@ -5,6 +5,8 @@ Stage `schedule` (`asgml_jax.transforms.schedule`, mode "frequency"). The
 throttled set is named in `method.frequency.throttled` or chosen every step by
 the probes ("probe": the highest utilization score; the control condition
 throttles the lowest).
+
+Reference: ASGML's own method (SPEC §4); the reference protocol is the design.
 """
 
 from __future__ import annotations

@@ -6,6 +6,12 @@ state). The weights come from an epoch hook: before the first epoch and
 every gb_epoch epochs, `asgml_jax.gblend.estimate_weights` trains a copy of
 every branch on a holdout split of train and compares its losses. Each
 unimodal branch has its own head, as the reference.
+
+Reference: pliang279/MultiBench, training_structures/gradient_blend.py
+(`gb_estimate`, `train_unimodal`, `train_multimodal`). Known difference: the
+reference trains the branch copies with plain SGD (no momentum) and holds out
+the first 8 % of the train split; here the copies use the run's optimizer
+and a random 8 % (asgml_jax/gblend.py).
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ class BlendingWeights:
 GBLEND = Method(
     name="gblend", summary="G-Blending: loss weights from each branch's overfitting ratio",
     block="gblend", defaults=defaults, check_block=check_block, preset=preset,
+    reference=(("model.unimodal_heads", "separate"), ("loss.unimodal_weight", 1.0)),
     requires=(Requirement("model.unimodal_heads", "separate",
                           "gblend trains each unimodal branch with its own head"),),
     stage="combine", transform=transform, epoch_hook=BlendingWeights,

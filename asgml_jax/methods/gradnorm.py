@@ -4,6 +4,9 @@ loss's gradient norm on a shared layer trains at a common relative rate.
 Stage `combine` (`asgml_jax.transforms.multitask.gradnorm`). The shared
 layer is the fusion layer (shared by every loss only with split heads of a
 concat/sum fusion straight to classes) or the encoders.
+
+Reference: the paper's algorithm (Chen et al., 2018); the reference protocol
+is its variant's settings.
 """
 
 from __future__ import annotations
@@ -50,5 +53,6 @@ def transform(ctx):
 GRADNORM = Method(
     name="gradnorm", summary="GradNorm: loss weights that balance the losses' gradient norms",
     block="gradnorm", defaults=defaults, check_block=check_block, check=check, preset=preset,
+    reference=(("loss.unimodal_weight", 1.0),),
     stage="combine", transform=transform,
     signals=(Signal("task_weights", "task_weight", "loss weight (GradNorm)"),))

@@ -76,6 +76,7 @@ def transform(ctx):
 INFOREG = Method(
     name="inforeg", summary="InfoReg: proximal pull of the confident encoder in its prime window",
     block="inforeg", defaults=defaults, check_block=check_block, check=check, preset=preset,
-    drop_modality=drop_modality, stage="edit", rank=20, transform=transform,
+    drop_modality=drop_modality, reference_fn=preset, stage="edit", rank=20,
+    transform=transform,
     signals=(Signal("inforeg_beta", "inforeg/beta", "InfoReg proximal strength beta"),
              Signal("inforeg_window", "inforeg/window_k", "InfoReg window k")))

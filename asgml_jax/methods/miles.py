@@ -5,6 +5,9 @@ Stage `post` (`asgml_jax.transforms.miles`: encoder m's final update ×
 `miles_lr_scale[m]`, a per-encoder learning rate). The factors come from an
 epoch hook reading the validation accuracies (fused and per unimodal head).
 Its variant gives each modality a separate head, judged on validation.
+
+Reference: no official code; the rule as a third-party reimplementation does
+it (BASELINES.md §MILES); the reference protocol is its variant's settings.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class LearningRateFactors:
 MILES = Method(
     name="miles", summary="MILES: per-encoder learning rates from validation utilization",
     block="miles", defaults=defaults, check_block=check_block, preset=preset,
+    reference=(("model.unimodal_heads", "separate"), ("loss.unimodal_weight", 1.0)),
     stage="post", transform=transform, epoch_hook=LearningRateFactors,
     signals=(Signal("miles_lr_scale", "miles/lr_scale", "MILES learning-rate factor"),
              Signal("miles_utilization", "miles/utilization")))

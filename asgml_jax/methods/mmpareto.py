@@ -4,6 +4,9 @@ gradients on the shared encoders.
 Stage `combine` (`asgml_jax.transforms.mmpareto`): the step hands it the
 gradient of every loss. Its variant gives each modality a separate
 Linear(D, C) head, as the reference.
+
+Reference: GeWu-Lab/MMPareto_ICML2024, code/MMPareto.py; the reference
+protocol is its variant's settings.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def transform(ctx):
 MMPARETO = Method(
     name="mmpareto", summary="MMPareto: Pareto-weighted fused and unimodal gradients",
     block="mmpareto", defaults=defaults, check_block=check_block, preset=preset,
+    reference=(("model.unimodal_heads", "separate"), ("loss.unimodal_weight", 1.0)),
     stage="combine", transform=transform,
     signals=(Signal("pareto_cosines", "mmpareto/cos"),
              Signal("pareto_gammas", "mmpareto/gamma",

@@ -14,6 +14,8 @@ parameter group with lr = factor_m·lr does with SGD. It stacks with any other
 method; with MILES the two factors multiply.
 
 It is also the worked example of docs/adding_a_method.md.
+
+Reference: the paper; the reference protocol is the design.
 """
 
 from __future__ import annotations

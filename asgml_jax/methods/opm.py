@@ -4,6 +4,9 @@ dropping of the dominant modality's features between encoders and fusion.
 A forward hook, not a gradient edit: `asgml_jax.opm.make_feature_gate` is the
 model's feature gate, and OPM owns the fused loss (CE over the samples that
 kept at least one modality). Its variant trains on the fused CE only.
+
+Reference: the seeds' PyTorch implementation of the TPAMI paper
+(BASELINES.md §OPM); the reference protocol is its variant's settings.
 """
 
 from __future__ import annotations
@@ -64,5 +67,6 @@ def fused_loss(ctx):
 OPM = Method(
     name="opm", summary="OPM: per-sample dropping of the dominant modality's features",
     block="opm", defaults=defaults, check_block=check_block, preset=preset,
+    reference=(("loss.unimodal_weight", 0.0),),
     feature_gate=feature_gate, fused_loss=fused_loss,
     plots=(Plot("opm/drop_prob", "OPM drop probability"),))

@@ -3,6 +3,9 @@ others it conflicts with, in a random order per step.
 
 Stage `combine` (`asgml_jax.transforms.multitask.pcgrad`); the tasks are the
 fused loss and every unimodal loss, so the variant sets γ = 1.
+
+Reference: the paper's algorithm (tianheyu927/PCGrad); the reference protocol
+is its variant's settings.
 """
 
 from __future__ import annotations
@@ -21,5 +24,5 @@ def transform(ctx):
 
 PCGRAD = Method(
     name="pcgrad", summary="PCGrad: conflicting per-loss gradients projected off each other",
-    preset=preset, stage="combine", transform=transform,
+    preset=preset, reference=(("loss.unimodal_weight", 1.0),), stage="combine", transform=transform,
     signals=(Signal("conflicts", "pcgrad/conflicts", "PCGrad projections per step"),))

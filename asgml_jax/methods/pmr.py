@@ -8,6 +8,9 @@ and an epoch hook that recomputes the prototypes from the first
 max(1, steps_per_epoch // 10) batches of the next epoch's order (before
 training and after every epoch, with the EMA of `method.pmr.momentum`).
 Its variant trains on CE(fused) plus that term (γ = 0).
+
+Reference: fanyunfeng-bit/Modal-Imbalance-PMR, main_Prototype_grad.py; the
+reference protocol is its variant's settings.
 """
 
 from __future__ import annotations
@@ -125,5 +128,6 @@ class Prototypes:
 PMR = Method(
     name="pmr", summary="PMR: prototype CE pushes the weaker modality",
     block="pmr", defaults=defaults, check_block=check_block, preset=preset,
+    reference=(("loss.unimodal_weight", 0.0),),
     stage="edit", rank=40, transform=transform, loss_term=loss_term, epoch_hook=Prototypes,
     plots=(Plot("pmr/score", "PMR prototype score (batch sum)"),))

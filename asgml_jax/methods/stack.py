@@ -161,7 +161,7 @@ def method_name(config: Mapping) -> str:
 def run_label(config: Mapping) -> str:
   """A run's label from its (saved) config: its `label` if set, else the named
   stack or method, or the stack joined by '+' in canonical order; `_seedcode`
-  with the seeds' preset."""
+  or `_reference` for those protocols."""
   if config.get("label"):
     return config["label"]
   method_cfg = config["method"]
@@ -174,7 +174,9 @@ def run_label(config: Mapping) -> str:
     name = method_cfg["name"]
     method = dict((m.name, m) for m in registry.all_methods()).get(name)
     label = method.run_label(config) if method is not None else name
-  return label + ("_seedcode" if method_cfg.get("seed_code") else "")
+  protocol = "seed_code" if method_cfg.get("seed_code") else method_cfg.get("protocol", "design")
+  return label + {"design": "", "seed_code": "_seedcode", "reference": "_reference"}.get(
+      protocol, f"_{protocol}")
 
 
 def signals() -> tuple[Signal, ...]:
@@ -288,3 +290,39 @@ def seed_code_settings() -> tuple[tuple[str, Any], ...]:
     for key, value in method.seed_code:
       out.setdefault(key, value)
   return tuple(out.items())
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _settings_of(method: Method, config) -> dict:
+  """{dotted key: value} that `method`'s reference options set on `config`."""
+  import ml_collections
+  changed = dict(method.reference)
+  if method.reference_fn is not None:
+    probe = ml_collections.ConfigDict(config.to_dict())
+    before = _flatten(probe.to_dict())
+    method.reference_fn(probe)
+    changed.update({k: v for k, v in _flatten(probe.to_dict()).items() if before.get(k) != v})
+  return changed
+
+
+def reference_settings(config) -> tuple[tuple[str, Any], ...]:
+  """What protocol=reference forces: every stacked method's reference options.
+  ConfigError when two methods of the stack set one key differently."""
+  owner: dict[str, tuple[str, Any]] = {}
+  for method in resolve(config.method):
+    for key, value in _settings_of(method, config).items():
+      if key in owner and owner[key][1] != value:
+        raise cc.ConfigError(
+            f"config.method.protocol: reference: {owner[key][0]} and {method.name} cannot "
+            f"stack: their references set {key} to {owner[key][1]!r} and {value!r}")
+      owner[key] = (method.name, value)
+  return tuple((k, v) for k, (_, v) in owner.items())

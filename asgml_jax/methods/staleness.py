@@ -2,6 +2,8 @@
 
 Stage `schedule` (`asgml_jax.transforms.schedule`, mode "staleness"): a ring
 buffer of each stale encoder's last τ gradients lives in the optimizer state.
+
+Reference: ASGML's own method (SPEC §4); the reference protocol is the design.
 """
 
 from __future__ import annotations

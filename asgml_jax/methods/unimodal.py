@@ -5,6 +5,8 @@ No part of its own: the method checks that exactly one modality is
 configured. Its variants are `unimodal_<modality>` (`only_modality`), which
 drop every other modality of a dataset config. It stacks with no other
 method: the balancing methods need two modalities or more.
+
+Reference: none (a protocol, not a method).
 """
 
 from __future__ import annotations

@@ -55,13 +55,15 @@ class Heads(nn.Module):
   unimodal_names: tuple[str, ...]
   stop_gradient: bool
   dtype: Any = jnp.float32
+  hidden_activation: str = "relu"   # between the fusion_dim layer and the classifier
 
   @nn.compact
   def __call__(self, fused_hidden, feats: Mapping[str, jnp.ndarray]):
     logits = None
     if self.with_classifier:
       logits = nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype,
-                        name="classifier")(nn.relu(fused_hidden))
+                        name="classifier")(nn.relu(fused_hidden)
+                                           if self.hidden_activation == "relu" else fused_hidden)
     unimodal = {}
     for name in self.unimodal_names:
       f = jax.lax.stop_gradient(feats[name]) if self.stop_gradient else feats[name]
@@ -76,6 +78,8 @@ class MultimodalClassifier(nn.Module):
   feature_dim: int = 512
   fusion: str = "concat"
   fusion_dim: int | None = None
+  # after the fusion_dim layer: "relu" (design) | "none" (the seeds' CREMA-D model)
+  fusion_activation: str = "relu"
   condition_modality: str | None = None
   unimodal_head_stop_gradient: bool = False
   # "split": unimodal logits from the fusion layer where it is linear per
@@ -103,7 +107,8 @@ class MultimodalClassifier(nn.Module):
       split = None
     needs_heads = self.fusion_dim is not None or split is None
     heads = (Heads(self.num_classes, self.fusion_dim is not None, names,
-                   self.unimodal_head_stop_gradient, self.dtype, name="heads")
+                   self.unimodal_head_stop_gradient, self.dtype, self.fusion_activation,
+                   name="heads")
              if needs_heads else None)
     if needs_heads:
       logits, unimodal = heads(out, feats)
@@ -135,6 +140,7 @@ def model_from_config(config, num_classes: int) -> MultimodalClassifier:
   return MultimodalClassifier(
       specs=specs, num_classes=num_classes, feature_dim=config.model.feature_dim,
       fusion=config.model.fusion, fusion_dim=config.model.fusion_dim,
+      fusion_activation=config.model.fusion_activation,
       condition_modality=config.model.condition_modality,
       unimodal_head_stop_gradient=config.model.unimodal_head_stop_gradient,
       unimodal_heads=config.model.unimodal_heads,

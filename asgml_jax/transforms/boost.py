@@ -11,9 +11,10 @@ The scales change only when the probes were refreshed (extra arg
 `probe_refreshes` grew since the last update); in between, the cached scales
 apply, as in the research code.
 
-Seeds' code option: `noise_sigma > 0` adds N(0, σ·std(g)) to each 4-D (conv)
-encoder gradient after scaling, std of the unscaled gradient (unbiased, as
-torch.std) — the research code's `continuous_noise_sigma` (sweeps used 0.1).
+Seeds' code option: `noise_sigma > 0` adds N(0, σ·std(s·g)) to each 4-D (conv)
+encoder gradient after scaling it by s: the seeds' code scales the gradient
+in place and then reads its std (unbiased, as torch.std) — the research
+code's `continuous_noise_sigma` (sweeps used 0.1).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def boost(alpha: float = 0.5, scale_max: float = 2.0, ema_alpha: float = 0.3,
       for g, k in zip(leaves, keys):
         new = g * scales[m].astype(g.dtype)
         if noise_sigma > 0 and g.ndim == 4:
-          std = jnp.std(g.astype(jnp.float32), ddof=1)
+          std = jnp.std(new.astype(jnp.float32), ddof=1)   # of the scaled gradient
           new = new + (noise_sigma * std * jax.random.normal(k, g.shape)).astype(g.dtype)
         out.append(new)
       encoders[m] = jax.tree.unflatten(treedef, out)

@@ -45,11 +45,19 @@ class OGMGEState(NamedTuple):
   ratios: dict                # last ratio_m, for logging
 
 
-def score_ratios(scores: Mapping[str, jnp.ndarray]) -> dict:
-  """ratio_m = score_m / mean_{j≠m} score_j (for N = 2: s_m / s_other)."""
+RATIO_TO = ("others", "all")
+
+
+def score_ratios(scores: Mapping[str, jnp.ndarray], ratio_to: str = "others") -> dict:
+  """ratio_m = score_m / mean_{j≠m} score_j (for N = 2: s_m / s_other).
+
+  ratio_to="all" (the seeds' code for N ≥ 3): score_m / mean_j score_j over
+  every modality; for N = 2 both are the reference's s_m / s_other."""
   names = sorted(scores)
   total = sum(scores[m] for m in names)
   n = len(names)
+  if ratio_to == "all" and n >= 3:
+    return {m: scores[m] / (total / n) for m in names}
   return {m: scores[m] / ((total - scores[m]) / (n - 1)) for m in names}
 
 
@@ -84,8 +92,12 @@ def _tensor_std(g: jnp.ndarray) -> jnp.ndarray:
 
 def ogm_ge(alpha: float, *, steps_per_epoch: int, gradient_noise: bool = True,
            modulation_starts: int = 0, modulation_ends: int = 50, leaves: str = "all",
-           noise_on: str = "all", seed: int = 0) -> optax.GradientTransformationExtraArgs:
-  """OGM (gradient_noise=False) or OGM-GE on `updates["encoders"][m]`."""
+           noise_on: str = "all", seed: int = 0,
+           ratio_to: str = "others") -> optax.GradientTransformationExtraArgs:
+  """OGM (gradient_noise=False) or OGM-GE on `updates["encoders"][m]`;
+  ratio_to: see `score_ratios`."""
+  if ratio_to not in RATIO_TO:
+    raise ValueError(f"ratio_to={ratio_to!r}; choose one of {RATIO_TO}")
   if leaves not in LEAVES:
     raise ValueError(f"leaves={leaves!r}; choose one of {LEAVES}")
   if noise_on not in NOISE_ON:
@@ -100,7 +112,7 @@ def ogm_ge(alpha: float, *, steps_per_epoch: int, gradient_noise: bool = True,
   def update_fn(updates, state, params=None, *, ogm_scores, step, **extra_args):
     del params, extra_args
     active = in_epoch_window(step, steps_per_epoch, modulation_starts, modulation_ends)
-    ratios = score_ratios(ogm_scores)
+    ratios = score_ratios(ogm_scores, ratio_to)
     coeffs = _coefficients_from_ratios(ratios, alpha)
     key, noise_key = jax.random.split(state.key)
     new_encoders = {}

@@ -17,6 +17,9 @@ every step.
   buffer of its last τ_m gradients (a pytree with a leading time axis, read
   before the current gradient is written into the same slot, so exactly τ_m
   copies are held); for t < τ_m there is no stale gradient yet: skip.
+  The seeds' code (`staleness_seed_code`) keeps a list of gradients and, once
+  it holds τ_m, applies its τ_m-th newest, g(t − τ_m + 1) — from t = τ_m − 1 on
+  — scaled by 1/(1 + 0.1·τ_m); before that the fresh, unscaled gradient.
 - adaptive (seed v1): τ_m from the normalised gradient-norm and loss-descent
   signals, clipped, κ-constrained, warmed up, λ-compensated (see
   `AdaptiveConfig`); update when t mod round(τ_m) == 0.
@@ -59,10 +62,13 @@ class AdaptiveConfig:
   source: str = "dual"              # dual | probe | both
   threshold_delta: float = 0.0      # probe/both: adapt only while the gap exceeds it
   update_ratio_min: float = 0.0     # probe/both: floor on the dominant's update rate
-  compensation: str = "multiply"    # multiply: g·(1+λτ) | divide: g/(1+λτ) (seeds' code)
+  compensation: str = "multiply"    # multiply: g·(1+λτ) | divide: g/(1+λτ) | none (seeds' code)
   kappa_mode: str = "relative"      # relative: τ ≤ κ·min τ | absolute: τ ≤ κ (seeds' code)
-  signals: str = "design"           # design | seed_code (EMA grad norms, |ΔL|, τ at refreshes)
+  signals: str = "design"           # design | seed_code (EMA grad norms, |ΔL| over window − 1
+                                    # steps, τ at refreshes)
   grad_norm_ema: float = 0.1
+  off_steps: str = "skip"           # skip (no update) | soft_mask: g × soft_mask_scale with
+  soft_mask_scale: float = 0.1      # momentum and weight decay acting (seeds' code)
 
 
 class ModalityScheduleState(NamedTuple):
@@ -202,15 +208,19 @@ def modality_schedule(inner: optax.GradientTransformation, mode: str = "joint", 
       for m in names:
         tau, delay = taus[m], delays[m]
         if delay == 0:
-          apply[m], flags[m] = grads[m], jnp.bool_(True)
-          nxt[m] = jnp.float32(1)
+          # τ = 1 in the seeds' code: the newest list entry, scaled 1/(1 + 0.1)
+          scale = 1.0 / (1.0 + 0.1 * tau) if staleness_seed_code and tau > 0 else None
+          apply[m] = (grads[m] if scale is None else
+                      jax.tree.map(lambda g, s=scale: g * jnp.asarray(s, g.dtype), grads[m]))
+          flags[m], nxt[m] = jnp.bool_(True), jnp.float32(1)
           continue
         slot = t % delay
         stale = jax.tree.map(lambda b: b[slot], state.buffers[m])
-        valid = t >= tau
+        valid = t >= (tau - 1 if staleness_seed_code else tau)
         buffers[m] = jax.tree.map(lambda b, g: b.at[slot].set(g), state.buffers[m], grads[m])
         if staleness_seed_code:
-          apply[m] = _tree_select(valid, stale, grads[m])
+          scaled = jax.tree.map(lambda g: g * jnp.asarray(1.0 / (1.0 + 0.1 * tau), g.dtype), stale)
+          apply[m] = _tree_select(valid, scaled, grads[m])
           flags[m], nxt[m] = jnp.bool_(True), jnp.float32(1)
         else:
           apply[m], flags[m] = stale, valid
@@ -224,10 +234,13 @@ def modality_schedule(inner: optax.GradientTransformation, mode: str = "joint", 
     losses = jnp.stack([extra["unimodal_losses"][m] for m in names]).astype(jnp.float32)
     probe = (jnp.stack([extra["probe_scores"][m] for m in names]).astype(jnp.float32)
              if cfg.source in ("probe", "both") else None)
-    hist_len = cfg.window + 1
-    oldest = state.loss_history[(t + 1) % hist_len]      # u(t − window)
+    # the loss descent over `span` steps: the window (design), or the seeds'
+    # 9 deltas of a 10-entry window (window − 1)
+    span = cfg.window - 1 if cfg.signals == "seed_code" else cfg.window
+    hist_len = span + 1
+    oldest = state.loss_history[(t + 1) % hist_len]      # u(t − span)
     history = state.loss_history.at[t % hist_len].set(losses)
-    have_window = t >= cfg.window
+    have_window = t >= span
     if cfg.signals == "seed_code":
       ema = jnp.where(state.count == 0, raw_norms,
                       (1 - cfg.grad_norm_ema) * state.grad_norm_ema + cfg.grad_norm_ema * raw_norms)
@@ -244,11 +257,18 @@ def modality_schedule(inner: optax.GradientTransformation, mode: str = "joint", 
     flags = {m: (t % period[i]) == 0 for i, m in enumerate(names)}
     nxt = {m: (((t + 1) % period[i]) == 0).astype(jnp.float32) for i, m in enumerate(names)}
     comp = 1.0 + cfg.lam * new_tau
-    factor = comp if cfg.compensation == "multiply" else 1.0 / comp
+    factor = {"multiply": comp, "divide": 1.0 / comp,
+              "none": jnp.ones_like(comp)}[cfg.compensation]
     apply = {m: jax.tree.map(lambda g, f=factor[i]: g * f.astype(g.dtype), grads[m])
              for i, m in enumerate(names)}
     parts.update(loss_history=history, grad_norm_ema=ema)
-    return apply, flags, flags, {m: new_tau[i] for i, m in enumerate(names)}, nxt, parts
+    tau_out = {m: new_tau[i] for i, m in enumerate(names)}
+    if cfg.off_steps == "soft_mask":
+      true = {m: jnp.bool_(True) for m in names}
+      apply = {m: jax.tree.map(lambda g, f=flags[m]: jnp.where(f, g, g * cfg.soft_mask_scale),
+                               apply[m]) for m in names}
+      return apply, flags, true, tau_out, nxt, parts
+    return apply, flags, flags, tau_out, nxt, parts
 
   def update_fn(updates, state, params=None, **extra):
     if params is None:
