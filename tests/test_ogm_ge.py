@@ -161,3 +161,16 @@ def test_ogm_ge_variant_trains_end_to_end_and_logs_its_signals(tmp_path, tfds_di
   assert ratio * float(metrics["ogm/score_ratio_visual"]) == pytest.approx(1.0, rel=1e-5)
   summary = train.train_and_evaluate(config, str(tmp_path / "ogm"))
   assert summary["num_epochs"] == 1
+
+
+def test_continuous_coefficient_is_one_when_level_and_reference_jumps():
+  """reference: a modality ahead by any margin gets ≤ 1 − tanh(α) (0.336 for α = 0.8);
+  continuous: 1 − tanh(α·(ratio − 1)), → 1 as the scores level."""
+  level = {"audio": 10.01, "visual": 10.0}
+  ref = ogm_coefficients(level, 0.8)
+  assert float(ref["audio"]) == pytest.approx(1 - np.tanh(0.8 * 1.001), rel=1e-5)
+  cont = ogm_coefficients(level, 0.8, "continuous")
+  assert float(cont["audio"]) == pytest.approx(1 - np.tanh(0.8 * 0.001), rel=1e-5)
+  assert float(cont["visual"]) == 1.0
+  ahead = ogm_coefficients({"audio": 30.0, "visual": 10.0}, 0.8, "continuous")
+  assert float(ahead["audio"]) == pytest.approx(1 - np.tanh(0.8 * 2.0), rel=1e-5)

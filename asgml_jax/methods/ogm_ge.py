@@ -35,6 +35,9 @@ def defaults() -> ml_collections.ConfigDict:
       leaves="all",          # all | conv (reference: 4-D only) | min_2d (seeds' code)
       noise_on="all",        # all (reference) | dominant (seeds' code)
       ratio_to="others",     # N ≥ 3: score / mean of the others | all (seeds' code)
+      # reference: 1 − tanh(α·ratio) for the modality ahead by any margin |
+      # continuous: 1 − tanh(α·(ratio − 1)), 1 when the modalities are level
+      coefficient="reference",
   ))
 
 
@@ -44,6 +47,7 @@ def check_block(config) -> None:
   cc.one_of(ogm.leaves, ("all", "conv", "min_2d"), "method.ogm.leaves")
   cc.one_of(ogm.noise_on, ("all", "dominant"), "method.ogm.noise_on")
   cc.one_of(ogm.ratio_to, ("others", "all"), "method.ogm.ratio_to")
+  cc.one_of(ogm.coefficient, ("reference", "continuous"), "method.ogm.coefficient")
   cc.require(0 <= ogm.modulation_starts <= ogm.modulation_ends, "method.ogm.modulation_ends",
              f"window [{ogm.modulation_starts}, {ogm.modulation_ends}] is empty or negative")
 
@@ -59,7 +63,8 @@ def _transform(gradient_noise: bool):
     return [ogm_ge(ogm.alpha, steps_per_epoch=ctx.steps_per_epoch,
                    gradient_noise=gradient_noise, modulation_starts=ogm.modulation_starts,
                    modulation_ends=ogm.modulation_ends, leaves=ogm.leaves,
-                   noise_on=ogm.noise_on, seed=ctx.config.seed, ratio_to=ogm.ratio_to)]
+                   noise_on=ogm.noise_on, seed=ctx.config.seed, ratio_to=ogm.ratio_to,
+                   coefficient=ogm.coefficient)]
   return build
 
 
@@ -68,7 +73,7 @@ _COMMON = dict(
     seed_code=(("method.ogm.leaves", "min_2d"), ("method.ogm.noise_on", "dominant"),
                ("method.ogm.ratio_to", "all")),
     reference=(("method.ogm.leaves", "conv"), ("method.ogm.noise_on", "all"),
-               ("loss.unimodal_weight", 0.0)),
+               ("method.ogm.coefficient", "reference"), ("loss.unimodal_weight", 0.0)),
     stage="edit", rank=50,
     signals=(Signal("coefficients", "ogm/coeff", "OGM coefficient"),
              Signal("ratios", "ogm/score_ratio")),

@@ -61,14 +61,24 @@ def score_ratios(scores: Mapping[str, jnp.ndarray], ratio_to: str = "others") ->
   return {m: scores[m] / ((total - scores[m]) / (n - 1)) for m in names}
 
 
-def ogm_coefficients(scores: Mapping[str, jnp.ndarray], alpha: float) -> dict:
+COEFFICIENTS = ("reference", "continuous")
+
+
+def ogm_coefficients(scores: Mapping[str, jnp.ndarray], alpha: float,
+                     coefficient: str = "reference") -> dict:
   """coeff_m of OGM for every modality (dict in, dict out, jit-safe)."""
-  return _coefficients_from_ratios(score_ratios(scores), alpha)
+  return _coefficients_from_ratios(score_ratios(scores), alpha, coefficient)
 
 
-def _coefficients_from_ratios(ratios: Mapping[str, jnp.ndarray], alpha: float) -> dict:
+def _coefficients_from_ratios(ratios: Mapping[str, jnp.ndarray], alpha: float,
+                              coefficient: str = "reference") -> dict:
+  """reference: 1 − tanh(α·relu(ratio)) for the dominant (the official code: a
+  modality ahead by any margin is scaled by at most 1 − tanh(α), 0.34 for
+  α = 0.8, and one behind by any margin not at all); continuous: 1 −
+  tanh(α·relu(ratio − 1)), which goes to 1 as the modalities balance."""
   names = sorted(ratios)
-  throttle = lambda r: 1.0 - jnp.tanh(alpha * jax.nn.relu(r))
+  shift = 1.0 if coefficient == "continuous" else 0.0
+  throttle = lambda r: 1.0 - jnp.tanh(alpha * jax.nn.relu(r - shift))
   if len(names) == 2:
     first, second = names
     second_dominates = ratios[second] > 1.0
@@ -93,9 +103,12 @@ def _tensor_std(g: jnp.ndarray) -> jnp.ndarray:
 def ogm_ge(alpha: float, *, steps_per_epoch: int, gradient_noise: bool = True,
            modulation_starts: int = 0, modulation_ends: int = 50, leaves: str = "all",
            noise_on: str = "all", seed: int = 0,
-           ratio_to: str = "others") -> optax.GradientTransformationExtraArgs:
+           ratio_to: str = "others",
+           coefficient: str = "reference") -> optax.GradientTransformationExtraArgs:
   """OGM (gradient_noise=False) or OGM-GE on `updates["encoders"][m]`;
-  ratio_to: see `score_ratios`."""
+  ratio_to: see `score_ratios`; coefficient: see `_coefficients_from_ratios`."""
+  if coefficient not in COEFFICIENTS:
+    raise ValueError(f"coefficient={coefficient!r}; choose one of {COEFFICIENTS}")
   if ratio_to not in RATIO_TO:
     raise ValueError(f"ratio_to={ratio_to!r}; choose one of {RATIO_TO}")
   if leaves not in LEAVES:
@@ -113,7 +126,7 @@ def ogm_ge(alpha: float, *, steps_per_epoch: int, gradient_noise: bool = True,
     del params, extra_args
     active = in_epoch_window(step, steps_per_epoch, modulation_starts, modulation_ends)
     ratios = score_ratios(ogm_scores, ratio_to)
-    coeffs = _coefficients_from_ratios(ratios, alpha)
+    coeffs = _coefficients_from_ratios(ratios, alpha, coefficient)
     key, noise_key = jax.random.split(state.key)
     new_encoders = {}
     for i, (m, enc) in enumerate(sorted(updates["encoders"].items())):
