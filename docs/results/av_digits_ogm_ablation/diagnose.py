@@ -24,7 +24,8 @@ def arm_runs(sweep: str) -> dict[str, list[str]]:
   for path in sorted(glob.glob(os.path.join(sweep, "*", "seed_*", "config.json"))):
     with open(path) as f:
       config = json.load(f)
-    if config["method"]["name"] in ("ogm", "ogm_ge"):
+    finished = os.path.exists(os.path.join(os.path.dirname(path), "summary.json"))
+    if config["method"]["name"] in ("ogm", "ogm_ge") and finished:
       runs.setdefault(config["label"], []).append(os.path.dirname(path))
   return runs
 
