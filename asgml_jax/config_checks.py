@@ -78,6 +78,17 @@ def parse_named_floats(text: str, names, default: float) -> dict:
   return values
 
 
+def flatten(tree, prefix: str = "") -> dict:
+  """{"a.b": value} of a nested dict (a config's JSON form)."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
 def modality_names(config) -> tuple[str, ...]:
   """The configured modalities in their fixed (sorted) order."""
   return tuple(sorted(config.modalities.keys()))

@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from asgml_jax import checkpointing
+from asgml_jax.config_checks import flatten
 from asgml_jax.config_schema import ConfigError
 from asgml_jax.methods import stack as method_stack
 
@@ -26,16 +27,6 @@ from asgml_jax.methods import stack as method_stack
 RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "sweep_seeds")
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
 
 
 def _write_json_atomically(path: str, payload) -> None:

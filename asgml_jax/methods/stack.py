@@ -292,25 +292,15 @@ def seed_code_settings() -> tuple[tuple[str, Any], ...]:
   return tuple(out.items())
 
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def _settings_of(method: Method, config) -> dict:
   """{dotted key: value} that `method`'s reference options set on `config`."""
   import ml_collections
   changed = dict(method.reference)
   if method.reference_fn is not None:
     probe = ml_collections.ConfigDict(config.to_dict())
-    before = _flatten(probe.to_dict())
+    before = cc.flatten(probe.to_dict())
     method.reference_fn(probe)
-    changed.update({k: v for k, v in _flatten(probe.to_dict()).items() if before.get(k) != v})
+    changed.update({k: v for k, v in cc.flatten(probe.to_dict()).items() if before.get(k) != v})
   return changed
 
 
