@@ -1,6 +1,9 @@
 """AV-Digits (FSDD spoken digit + MNIST handwritten digit): real data on a CPU.
 
-Built from `../shared/data` (or `--config.dataset.raw_dir=...`) on first use.
+Built on first use from a folder holding `fsdd/recordings/*.wav` (Free Spoken
+Digit Dataset) and `mnist/t10k-*-ubyte.gz` (the MNIST test set):
+`$AV_DIGITS_RAW_DIR`, or `--config.dataset.raw_dir=...`; the default is the
+development machines' `../shared/data` beside the repository.
 Audio: log-mel (40, 101, 1); visual: 28x28x1. The default degradation (image
 noise 0.6 + a 50 % occlusion patch, audio at 0 dB SNR, speaker-disjoint split)
 keeps each modality alone well below the fused model, so there is an
