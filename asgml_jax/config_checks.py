@@ -32,6 +32,15 @@ def lookup(cfg, key: str):
   return value
 
 
+def set_dotted(cfg, key: str, value) -> None:
+  """cfg["a"]["b"] = value for key "a.b"."""
+  *path, leaf = key.split(".")
+  node = cfg
+  for part in path:
+    node = node[part]
+  node[leaf] = value
+
+
 def positive(cfg, key: str, *, integer: bool = False) -> None:
   value = lookup(cfg, key)
   kind = int if integer else (int, float)

@@ -19,7 +19,7 @@ from ml_collections import config_dict
 
 from asgml_jax import methods as method_registry
 from asgml_jax.config_checks import (ConfigError, modality_names, parse_named_floats,  # noqa: F401
-                                     require as _require, one_of as _one_of,
+                                     require as _require, one_of as _one_of, set_dotted,
                                      positive as _positive)
 from asgml_jax.methods import stack as method_stack
 
@@ -393,14 +393,6 @@ def protocol_of(config) -> str:
   return method.get("protocol", "design")
 
 
-def _set(config, key: str, value) -> None:
-  *path, leaf = key.split(".")
-  node = config
-  for part in path:
-    node = node[part]
-  node[leaf] = value
-
-
 def effective_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The config a run uses: its protocol's settings forced (SPEC §10's preset for
   seed_code; each stacked method's reference settings for reference)."""
@@ -410,9 +402,9 @@ def effective_config(config: ml_collections.ConfigDict) -> ml_collections.Config
   out = ml_collections.ConfigDict(config.to_dict())
   if protocol == "seed_code":
     for key, value in SEED_CODE_PRESET:
-      _set(out, key, value)
+      set_dotted(out, key, value)
   else:
     for key, value in method_stack.reference_settings(out):
-      _set(out, key, value)
+      set_dotted(out, key, value)
   out.lock()
   return validate(out)   # a protocol's settings must make a runnable config too

@@ -27,10 +27,6 @@ import optax
 from asgml_jax.methods import stack as method_stack
 
 
-def has_hooks(config) -> bool:
-  return any(m.epoch_hook is not None for m in method_stack.resolve(config.method))
-
-
 class EpochHooks:
   """Between-epoch updates of the method state of one run or of a sweep."""
 

@@ -17,6 +17,7 @@ A stack of methods without a variant is `--config.method.stack=a,b,c`.
 """
 
 from asgml_jax import methods
+from asgml_jax.config_checks import set_dotted
 from asgml_jax.methods import unimodal
 
 UNIMODAL_PREFIX = unimodal.VARIANT_PREFIX
@@ -46,14 +47,6 @@ VARIANTS = tuple(PRESETS) + tuple(f"{v}{SEEDCODE_SUFFIX}" for v in
                                   ("boost_ogm", "frequency", "staleness"))
 
 
-def _set(config, key: str, value) -> None:
-  *path, leaf = key.split(".")
-  node = config
-  for part in path:
-    node = node[part]
-  node[leaf] = value
-
-
 def apply_variant(config, variant: str | None):
   """Sets `config.method` (and what the variant's methods need) for `variant`
   (None: baseline); returns the config."""
@@ -72,5 +65,5 @@ def apply_variant(config, variant: str | None):
   for preset in presets:
     preset(config)
   for key, value in settings:
-    _set(config, key, value)
+    set_dotted(config, key, value)
   return config

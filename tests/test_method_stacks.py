@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from asgml_jax import methods
+from asgml_jax.config_checks import set_dotted
 from asgml_jax.config_schema import ConfigError, effective_config, validate
 from asgml_jax.methods import stack as method_stack
 from conftest import jitted_step, tiny_mlp_config
@@ -53,11 +54,7 @@ def stack_config(stack: str):
   config.method.staleness.modalities = "audio"
   for name in stack.split(","):
     for req in (methods.get(name).requires if name in NAMES else ()):
-      *path, leaf = req.key.split(".")
-      node = config
-      for part in path:
-        node = node[part]
-      node[leaf] = req.value
+      set_dotted(config, req.key, req.value)
   return config
 
 
