@@ -42,6 +42,7 @@ class LoadedData:
   num_train: int
   eval_sizes: dict[str, int]
   placement: str = "device"
+  eval_batch_size: int = 0  # config.eval_batch_size, at most the largest eval split
 
   @property
   def on_device(self) -> bool:
@@ -130,6 +131,64 @@ def choose_placement(config, num_bytes: int) -> str:
   return "device" if num_bytes <= config.dataset.device_budget_gib * 2**30 else "host"
 
 
+def free_device_bytes() -> int | None:
+  """Bytes the first device can still allocate: the accelerator's allocator
+  limit minus what is in use, or the host's MemAvailable for the CPU backend
+  (None where neither is known)."""
+  stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+  if stats and "bytes_limit" in stats:
+    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+MEMORY_HEADROOM = 0.8  # of the free bytes; the rest is for parameters and activations
+
+
+def check_memory(config, placement: str, data_bytes: int, batch_bytes: int,
+                 free: int | None) -> str:
+  """The placement to use after comparing what it needs with `free` bytes:
+  device-resident splits that would not fit fall back to the host under
+  "auto" (with a note) and are refused under "device"; the largest batch
+  must fit either way. Activations are not estimated: they depend on the
+  encoders, and XLA reports them only after compiling."""
+  gib = lambda n: f"{n / 2**30:.2f} GiB"
+  if free is None:
+    return placement
+  budget = MEMORY_HEADROOM * free
+  if placement == "device" and data_bytes + batch_bytes > budget:
+    if config.dataset.placement == "device":
+      raise ConfigError(f"config.dataset.placement: 'device' needs {gib(data_bytes)} for the "
+                        f"splits but {gib(free)} is free on {jax.devices()[0].platform}; use "
+                        "'auto' or 'host'")
+    print(f"note: the splits ({gib(data_bytes)}) do not fit in the {gib(free)} free on the "
+          "device; feeding batches from the host", flush=True)
+    placement = "host"
+  if batch_bytes > budget:
+    raise ConfigError(f"config.batch_size/eval_batch_size: the largest batch needs "
+                      f"{gib(batch_bytes)} of inputs but {gib(free)} is free; lower them")
+  return placement
+
+
+def effective_eval_batch_size(config, eval_sizes: dict[str, int]) -> int:
+  """config.eval_batch_size, capped at the largest eval split (rounded up to a
+  multiple of the data-parallel device count): a larger batch would only
+  evaluate padding, and pad every split to its size in memory."""
+  devices = 1 if config.parallel.data_parallel == "off" else jax.device_count()
+  largest = -(-max(eval_sizes.values()) // devices) * devices
+  if config.eval_batch_size <= largest:
+    return config.eval_batch_size
+  print(f"note: config.eval_batch_size {config.eval_batch_size} is larger than the largest "
+        f"evaluation split ({max(eval_sizes.values())} examples); using {largest}", flush=True)
+  return largest
+
+
 def load(config) -> LoadedData:
   """Prepares the configured dataset (if needed) and returns its splits where
   `choose_placement` puts them."""
@@ -147,16 +206,24 @@ def load(config) -> LoadedData:
     raise ConfigError(f"config.batch_size: {config.batch_size} is larger than the training "
                       f"split ({len(splits['train']['label'])} examples)")
   num_classes = builder.info.features[label].num_classes
-  placement = choose_placement(config, tree_bytes(splits))
+  eval_sizes = {s: len(splits[s]["label"]) for s in ("validation", "test")}
+  for split, size in eval_sizes.items():
+    if not size:
+      raise ConfigError(f"config.dataset: the {split} split of {config.dataset.name} is empty")
+  eval_batch = effective_eval_batch_size(config, eval_sizes)
+  padded = {s: _pad_to_multiple(splits[s], eval_batch) for s in ("validation", "test")}
+  data_bytes = tree_bytes(padded) + tree_bytes(splits["train"])
+  per_example = tree_bytes(jax.tree.map(lambda x: x[:1], splits["train"]))
+  placement = check_memory(config, choose_placement(config, data_bytes),
+                           data_bytes, per_example * max(config.batch_size, eval_batch),
+                           free_device_bytes())
   place = (lambda tree: jax.tree.map(jnp.asarray, tree)) if placement == "device" else (
       lambda tree: tree)
-  eval_splits = {s: place(_pad_to_multiple(splits[s], config.eval_batch_size))
-                 for s in ("validation", "test")}
+  eval_splits = {s: place(padded[s]) for s in ("validation", "test")}
   train = splits["train"]
   return LoadedData(train=place(train), eval_splits=eval_splits, num_classes=num_classes,
-                    num_train=len(train["label"]),
-                    eval_sizes={s: len(splits[s]["label"]) for s in ("validation", "test")},
-                    placement=placement)
+                    num_train=len(train["label"]), eval_sizes=eval_sizes,
+                    placement=placement, eval_batch_size=eval_batch)
 
 
 def epoch_permutation(data_key: jnp.ndarray, epoch: int, num_examples: int) -> jnp.ndarray:

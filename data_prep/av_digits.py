@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import zlib
 import hashlib
 import json
 import os
@@ -49,7 +50,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_prep import audio
-from data_prep.common import BadFiles, BadInputError, carve_validation, require_dir, require_file
+from data_prep.common import (BadFiles, BadInputError, build_identity, carve_validation,
+                              require_dir, require_file)
 
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 RATE = 8000
@@ -101,8 +103,8 @@ def read_idx(path: str) -> np.ndarray:
   try:
     with opener(path, "rb") as f:
       data = f.read()
-  except OSError as e:
-    raise BadInputError(f"{path}: cannot be read as an IDX file ({e})") from None
+  except (OSError, EOFError, zlib.error) as e:  # EOFError: a truncated .gz
+    raise BadInputError(f"{path}: cannot be read as an IDX file ({e or type(e).__name__})") from None
   if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
     raise BadInputError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
   ndim = data[3]
@@ -162,7 +164,7 @@ class AvDigits(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, config: AvDigitsConfig | None = None, skip_bad: bool = False, **kwargs):
     self.bad_files = BadFiles(skip_bad)
-    super().__init__(config=config or make_config(**DEFAULT), **kwargs)
+    super().__init__(config=build_identity(config or make_config(**DEFAULT), skip_bad), **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

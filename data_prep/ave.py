@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_prep import video
-from data_prep.common import (BadFiles, BadInputError, carve_validation, read_id_list,
+from data_prep.common import (build_identity, BadFiles, BadInputError, carve_validation, read_id_list,
                               require_dir, require_file)
 
 LISTS = {"train": "trainSet.txt", "validation": "valSet.txt", "test": "testSet.txt"}
@@ -98,7 +98,7 @@ class Ave(tfds.core.GeneratorBasedBuilder):
     raw = kwargs.pop("raw_dir", None)
     if raw:  # the feature spec (spectrogram shape, classes) comes from the raw data
       config = self._with_layout(config, require_dir(raw, "AVE raw"))
-    super().__init__(config=config, **kwargs)
+    super().__init__(config=build_identity(config, skip_bad), **kwargs)
 
   @staticmethod
   def _with_layout(config: AveConfig, raw: str) -> AveConfig:

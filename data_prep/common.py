@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import re
 import shutil
 
 import numpy as np
@@ -58,6 +59,18 @@ class BadFiles:
     if len(self.skipped) > 20:
       lines.append(f"  ... and {len(self.skipped) - 20} more")
     return "\n".join(lines)
+
+
+SKIP_BAD_SUFFIX = "_skipbad"
+
+
+def build_identity(builder_config, skip_bad: bool):
+  """The builder config a build uses: a build with `skip_bad` may leave files
+  out, so it is a different dataset (its name gains SKIP_BAD_SUFFIX) and a
+  later strict build never silently reuses it."""
+  if not skip_bad or builder_config.name.endswith(SKIP_BAD_SUFFIX):
+    return builder_config
+  return dataclasses.replace(builder_config, name=builder_config.name + SKIP_BAD_SUFFIX)
 
 
 def require_dir(path: str, what: str) -> str:
@@ -124,8 +137,15 @@ def prepare(builder, *, raw_dir: str | None = None) -> None:
   config = tfds.download.DownloadConfig(manual_dir=raw_dir) if raw_dir else None
   try:
     builder.download_and_prepare(download_config=config)
-  except BaseException:
+  except BaseException as err:
     parent = os.path.dirname(builder.data_dir)
     for tmp in glob.glob(os.path.join(parent, "*incomplete*")):
       shutil.rmtree(tmp, ignore_errors=True)
+    empty = re.search(r'Failed to finalize writing of split "([^"]+)"', str(err))
+    if isinstance(err, AssertionError) and empty:
+      bad = getattr(builder, "bad_files", None)
+      left_out = (f" (--skip_bad left out {len(bad.skipped)} bad file(s))"
+                  if bad is not None and bad.skipped else "")
+      raise BadInputError(f"{raw_dir or builder.name}: the {empty.group(1)} split has no "
+                          f"examples{left_out}") from None
     raise

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_prep import audio, video
-from data_prep.common import (BadFiles, BadInputError, carve_validation, read_id_list,
+from data_prep.common import (build_identity, BadFiles, BadInputError, carve_validation, read_id_list,
                               require_dir)
 
 CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
@@ -77,7 +77,7 @@ class CremaD(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, config: CremaDConfig | None = None, skip_bad: bool = False, **kwargs):
     self.bad_files = BadFiles(skip_bad)
-    super().__init__(config=config or make_config(), **kwargs)
+    super().__init__(config=build_identity(config or make_config(), skip_bad), **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config

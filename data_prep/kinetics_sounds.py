@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_prep import audio, video
-from data_prep.common import (BadFiles, BadInputError, carve_validation, read_id_list,
+from data_prep.common import (build_identity, BadFiles, BadInputError, carve_validation, read_id_list,
                               require_dir)
 
 AUDIO_RATE = 16000
@@ -87,7 +87,7 @@ class KineticsSounds(tfds.core.GeneratorBasedBuilder):
     if raw:
       raw = require_dir(raw, "Kinetics-Sounds raw")
       config = dataclasses.replace(config, class_names=class_names(raw, _read_lists(raw)))
-    super().__init__(config=config, **kwargs)
+    super().__init__(config=build_identity(config, skip_bad), **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config

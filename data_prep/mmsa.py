@@ -30,7 +30,7 @@ import pickle
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_prep.common import BadFiles, BadInputError, require_file
+from data_prep.common import build_identity, BadFiles, BadInputError, require_file
 
 KNOWN = {(768, 5, 20): "cmu_mosi", (768, 74, 35): "cmu_mosei", (768, 33, 709): "ch_sims"}
 SPLITS = {"train": "train", "validation": "valid", "test": "test"}
@@ -116,7 +116,7 @@ class Mmsa(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, config: MmsaConfig, skip_bad: bool = False, **kwargs):
     self.bad_files = BadFiles(skip_bad)
-    super().__init__(config=config, **kwargs)
+    super().__init__(config=build_identity(config, skip_bad), **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     dims = self.builder_config.dims

@@ -29,17 +29,28 @@ import zipfile
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_prep.common import BadFiles, BadInputError, carve_validation, require_dir
+from data_prep.common import build_identity, BadFiles, BadInputError, carve_validation, require_dir
 
 SPLIT_FILES = {"train": "train.npz", "validation": "validation.npz", "test": "test.npz"}
+LABEL_GAP_SLACK = 2
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:
   try:
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
+    archive = np.load(path, allow_pickle=False)
   except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
     raise BadInputError(f"{path}: does not load as an .npz archive ({e})") from None
+  out = {}
+  with archive as f:
+    for key in f.files:
+      try:
+        out[key] = f[key]
+      except ValueError as e:  # object arrays need pickle, which is never enabled
+        raise BadInputError(f"{path}: '{key}' cannot be read without pickle ({e}); store "
+                            "numeric arrays") from None
+      except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise BadInputError(f"{path}: '{key}' is damaged ({e})") from None
+  return out
 
 
 def _fingerprint(paths: list[str]) -> str:
@@ -70,7 +81,7 @@ def scan(raw_dir: str) -> NpzLayout:
     if split not in files:
       raise BadInputError(f"{os.path.join(raw, SPLIT_FILES[split])}: the {split} split is missing")
   arrays = {s: load_npz(p) for s, p in files.items()}
-  shapes, dtypes, max_label = None, None, -1
+  shapes, dtypes, max_label, seen = None, None, -1, set()
   for split, arrs in arrays.items():
     path = files[split]
     if "label" not in arrs:
@@ -81,11 +92,18 @@ def scan(raw_dir: str) -> NpzLayout:
                           f"{label.dtype}")
     if label.size and label.min() < 0:
       raise BadInputError(f"{path}: 'label' holds negative class {int(label.min())}")
-    max_label = max(max_label, int(label.max()) if label.size else -1)
+    if not label.size:
+      raise BadInputError(f"{path}: the {split} split has no examples")
+    max_label = max(max_label, int(label.max()))
+    seen.update(np.unique(label).tolist())
     mods = {k: v for k, v in arrs.items() if k != "label"}
     if not mods:
       raise BadInputError(f"{path}: holds no modality arrays besides 'label'")
     for k, v in mods.items():
+      if not (np.issubdtype(v.dtype, np.integer) or np.issubdtype(v.dtype, np.floating)
+              or v.dtype == np.bool_):
+        raise BadInputError(f"{path}: '{k}' is a {v.dtype} array; modalities must be real "
+                            "numbers (int, uint, float or bool)")
       if v.shape[:1] != label.shape:
         raise BadInputError(f"{path}: '{k}' has {v.shape[0] if v.ndim else 0} examples but "
                             f"'label' has {label.shape[0]}")
@@ -109,10 +127,24 @@ def scan(raw_dir: str) -> NpzLayout:
                           "class_names.json")
     class_names = tuple(names)
   else:
+    _check_dense_labels(raw, max_label, seen)
     class_names = tuple(str(i) for i in range(max_label + 1))
   if len(class_names) < 2:
     raise BadInputError(f"{raw}: needs at least 2 classes, found {len(class_names)}")
   return NpzLayout(raw, files, shapes, dtypes, class_names)
+
+
+def _check_dense_labels(raw: str, max_label: int, seen: set) -> None:
+  """Without class_names.json the classes are 0..max(label): refuse labels
+  that would make a model far wider than the classes present (a label of
+  1000 among ten classes, or 2**63, which would also build 2**63 names). A
+  few classes absent from every split are allowed (LABEL_GAP_SLACK)."""
+  missing = max_label + 1 - len(seen)
+  if missing > max(LABEL_GAP_SLACK, (max_label + 1) // 10):
+    raise BadInputError(
+        f"{raw}: labels must be 0..C-1 without gaps, but the largest is {max_label} and only "
+        f"{len(seen)} distinct values occur; renumber them, or add class_names.json naming "
+        "every class")
 
 
 @dataclasses.dataclass(eq=False)
@@ -130,7 +162,7 @@ class NpzDataset(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, config: NpzConfig, skip_bad: bool = False, **kwargs):
     self.bad_files = BadFiles(skip_bad)
-    super().__init__(config=config, **kwargs)
+    super().__init__(config=build_identity(config, skip_bad), **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     layout = self.builder_config.layout
