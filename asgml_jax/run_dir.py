@@ -9,6 +9,7 @@ meta), TensorBoard event files written through a clu metric writer, and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from absl import logging
 
 from asgml_jax import checkpointing
 from asgml_jax.config_checks import flatten
+from asgml_jax.workdir_lock import WorkdirBusy, WorkdirLock
 from asgml_jax.config_schema import ConfigError
 from asgml_jax.methods import stack as method_stack
 
@@ -27,6 +29,40 @@ from asgml_jax.methods import stack as method_stack
 RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "sweep_seeds")
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
+
+
+class WorkdirError(Exception):
+  """The workdir cannot be used (not a directory, no permission, read-only, busy)."""
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates `workdir` if needed and checks it is a writable directory, before
+  anything slow (data loading) happens; WorkdirError in one line otherwise."""
+  path = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".write_test_{os.getpid()}")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as err:
+    what = f"cannot be created or written ({err.strerror or type(err).__name__})"
+    if isinstance(err, FileExistsError) or (os.path.exists(path) and not os.path.isdir(path)):
+      what = "exists and is not a directory"
+    raise WorkdirError(f"--workdir {path}: {what}") from None
+  return path
+
+
+def config_hash(config) -> str:
+  """Identifies the experiment: the non-default config values, resumable keys
+  left out (so a schema key added at its default changes nothing, as in
+  `check_config_matches_workdir`)."""
+  from asgml_jax.config_schema import base_config
+  defaults = flatten(json.loads(base_config().to_json_best_effort()))
+  current = flatten(json.loads(config.to_json_best_effort()))
+  own = {k: v for k, v in current.items()
+         if k not in RESUMABLE_CHANGES and (k not in defaults or defaults[k] != v)}
+  return hashlib.sha256(json.dumps(own, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _write_json_atomically(path: str, payload) -> None:
@@ -104,14 +140,24 @@ class RunDir:
 
   def __init__(self, config, workdir: str):
     self.config = config
-    self.workdir = os.path.abspath(os.path.expanduser(workdir))
-    check_config_matches_workdir(config, self.workdir)
-    self.checkpoints = checkpointing.Checkpoints(self.workdir, config.checkpoint_keep)
+    self.workdir = prepare_workdir(workdir)
+    try:
+      self.lock = WorkdirLock(self.workdir).acquire()
+    except WorkdirBusy as err:
+      raise WorkdirError(str(err)) from None
+    try:
+      check_config_matches_workdir(config, self.workdir)
+      self.checkpoints = checkpointing.Checkpoints(self.workdir, config.checkpoint_keep,
+                                                   config_hash(config))
+    except BaseException:
+      self.lock.release()
+      raise
     from clu import metric_writers  # imports TensorFlow: only where a run writes logs
     self.writer = metric_writers.create_default_writer(
         self.workdir, just_logging=jax.process_index() > 0)
     self.history: list[dict] = []
     self.best_val = -1.0
+    self.training = False  # set once the run trains: a failure then gets a summary
 
   def latest_step(self) -> int | None:
     return self.checkpoints.latest.latest_step()
@@ -119,12 +165,15 @@ class RunDir:
   def has_step(self, step: int) -> bool:
     return step in self.checkpoints.latest.all_steps()
 
-  def restore(self, fresh_state, step: int | None = None):
-    """The state to start from: the checkpoint at `step` (default latest; 0 means
-    none), else `config.init_from`'s params, else `fresh_state`. Loads the eval
-    history that goes with it."""
-    found = (None if step == 0 else
-             checkpointing.restore(self.checkpoints.latest, fresh_state, step))
+  def restore(self, fresh_state, at_most: int | None = None,
+              steps_per_epoch: int | None = None):
+    """The state to start from: the newest intact checkpoint (at most step
+    `at_most`; 0 means none), else `config.init_from`'s params, else
+    `fresh_state`. Loads the eval history that goes with it. Damaged newer
+    steps are reported and moved aside (`checkpointing.restore_intact`)."""
+    found = (None if at_most == 0 else
+             self.checkpoints.restore_latest(fresh_state, at_most=at_most,
+                                             steps_per_epoch=steps_per_epoch, log=log))
     if found is not None:
       state, meta = found
       self.history = list(meta["history"])
@@ -163,18 +212,31 @@ class RunDir:
     _write_json_atomically(os.path.join(self.workdir, SUMMARY_FILE), summary)
     return summary
 
+  def discard_stale_summary(self) -> None:
+    """A run about to train more epochs has no valid summary until it ends:
+    remove the previous one, so a report never shows a finished run that is
+    being extended (or whose extension failed)."""
+    try:
+      os.remove(os.path.join(self.workdir, SUMMARY_FILE))
+    except FileNotFoundError:
+      pass
+
   def fail(self, message: str) -> dict:
-    """Records in summary.json that the run stopped (non-finite), for reports."""
+    """Records in summary.json that the run stopped (non-finite or an error), for reports."""
     summary = {"workdir": self.workdir, "seed": self.config.seed,
-               "method": method_stack.method_name(self.config), "error": message,
+               "method": method_stack.method_name(self.config),
+               "label": method_stack.run_label(self.config), "error": message,
                "num_epochs": len(self.history)}
     _write_json_atomically(os.path.join(self.workdir, SUMMARY_FILE), summary)
     return summary
 
   def close(self) -> None:
-    self.checkpoints.wait()
-    self.checkpoints.close()
-    self.writer.flush()
+    try:
+      self.checkpoints.wait()
+      self.checkpoints.close()
+      self.writer.flush()
+    finally:
+      self.lock.release()
 
 
 def epoch_line(record: dict, names, prefix: str = "") -> str:

@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asgml_jax import input_pipeline, parallel, run_dir, train
+from asgml_jax import input_pipeline, interrupts, parallel, run_dir, train
 from asgml_jax.config_schema import ConfigError
 from asgml_jax.epoch_hooks import EpochHooks
 from asgml_jax.methods import stack as method_stack
@@ -126,7 +126,7 @@ def make_sweep_fns(setup: train.RunSetup, one_state, num_seeds: int, mode: str =
   train_axes = (0, 0, None, 0, None) if on_device else (0, 0, 0)
   train_fn = jax.jit(_over_seeds(body, num_seeds, mode, train_axes),
                      donate_argnums=train.donated_args(0, 1))
-  eval_body = train.make_eval_body(setup.model, setup.config.eval_batch_size, setup.probe_cfg,
+  eval_body = train.make_eval_body(setup.model, setup.eval_batch_size, setup.probe_cfg,
                                    setup.frame_sizes, on_device)
   eval_fn = jax.jit(_over_seeds(eval_body, num_seeds, mode,
                                 (0, None, None) if on_device else (0, None)))
@@ -134,19 +134,29 @@ def make_sweep_fns(setup: train.RunSetup, one_state, num_seeds: int, mode: str =
   return train_fn, eval_fn, collection, empty
 
 
-def _common_start_step(runs: Sequence[run_dir.RunDir], steps_per_epoch: int) -> int:
-  latest = [run.latest_step() or 0 for run in runs]
-  common = min(latest)
-  for run, step in zip(runs, latest):
-    if step % steps_per_epoch:
-      raise RuntimeError(f"{run.workdir}: checkpoint at step {step} is not at an epoch boundary "
-                         f"({steps_per_epoch} steps per epoch)")
+def _restore_common(runs, setup, seeds) -> list:
+  """Every seed's state at the newest epoch all of them have intact.
+
+  Each seed first restores its own newest intact step (damaged newer ones are
+  reported and moved aside); a seed ahead of the common step restores that
+  step instead, which it must still hold."""
+  spe = setup.steps_per_epoch
+  fresh = [train.fresh_state(setup, s) for s in seeds]
+  states = [run.restore(f, steps_per_epoch=spe) for run, f in zip(runs, fresh)]
+  common = min(int(st.step) for st in states)
+  for i, (run, state) in enumerate(zip(runs, states)):
+    if int(state.step) == common:
+      continue
     if common and not run.has_step(common):
       raise RuntimeError(
           f"{run.workdir}: the other seeds resume from step {common}, but this seed kept only "
           f"later checkpoints ({run.checkpoints.latest.all_steps()}); raise "
           f"config.checkpoint_keep or start the sweep in a new --workdir")
-  return common
+    states[i] = run.restore(fresh[i], at_most=common, steps_per_epoch=spe)
+    if int(states[i].step) != common:
+      raise RuntimeError(f"{run.workdir}: its checkpoint at step {common} is damaged, and the "
+                         "other seeds resume from it; start the sweep in a new --workdir")
+  return states
 
 
 def _split_eval(counts_stacked: dict, num_seeds: int) -> list[dict]:
@@ -166,18 +176,52 @@ def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
     raise ConfigError(f"--seeds: {len(seeds)} seed(s) for {len(workdirs)} run directories")
   if len(set(seeds)) != len(seeds):
     raise ConfigError(f"--seeds: repeated seed in {list(seeds)}")
-  setup = train.setup_run(train.with_seed(config, seeds[0]))
+  config = train.run_config(train.with_seed(config, seeds[0]))
+  runs = open_run_dirs(config, seeds, workdirs)
+  try:
+    return _sweep_in(runs, config, seeds, seed_axis)
+  except interrupts.Interrupted as err:
+    err.saved = train.saved_note(runs)
+    raise
+  except Exception as err:
+    for run in runs:
+      if run.training:
+        run.fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    raise
+  finally:
+    for run in runs:
+      run.close()
+
+
+def open_run_dirs(config, seeds, workdirs) -> list[run_dir.RunDir]:
+  """Every seed's RunDir (checked and locked) before the data load; on a
+  refusal the ones already opened are released."""
+  runs = []
+  try:
+    for s, w in zip(seeds, workdirs):
+      runs.append(run_dir.RunDir(train.with_seed(config, s), w))
+  except BaseException:
+    for run in runs:
+      run.close()
+    raise
+  return runs
+
+
+def _sweep_in(runs, config, seeds, seed_axis) -> list[dict]:
+  setup = train.setup_run(config)
   config, names, data = setup.config, setup.names, setup.data
   steps_per_epoch, num_seeds = setup.steps_per_epoch, len(seeds)
   total_steps = steps_per_epoch * config.num_epochs
 
-  runs = [run_dir.RunDir(train.with_seed(config, s), w) for s, w in zip(seeds, workdirs)]
-  start_step = _common_start_step(runs, steps_per_epoch)
-  seed_states = [run.restore(train.fresh_state(setup, s), step=start_step)
-                 for run, s in zip(runs, seeds)]
+  seed_states = _restore_common(runs, setup, seeds)
+  start_step = int(seed_states[0].step)
+  train.check_epochs_left(runs[0], start_step // steps_per_epoch, config.num_epochs)
   for run, state in zip(runs, seed_states):
     if int(state.step) == 0:
       run.write_hparams()
+    if start_step < total_steps:
+      run.discard_stale_summary()
+    run.training = True
   mode = seed_axis_mode(config, seed_axis)
   mesh = parallel.seed_mesh(config, num_seeds, mode)
   if mesh is not None and data.on_device:
@@ -223,48 +267,45 @@ def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
                                     names, rate, prefix=f"[{num_seeds} seeds, mean] "))
     window.update(start=now, step=at_step)
 
-  try:
-    for epoch in range(start_step // steps_per_epoch, config.num_epochs):
-      epoch_start = time.time()
-      perms = input_pipeline.epoch_order(data, data_keys, epoch)
-      if data.on_device:
-        perms = parallel.shard_seeds(perms, mesh)
-      metrics_acc = parallel.shard_seeds(empty_metrics(), mesh)
-      pending = None
-      for batch_index in range(steps_per_epoch):
-        states, metrics_acc = train_fn(states, metrics_acc, *input_pipeline.train_args(
-            data, perms, batch_index, config.batch_size))
-        step += 1
-        progress(step)
-        if pending is not None:  # the last window's values, ready while this step runs
-          flush(pending)
-          pending = None
-        if step % config.log_every_steps == 0 or batch_index == steps_per_epoch - 1:
-          pending = (step, epoch, jax.vmap(lambda m: m.compute())(metrics_acc),
-                     jnp.copy(states.health))
-          metrics_acc = parallel.shard_seeds(empty_metrics(), mesh)
-      if pending is not None:
+  for epoch in range(start_step // steps_per_epoch, config.num_epochs):
+    epoch_start = time.time()
+    perms = input_pipeline.epoch_order(data, data_keys, epoch)
+    if data.on_device:
+      perms = parallel.shard_seeds(perms, mesh)
+    metrics_acc = parallel.shard_seeds(empty_metrics(), mesh)
+    pending = None
+    for batch_index in range(steps_per_epoch):
+      states, metrics_acc = train_fn(states, metrics_acc, *input_pipeline.train_args(
+          data, perms, batch_index, config.batch_size))
+      step += 1
+      progress(step)
+      if pending is not None:  # the last window's values, ready while this step runs
         flush(pending)
-      per_split = {}
-      for split in ("validation", "test"):
-        counts = train.accumulate_confusions(eval_fn, states, data, split,
-                                             config.eval_batch_size)
-        per_split[split] = _split_eval(counts, num_seeds)
-      states = parallel.shard_seeds(hooks.epoch_end(states, per_split["validation"], epoch + 1),
-                                    mesh)
-      seconds = time.time() - epoch_start
-      for s, run in enumerate(runs):
-        if s in failed:
-          continue
-        record = train.eval_record(epoch + 1, per_split["validation"][s], per_split["test"][s],
-                                   seconds / num_seeds)
-        record["sweep_seconds"] = seconds
-        run.end_epoch(step, unstack(states, s), record)
-        run_dir.log(run_dir.epoch_line(record, names, prefix=f"seed {seeds[s]}: "))
-  finally:
-    for run in runs:
-      run.close()
-
+        pending = None
+      if step % config.log_every_steps == 0 or batch_index == steps_per_epoch - 1:
+        pending = (step, epoch, jax.vmap(lambda m: m.compute())(metrics_acc),
+                   jnp.copy(states.health))
+        metrics_acc = parallel.shard_seeds(empty_metrics(), mesh)
+    if pending is not None:
+      flush(pending)
+    per_split = {}
+    for split in ("validation", "test"):
+      counts = train.accumulate_confusions(eval_fn, states, data, split,
+                                           setup.eval_batch_size)
+      per_split[split] = _split_eval(counts, num_seeds)
+    states = parallel.shard_seeds(hooks.epoch_end(states, per_split["validation"], epoch + 1),
+                                  mesh)
+    seconds = time.time() - epoch_start
+    for s, run in enumerate(runs):
+      if s in failed:
+        continue
+      record = train.eval_record(epoch + 1, per_split["validation"][s], per_split["test"][s],
+                                 seconds / num_seeds)
+      record["sweep_seconds"] = seconds
+      run.end_epoch(step, unstack(states, s), record)
+      run_dir.log(run_dir.epoch_line(record, names, prefix=f"seed {seeds[s]}: "))
+  for run in runs:
+    run.checkpoints.wait()
   summaries = []
   for s, run in enumerate(runs):
     if s in failed:

@@ -16,9 +16,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from asgml_jax import augment, input_pipeline, optim, parallel, run_dir, steps
+from asgml_jax import augment, input_pipeline, interrupts, optim, parallel, run_dir, steps
 from asgml_jax.epoch_hooks import EpochHooks
-from asgml_jax.config_schema import effective_config, modality_names, validate
+from asgml_jax.config_schema import ConfigError, effective_config, modality_names, validate
 from asgml_jax.metrics import ConfusionMatrix, summarize_confusions, train_metrics_collection
 from asgml_jax.models import model_from_config
 from asgml_jax.methods import stack as method_stack
@@ -173,10 +173,24 @@ class RunSetup:
   example: dict
   frame_sizes: dict
 
+  @property
+  def eval_batch_size(self) -> int:
+    """The eval batch the data was padded for (config.eval_batch_size, capped
+    at the largest eval split: `input_pipeline.effective_eval_batch_size`)."""
+    if self.data is not None and self.data.eval_batch_size:
+      return self.data.eval_batch_size
+    return self.config.eval_batch_size
+
+
+def run_config(config):
+  """The validated config a run uses (its protocol's settings applied); cheap,
+  so launchers call it before anything slow."""
+  return effective_config(validate(config))
+
 
 def setup_run(config) -> RunSetup:
   """Validates `config`, loads its data onto the device and builds model and optimizer."""
-  config = effective_config(validate(config))
+  config = run_config(config)
   data = input_pipeline.load(config)
   steps_per_epoch = data.num_train // config.batch_size
   model = model_from_config(config, data.num_classes)
@@ -215,24 +229,64 @@ def eval_record(epoch: int, validation: dict, test: dict, seconds: float) -> dic
   return {"epoch": epoch, "validation": validation, "test": test, "seconds": seconds}
 
 
+def saved_note(runs) -> str:
+  """What a stopped run leaves to resume from, for its one-line message."""
+  parts = []
+  for run in runs:
+    step = run.latest_step()
+    parts.append(f"{run.workdir}: nothing saved yet" if step is None else
+                 f"{run.workdir}: latest checkpoint step {step}")
+  return "; ".join(parts) + "; rerun the same command to resume"
+
+
+def check_epochs_left(run, start_epoch: int, num_epochs: int) -> None:
+  """A workdir that already trained more epochs than asked cannot report fewer."""
+  if start_epoch > num_epochs:
+    raise ConfigError(f"config.num_epochs: {num_epochs}, but the run in {run.workdir} already "
+                      f"trained {start_epoch} epochs (its summary.json has them); use a new "
+                      "--workdir to train fewer")
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming if it holds a run); returns the summary."""
+  """Trains `config` in `workdir` (resuming if it holds a run); returns the summary.
+
+  The workdir is checked and locked before the data load, so a mistake there
+  costs no waiting. A stop signal (`interrupts.Interrupted`) leaves the latest
+  completed epoch saved and says so; a non-finite step or any other error
+  leaves a summary.json that records it."""
+  config = run_config(config)
+  run = run_dir.RunDir(config, workdir)
+  try:
+    return _train_in(run, config)
+  except interrupts.Interrupted as err:
+    err.saved = saved_note([run])
+    raise
+  except Exception as err:
+    if run.training:  # before that, an older run's summary (if any) still holds
+      run.fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    raise
+  finally:
+    run.close()
+
+
+def _train_in(run, config) -> dict:
   setup = setup_run(config)
   config, names, data = setup.config, setup.names, setup.data
   steps_per_epoch = setup.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
   data_key = run_keys(config.seed)[1]
 
-  run = run_dir.RunDir(config, workdir)
   mesh = parallel.data_mesh(config)
-  state = parallel.replicate(distinct_buffers(run.restore(fresh_state(setup, config.seed))), mesh)
+  state = parallel.replicate(distinct_buffers(run.restore(
+      fresh_state(setup, config.seed), steps_per_epoch=steps_per_epoch)), mesh)
   if mesh is not None and data.on_device:
     data = dataclasses.replace(data, train=parallel.replicate(data.train, mesh),
                                eval_splits=parallel.replicate(data.eval_splits, mesh))
   start_step = int(state.step)
-  if start_step % steps_per_epoch:
-    raise RuntimeError(f"checkpoint at step {start_step} is not at an epoch boundary "
-                       f"({steps_per_epoch} steps per epoch)")
+  check_epochs_left(run, start_step // steps_per_epoch, config.num_epochs)
+  if start_step < total_steps:
+    run.discard_stale_summary()
+  run.training = True
   hooks = EpochHooks(setup, [data_key], stacked=False)
   if start_step == 0:
     run.write_hparams()
@@ -242,7 +296,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                              every_steps=config.log_every_steps)
   train_fn, collection = make_train_fn(setup.model, setup.tx, config, steps_per_epoch, state,
                                        setup.example, setup.probe_cfg, data.on_device, mesh)
-  eval_fn = make_eval_fn(setup.model, config.eval_batch_size, setup.probe_cfg, setup.frame_sizes,
+  eval_fn = make_eval_fn(setup.model, setup.eval_batch_size, setup.probe_cfg, setup.frame_sizes,
                          data.on_device, mesh)
 
   run_dir.log(f"training {method_stack.run_label(config)} on {config.dataset.name} "
@@ -268,37 +322,34 @@ def train_and_evaluate(config, workdir: str) -> dict:
                               rate))
     window.update(start=now, step=at_step)
 
-  try:
-    for epoch in range(start_step // steps_per_epoch, config.num_epochs):
-      epoch_start = time.time()
-      perm = input_pipeline.epoch_order(data, data_key, epoch)
-      metrics_acc = fresh_metrics(collection)
-      pending = None
-      for batch_index in range(steps_per_epoch):
-        state, metrics_acc = train_fn(state, metrics_acc, *input_pipeline.train_args(
-            data, perm, batch_index, config.batch_size))
-        step += 1
-        progress(step)
-        if pending is not None:  # the last window's values, ready while this step runs
-          flush(pending)
-          pending = None
-        if step % config.log_every_steps == 0 or batch_index == steps_per_epoch - 1:
-          # Dispatched, not fetched: no host sync here (the state is donated next step,
-          # so the health flag is copied out).
-          pending = (step, epoch, metrics_acc.compute(), jnp.copy(state.health))
-          metrics_acc = fresh_metrics(collection)
-      if pending is not None:
+  for epoch in range(start_step // steps_per_epoch, config.num_epochs):
+    epoch_start = time.time()
+    perm = input_pipeline.epoch_order(data, data_key, epoch)
+    metrics_acc = fresh_metrics(collection)
+    pending = None
+    for batch_index in range(steps_per_epoch):
+      state, metrics_acc = train_fn(state, metrics_acc, *input_pipeline.train_args(
+          data, perm, batch_index, config.batch_size))
+      step += 1
+      progress(step)
+      if pending is not None:  # the last window's values, ready while this step runs
         flush(pending)
-      splits = {s: evaluate(eval_fn, state, data, s, config.eval_batch_size)
-                for s in ("validation", "test")}
-      state = parallel.replicate(hooks.epoch_end(state, [splits["validation"]], epoch + 1), mesh)
-      record = eval_record(epoch + 1, splits["validation"], splits["test"],
-                           time.time() - epoch_start)
-      run.end_epoch(step, state, record)
-      run_dir.log(run_dir.epoch_line(record, names))
-  finally:
-    run.close()
-
+        pending = None
+      if step % config.log_every_steps == 0 or batch_index == steps_per_epoch - 1:
+        # Dispatched, not fetched: no host sync here (the state is donated next step,
+        # so the health flag is copied out).
+        pending = (step, epoch, metrics_acc.compute(), jnp.copy(state.health))
+        metrics_acc = fresh_metrics(collection)
+    if pending is not None:
+      flush(pending)
+    splits = {s: evaluate(eval_fn, state, data, s, setup.eval_batch_size)
+              for s in ("validation", "test")}
+    state = parallel.replicate(hooks.epoch_end(state, [splits["validation"]], epoch + 1), mesh)
+    record = eval_record(epoch + 1, splits["validation"], splits["test"],
+                         time.time() - epoch_start)
+    run.end_epoch(step, state, record)
+    run_dir.log(run_dir.epoch_line(record, names))
+  run.checkpoints.wait()
   summary = run.finish()
   run_dir.log(run_dir.done_line(summary) + f"; TensorBoard: tensorboard --logdir {run.workdir}")
   return summary

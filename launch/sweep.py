@@ -21,6 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from asgml_jax.config_schema import ConfigError
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (file.py[:arg]).",
                                           lock_config=True)
@@ -85,7 +86,7 @@ def main(argv):
       failed += sum("error" in s for s in summaries)
     print(f"sweep done: {workdir}; tables and plots: python -m launch.report {workdir}",
           flush=True)
-  except (ConfigError, train.NonFiniteError, FileNotFoundError, RuntimeError, ValueError) as err:
+  except cli.user_errors() + (RuntimeError, ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2 if isinstance(err, (ConfigError, ValueError)) else 1)
   if failed:
@@ -95,4 +96,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -3,17 +3,15 @@ r"""Train one run: `python -m launch.train --config configs/default.py --workdir
 Config values are overridden on the command line, e.g.
 `--config.num_epochs=5 --config.model.fusion=sum`; a variant is picked with
 `--config configs/<dataset>.py:<variant>`. Rerunning the same command with the
-same workdir resumes from its latest checkpoint.
+same workdir resumes from its latest intact checkpoint.
 """
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from asgml_jax.config_schema import ConfigError
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (file.py[:arg]).",
                                           lock_config=True)
@@ -29,10 +27,9 @@ def main(argv):
   from asgml_jax import train  # imported late: flags first, heavy imports after
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ConfigError, train.NonFiniteError, FileNotFoundError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2 if isinstance(err, ConfigError) else 1)
+  except cli.user_errors() as err:
+    cli.report(err)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

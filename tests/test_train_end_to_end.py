@@ -118,7 +118,9 @@ def test_divergence_stops_with_the_step_and_saves_nothing_corrupt(tmp_path, tfds
     like = _state_like(config)
     params, _ = _final_params(str(workdir), like)  # whatever was saved is finite
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
-  assert not (workdir / "summary.json").exists()
+  with open(workdir / "summary.json") as f:  # the failure is recorded for reports
+    failed = json.load(f)
+  assert failed["error"].startswith("non-finite") and "final" not in failed
 
 
 def test_init_from_warm_starts_params(tmp_path, tfds_dir):

@@ -1,0 +1,95 @@
+"""What every launcher shares: user mistakes and stop signals as one line.
+
+A user's mistake (an unknown `--config.<key>`, a misspelt variant, a missing
+config file, a bad value, a workdir that cannot be used, a raw file that does
+not decode, a damaged checkpoint) ends the command with `error: <what>: <why>`
+on stderr and exit code 2 (configuration) or 1 (data, workdir, run); no
+traceback. A bug in the project still shows its traceback: that one is ours
+to read. SIGTERM/SIGINT print what was saved and exit with 128 + the signal.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from absl import app, flags
+
+from asgml_jax import interrupts
+
+
+def _config_override_in(argv, key: str) -> str:
+  """The `--config.a.b=...` argument whose leaf is `key`, for the message."""
+  for arg in argv:
+    name = arg.split("=", 1)[0]
+    if name.startswith("--config.") and name.split(".")[-1] == key:
+      return name
+  return f"--config...{key}"
+
+
+def flag_error_line(err: BaseException, argv) -> str:
+  """One line for an error raised while absl/ml_collections parse the flags."""
+  text = str(err)
+  if isinstance(err, (AttributeError, KeyError)):
+    text = text.strip("'\"").replace("\\n", "\n").replace("\\'", "'")
+    key = text.splitlines()[0].strip("'\"")
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    flag = _config_override_in(argv, key)
+    line = f"{flag}: no such config key"
+    if hint:
+      line += f"; did you mean {flag.rsplit('.', 1)[0]}.{hint.group(1)}?"
+    return line
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  if not lines:
+    return type(err).__name__
+  first = re.sub(r"^flag ", "", lines[0]).rstrip(":")
+  missing = [l for l in lines if "No such file or directory" in l]
+  if "Failed loading config file" in text and missing:
+    path = re.search(r"No such file or directory: '([^']+)'", missing[0])
+    return f"--config {path.group(1) if path else ''}: no such config file"
+  if "Error whilst parsing config file" in text:
+    cause = re.sub(r"^[A-Za-z_.]*(Error|Exception): ", "", lines[-1])
+    return f"{first.split(': Error whilst')[0]}: {cause}"
+  return first
+
+
+def _parse_flags(argv):
+  try:
+    rest = flags.FLAGS(argv)
+    if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
+      flags.FLAGS["config"].value.keys()  # config_flags defers a load failure to first use
+    return rest
+  except Exception as err:  # absl and config_flags raise several kinds, all user input
+    print(f"error: {flag_error_line(err, argv)}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def user_errors() -> tuple[type, ...]:
+  """Exceptions that mean the user's input, not a bug (imported late: heavy)."""
+  from asgml_jax.checkpointing import CheckpointError
+  from asgml_jax.config_schema import ConfigError
+  from asgml_jax.run_dir import WorkdirError
+  from asgml_jax.train import NonFiniteError
+  from data_prep.common import BadInputError
+  return (ConfigError, NonFiniteError, FileNotFoundError, BadInputError, WorkdirError,
+          CheckpointError)
+
+
+def exit_code(err: BaseException) -> int:
+  from asgml_jax.config_schema import ConfigError
+  return 2 if isinstance(err, ConfigError) else 1
+
+
+def report(err: BaseException) -> None:
+  print(f"error: {err}", file=sys.stderr, flush=True)
+  sys.exit(exit_code(err))
+
+
+def run(main) -> None:
+  """`app.run(main)` with flag mistakes and stop signals as one line."""
+  interrupts.install()
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except interrupts.Interrupted as stop:
+    print(stop.line(), file=sys.stderr, flush=True)
+    sys.exit(stop.exit_code)
