@@ -140,26 +140,50 @@ class RunDir:
 
   def __init__(self, config, workdir: str):
     self.config = config
+    existed = os.path.isdir(os.path.expanduser(workdir))
     self.workdir = prepare_workdir(workdir)
+    # What this RunDir creates, removed again if the run ends before training
+    # (a mistake in the data or config must not leave a workdir behind that
+    # binds the next attempt to the mistaken config.json).
+    self._created_config = not os.path.exists(os.path.join(self.workdir, CONFIG_FILE))
+    self._created_workdir = not existed
     try:
       self.lock = WorkdirLock(self.workdir).acquire()
     except WorkdirBusy as err:
       raise WorkdirError(str(err)) from None
     try:
       check_config_matches_workdir(config, self.workdir)
-      self.checkpoints = checkpointing.Checkpoints(self.workdir, config.checkpoint_keep,
-                                                   config_hash(config))
     except BaseException:
       self.lock.release()
       raise
-    from clu import metric_writers  # imports TensorFlow: only where a run writes logs
-    self.writer = metric_writers.create_default_writer(
-        self.workdir, just_logging=jax.process_index() > 0)
+    self._checkpoints = None
+    self._writer = None
     self.history: list[dict] = []
     self.best_val = -1.0
     self.training = False  # set once the run trains: a failure then gets a summary
 
+  @property
+  def checkpoints(self) -> checkpointing.Checkpoints:
+    """The checkpoint managers, created at first use (they create directories)."""
+    if self._checkpoints is None:
+      self._checkpoints = checkpointing.Checkpoints(self.workdir, self.config.checkpoint_keep,
+                                                    config_hash(self.config))
+    return self._checkpoints
+
+  @property
+  def writer(self):
+    """The clu metric writer, created at its first use: its event file marks a
+    run that trained."""
+    if self._writer is None:
+      from clu import metric_writers  # imports TensorFlow: only where a run writes logs
+      self._writer = metric_writers.create_default_writer(
+          self.workdir, just_logging=jax.process_index() > 0)
+    return self._writer
+
   def latest_step(self) -> int | None:
+    if self._checkpoints is None and not os.path.isdir(
+        os.path.join(self.workdir, checkpointing.LATEST_DIR)):
+      return None
     return self.checkpoints.latest.latest_step()
 
   def has_step(self, step: int) -> bool:
@@ -232,11 +256,24 @@ class RunDir:
 
   def close(self) -> None:
     try:
-      self.checkpoints.wait()
-      self.checkpoints.close()
-      self.writer.flush()
+      if self._checkpoints is not None:
+        self._checkpoints.wait()
+        self._checkpoints.close()
+      if self._writer is not None:
+        self._writer.flush()
+      if not self.training:
+        self._remove_what_an_untrained_run_created()
     finally:
       self.lock.release()
+
+  def _remove_what_an_untrained_run_created(self) -> None:
+    if self._checkpoints is not None:  # orbax may still be listing its directories
+      return
+    if self._created_config and self._writer is None:
+      os.remove(os.path.join(self.workdir, CONFIG_FILE))
+    if self._created_workdir and set(os.listdir(self.workdir)) <= {".lock"}:
+      import shutil
+      shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def epoch_line(record: dict, names, prefix: str = "") -> str:

@@ -104,6 +104,66 @@ def test_cremad_corrupt_wav_fails_naming_it_and_skip_bad_counts_it(cremad_raw, t
   assert total == 17
 
 
+def test_skip_bad_emptying_a_split_is_one_error_naming_the_split(cremad_raw, tmp_path):
+  """TFDS would fail with 'Failed to finalize writing of split'; the build says
+  which split is empty and why."""
+  raw, test_list = cremad_raw
+  for clip in _cremad_clips():
+    if clip.startswith("1003"):  # every test clip
+      with open(os.path.join(raw, "AudioWAV", clip + ".wav"), "wb") as f:
+        f.write(b"not a wav")
+  data_dir = str(tmp_path / "tfds")
+  cfg = cremad.make_config(frame_size=32, test_list=test_list, validation_fraction=0.25)
+  with pytest.raises(BadInputError) as err:
+    prepare(cremad.CremaD(config=cfg, data_dir=data_dir, skip_bad=True), raw_dir=raw)
+  assert str(err.value) == (f"{raw}: the test split has no examples (--skip_bad left out 6 bad "
+                            "file(s))")
+  _no_half_written(data_dir)
+
+
+def test_a_skip_bad_build_is_not_reused_by_a_strict_build(cremad_raw, tmp_path):
+  raw, test_list = cremad_raw
+  bad = os.path.join(raw, "AudioWAV", "1001_DFA_HAP_XX.wav")
+  with open(bad, "wb") as f:
+    f.write(b"not a wav")
+  data_dir = str(tmp_path / "tfds")
+  cfg = cremad.make_config(frame_size=32, test_list=test_list, validation_fraction=0.25)
+  lenient = cremad.CremaD(config=cfg, data_dir=data_dir, skip_bad=True)
+  prepare(lenient, raw_dir=raw)
+  assert lenient.builder_config.name == cfg.name + "_skipbad"
+  strict = cremad.CremaD(config=cfg, data_dir=data_dir)
+  assert not strict.is_prepared()  # a different dataset: one file fewer
+  with pytest.raises(BadInputError, match="1001_DFA_HAP_XX.wav: does not decode as a WAV"):
+    prepare(strict, raw_dir=raw)
+  assert cremad.CremaD(config=cfg, data_dir=data_dir, skip_bad=True).is_prepared()
+
+
+def _idx_gz(path, array):
+  import gzip
+  header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_a_truncated_mnist_gz_is_named_with_or_without_skip_bad(tmp_path, capsys):
+  raw = tmp_path / "raw"
+  os.makedirs(raw / "mnist")
+  for s in ("theo", "nicolas", "lucas"):
+    rf.write_wav(str(raw / "fsdd" / "recordings" / f"3_{s}_0.wav"), rf.tone(300, 0.5, 8000), 8000)
+  images = str(raw / "mnist" / "t10k-images-idx3-ubyte.gz")
+  _idx_gz(images, np.zeros((20, 28, 28)))
+  _idx_gz(str(raw / "mnist" / "t10k-labels-idx1-ubyte.gz"), np.arange(20) % 10)
+  data = open(images, "rb").read()
+  open(images, "wb").write(data[:len(data) // 2])
+  for extra in ([], ["--skip_bad"]):
+    assert build.main(["av_digits", "--raw_dir", str(raw), "--data_dir",
+                       str(tmp_path / "tfds"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {images}: cannot be read as an IDX file (")
+    assert "\n" not in err and "Traceback" not in err
+  _no_half_written(str(tmp_path / "tfds"))
+
+
 def test_cremad_short_clip_and_missing_video_are_named(cremad_raw, tmp_path):
   raw, test_list = cremad_raw
   rf.write_wav(os.path.join(raw, "AudioWAV", "1002_DFA_SAD_XX.wav"), rf.tone(400, 0.5, 16000), 16000)
@@ -357,6 +417,41 @@ def test_npz_bad_inputs(tmp_path):
     f.write(b"PK\x03\x04 truncated")
   with pytest.raises(BadInputError, match="test.npz: does not load as an .npz archive"):
     npz.scan(raw)
+
+
+def _npz_with(root, **arrays):
+  os.makedirs(root, exist_ok=True)
+  for split in ("train", "test"):
+    np.savez(os.path.join(root, f"{split}.npz"), **arrays)
+  return root
+
+
+@pytest.mark.parametrize("name, arrays, message", [
+    ("strings", dict(label=np.arange(4) % 2, text=np.array(["a", "b", "c", "d"])),
+     "train.npz: 'text' is a <U1 array; modalities must be real numbers"),
+    ("complex", dict(label=np.arange(4) % 2, x=np.ones((4, 2), np.complex64)),
+     "train.npz: 'x' is a complex64 array; modalities must be real numbers"),
+    ("objects", dict(label=np.arange(4) % 2, x=np.array([{}, {}, {}, {}], dtype=object)),
+     "train.npz: 'x' cannot be read without pickle"),
+    ("huge label", dict(label=np.array([0, 1, 2**62, 1]), x=np.ones((4, 2))),
+     f"labels must be 0..C-1 without gaps, but the largest is {2**62} and only 3 distinct"),
+    ("label 1000", dict(label=np.array([0, 1, 1000, 2] * 3), x=np.ones((12, 2))),
+     "labels must be 0..C-1 without gaps, but the largest is 1000 and only 4 distinct"),
+    ("empty split", dict(label=np.zeros(0, np.int64), x=np.ones((0, 2))),
+     "train.npz: the train split has no examples"),
+])
+def test_npz_refuses_unusable_arrays_naming_file_key_and_dtype(tmp_path, name, arrays, message):
+  raw = _npz_with(str(tmp_path / name.replace(" ", "_")), **arrays)
+  with pytest.raises(BadInputError) as err:
+    npz.scan(raw)
+  assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_npz_labels_may_miss_a_class_or_two():
+  """A small gap (a class absent from the data) is allowed: slack, not density."""
+  npz._check_dense_labels("raw", 9, set(range(10)) - {4})
+  with pytest.raises(BadInputError, match="largest is 9 and only 7 distinct"):
+    npz._check_dense_labels("raw", 9, set(range(7)))
 
 
 def test_build_command_reports_errors_and_builds(tmp_path, capsys):
