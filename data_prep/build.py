@@ -81,5 +81,17 @@ def main(argv=None) -> int:
   return 0
 
 
+def run() -> int:
+  """`main` with SIGTERM/SIGINT as one line: `prepare` has removed the partial build."""
+  from asgml_jax import interrupts
+  interrupts.install()
+  try:
+    return main()
+  except interrupts.Interrupted as stop:
+    stop.saved = "the partial build was removed; rerun the same command to build"
+    print(stop.line(), file=sys.stderr, flush=True)
+    return stop.exit_code
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(run())
