@@ -26,6 +26,8 @@ intact checkpoint, at step 0), then scratch.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 from typing import Any, Callable
@@ -45,12 +47,26 @@ class CheckpointError(Exception):
   """No intact checkpoint where one is needed; the message says where and why."""
 
 
+@contextlib.contextmanager
+def _orbax_quiet():
+  """Orbax logs an ERROR for each damaged metadata file it lists; the damage is
+  reported in our one line instead."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 def _manager(directory: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                          cleanup_tmp_directories=not read_only,
                                          read_only=read_only)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=("state", "meta"))
+  with _orbax_quiet():
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                 item_names=("state", "meta"))
 
 
 def _abstract(tree: Any) -> Any:
@@ -121,8 +137,9 @@ def restore_step(manager: ocp.CheckpointManager, like_state: Any, step: int, *,
   directory = step_dir(manager, step)
   facts = integrity.verify(directory)
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(like_state)), meta=ocp.args.JsonRestore()))
+    with _orbax_quiet():
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(_abstract(like_state)), meta=ocp.args.JsonRestore()))
   except Exception as err:  # orbax/tensorstore raise many kinds; all mean unreadable
     raise integrity.CheckpointDamaged(f"orbax cannot read it ({_first_line(err)})") from None
   state, meta = restored["state"], restored["meta"]
@@ -175,7 +192,8 @@ def restore_intact(manager: ocp.CheckpointManager, like_state: Any, *,
       log(f"checkpoint step {bad} in {where} is damaged: {why}{moved}; "
           f"falling back to step {step}")
     if damaged and quarantine_to is not None:
-      manager.reload()
+      with _orbax_quiet():
+        manager.reload()
     if not verified:
       log(f"checkpoint step {step} in {where} has no checksums (saved before they were "
           "recorded, or killed just after the save); restored unverified")
