@@ -277,18 +277,36 @@ class RunDir:
 
 
 def epoch_line(record: dict, names, prefix: str = "") -> str:
-  return (f"{prefix}epoch {record['epoch']}: val acc {record['validation']['accuracy']:.4f} "
-          f"f1 {record['validation']['macro_f1']:.4f} | test acc "
-          f"{record['test']['accuracy']:.4f} f1 {record['test']['macro_f1']:.4f} | "
-          + " ".join(f"{m} {record['validation'][f'unimodal_accuracy_{m}']:.3f}" for m in names)
-          + f" | probe gap {record['validation']['utilization_gap']:.3f}"
-          + f" | {record['seconds']:.1f}s")
+  val = record["validation"]
+  return (f"{prefix}epoch {record['epoch']}: val acc {val['accuracy']:.4f} macro-F1 "
+          f"{val['macro_f1']:.4f} | test acc {record['test']['accuracy']:.4f} macro-F1 "
+          f"{record['test']['macro_f1']:.4f} | val unimodal acc "
+          + " ".join(f"{m} {val[f'unimodal_accuracy_{m}']:.3f}" for m in names)
+          + f" | val probe gap {val['utilization_gap']:.3f} | {record['seconds']:.1f}s")
 
 
 def done_line(summary: dict) -> str:
   return (f"done: best val acc {summary['at_best_val']['validation']['accuracy']:.4f} at epoch "
           f"{summary['best_val_epoch']} (test {summary['at_best_val']['test']['accuracy']:.4f}); "
           f"summary {os.path.join(summary['workdir'], SUMMARY_FILE)}")
+
+
+class Throughput:
+  """Steps per second since the first logged window ended: the first window
+  holds the compilation, so it is left out; evaluation and checkpoint time
+  after it are counted, being part of what remains. Averaged over the run,
+  the ETA does not swing with each window."""
+
+  def __init__(self):
+    self._start: tuple[int, float] | None = None
+
+  def rate(self, step: int, now: float | None = None) -> float | None:
+    now = time.time() if now is None else now
+    if self._start is None or step <= self._start[0]:
+      self._start = self._start or (step, now)
+      return None
+    first_step, first_time = self._start
+    return (step - first_step) / max(now - first_time, 1e-9)
 
 
 def eta(seconds: float) -> str:

@@ -247,14 +247,13 @@ def _sweep_in(runs, config, seeds, seed_axis) -> list[dict]:
               + f"): {config.num_epochs} epochs x "
               f"{steps_per_epoch} steps from step {start_step}, data on the {data.placement}")
   step = start_step
-  window = {"start": time.time(), "step": step}
+  throughput = run_dir.Throughput()
 
   def flush(pending) -> None:
     """Logs a window's per-seed metrics, fetched after the next step was dispatched."""
     at_step, at_epoch, computed, health = pending
     computed, health = jax.device_get((computed, health))
-    now = time.time()
-    rate = (at_step - window["step"]) / max(now - window["start"], 1e-9)
+    rate = throughput.rate(at_step)
     for s, run in enumerate(runs):
       message = train.nonfinite_message(health[s], names, steps_per_epoch)
       if message and s not in failed:
@@ -265,7 +264,6 @@ def _sweep_in(runs, config, seeds, seed_axis) -> list[dict]:
     mean = {k: float(np.mean(v)) for k, v in computed.items()}
     run_dir.log(train.progress_line(at_epoch, config.num_epochs, at_step, total_steps, mean,
                                     names, rate, prefix=f"[{num_seeds} seeds, mean] "))
-    window.update(start=now, step=at_step)
 
   for epoch in range(start_step // steps_per_epoch, config.num_epochs):
     epoch_start = time.time()

@@ -153,11 +153,16 @@ def evaluate(eval_fn, state, data: input_pipeline.LoadedData, split: str,
 
 
 def progress_line(epoch, num_epochs, step, total, scalars, names, rate, prefix="") -> str:
+  """The labelled progress line; `rate` (steps/s, None until measurable) from
+  `run_dir.Throughput`."""
   uni = " ".join(f"{m} {scalars[f'unimodal_accuracy_{m}']:.3f}" for m in names)
-  return (f"{prefix}epoch {epoch + 1}/{num_epochs}  step {step}/{total}  loss "
-          f"{scalars['loss']:.4f}  acc {scalars['accuracy']:.3f}  unimodal acc: {uni}  probe gap "
-          f"{scalars[_field('probe/utilization_gap')]:.3f}  |  {rate:.1f} steps/s  "
-          f"ETA {run_dir.eta((total - step) / max(rate, 1e-9))}")
+  fused = scalars.get("fused_loss", scalars["loss"])
+  pace = ("ETA after the first window (compiling)" if rate is None else
+          f"{rate:.1f} steps/s  ETA {run_dir.eta((total - step) / max(rate, 1e-9))}")
+  return (f"{prefix}epoch {epoch + 1}/{num_epochs}  step {step}/{total}  train: loss "
+          f"{scalars['loss']:.4f} (fused {fused:.4f} + unimodal/method terms)  fused acc "
+          f"{scalars['accuracy']:.3f}  unimodal acc {uni}  probe gap (max-min probe acc) "
+          f"{scalars[_field('probe/utilization_gap')]:.3f}  |  {pace}")
 
 
 @dataclasses.dataclass
@@ -306,7 +311,7 @@ def _train_in(run, config) -> dict:
               + (f", batch sharded over {mesh.size} devices" if mesh is not None else "")
               + f", workdir {run.workdir}")
   step = start_step
-  window = {"start": time.time(), "step": step}
+  throughput = run_dir.Throughput()
 
   def flush(pending) -> None:
     """Logs a window's metrics, fetched after the next step was dispatched."""
@@ -316,11 +321,8 @@ def _train_in(run, config) -> dict:
       raise NonFiniteError(message)
     scalars = {k: float(v) for k, v in jax.device_get(computed).items()}
     run.write_train_scalars(at_step, scalars)
-    now = time.time()
-    rate = (at_step - window["step"]) / max(now - window["start"], 1e-9)
     run_dir.log(progress_line(at_epoch, config.num_epochs, at_step, total_steps, scalars, names,
-                              rate))
-    window.update(start=now, step=at_step)
+                              throughput.rate(at_step)))
 
   for epoch in range(start_step // steps_per_epoch, config.num_epochs):
     epoch_start = time.time()

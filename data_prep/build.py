@@ -60,6 +60,8 @@ def main(argv=None) -> int:
   parser.add_argument("--option", action="append", default=[], help="dataset option key=value")
   args = parser.parse_args(argv)
 
+  from asgml_jax import tensorflow_import
+  tensorflow_import.import_quietly()
   from asgml_jax.input_pipeline import _hide_gpus_from_tensorflow, data_dir
   from data_prep.registry import builder_for
   _hide_gpus_from_tensorflow()
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
     builder, raw = builder_for(config, data_dir(config))
     print(f"building {builder.name}/{builder.builder_config.name} from {raw} into "
           f"{builder.data_dir}", flush=True)
-    prepare(builder, raw_dir=raw)
+    prepare(builder, raw_dir=raw, announce=False)
   except (BadInputError, ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

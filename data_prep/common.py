@@ -122,21 +122,35 @@ def read_id_list(path: str) -> list[list[str]]:
   return rows
 
 
-def prepare(builder, *, raw_dir: str | None = None) -> None:
+def prepare(builder, *, raw_dir: str | None = None, announce: bool = True) -> None:
   """`builder.download_and_prepare()` with `raw_dir` as TFDS's manual_dir.
 
-  On failure the builder's temporary `*.incomplete*` directories are removed,
-  so nothing half-written is left to be mistaken for a dataset; datasets
-  prepared earlier (other configs or versions) are not touched.
+  Says in one line what is built where (TFDS's own "Downloading and preparing
+  dataset Unknown size" is not printed: nothing is downloaded), and shows
+  TFDS's progress bars only on a terminal (in a log file they are escape
+  codes). On failure the builder's temporary `*.incomplete*` directories are
+  removed, so nothing half-written is left to be mistaken for a dataset;
+  datasets prepared earlier (other configs or versions) are not touched.
   """
+  import contextlib
+  import io
+  import sys
+
   import tensorflow_datasets as tfds
   if builder.is_prepared():
     return
   if raw_dir:
     require_dir(raw_dir, f"{builder.name} raw")
+  if announce:
+    print(f"building dataset {builder.name}/{builder.builder_config.name} into "
+          f"{builder.data_dir} (once: later runs reuse it; choose the folder with "
+          "config.dataset.data_dir or $TFDS_DATA_DIR)", flush=True)
+  if not sys.stderr.isatty():
+    tfds.disable_progress_bar()
   config = tfds.download.DownloadConfig(manual_dir=raw_dir) if raw_dir else None
   try:
-    builder.download_and_prepare(download_config=config)
+    with contextlib.redirect_stdout(io.StringIO()):  # TFDS's download wording
+      builder.download_and_prepare(download_config=config)
   except BaseException as err:
     parent = os.path.dirname(builder.data_dir)
     for tmp in glob.glob(os.path.join(parent, "*incomplete*")):

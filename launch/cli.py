@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from asgml_jax import interrupts
 
@@ -62,6 +62,17 @@ def _parse_flags(argv):
   except Exception as err:  # absl and config_flags raise several kinds, all user input
     print(f"error: {flag_error_line(err, argv)}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def quiet_logs() -> None:
+  """Python-side library logs at ERROR and above only (TFDS's "Using custom data
+  configuration: ..." dumps, orbax and clu INFO/WARNING lines) and
+  TensorFlow's import notices (`tensorflow_import`), unless the user asked
+  for a --verbosity: the first screen is for the run's own lines."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)
+    from asgml_jax import tensorflow_import
+    tensorflow_import.import_quietly()
 
 
 def user_errors() -> tuple[type, ...]:

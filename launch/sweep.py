@@ -17,7 +17,7 @@ import importlib.util
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from asgml_jax.config_schema import ConfigError
@@ -67,8 +67,7 @@ def _parse_seeds(config) -> list[int]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_logs()
   from asgml_jax import sweep, train
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   try:

@@ -8,7 +8,7 @@ same workdir resumes from its latest intact checkpoint.
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from launch import cli
@@ -22,8 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax/clu INFO lines would bury the progress
+  cli.quiet_logs()
   from asgml_jax import train  # imported late: flags first, heavy imports after
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
