@@ -26,16 +26,34 @@ import numpy as np
 from asgml_jax.methods import stack as method_stack
 from asgml_jax.run_dir import CONFIG_FILE, SUMMARY_FILE
 
-# (column, path in summary.json, title)
+# (column, path in summary.json, title); fractions are shown in %.
 COLUMNS = (
     ("best_val_acc", ("at_best_val", "validation", "accuracy"), "best val acc"),
     ("test_acc_at_best_val", ("at_best_val", "test", "accuracy"), "test acc @ best val"),
     ("test_f1_at_best_val", ("at_best_val", "test", "macro_f1"), "test macro-F1 @ best val"),
     ("final_test_acc", ("final", "test", "accuracy"), "final test acc"),
     ("final_test_f1", ("final", "test", "macro_f1"), "final test macro-F1"),
-    ("utilization_gap_last10", ("utilization_gap_last10", "test"), "probe gap (test, last 10)"),
+    ("utilization_gap_last10", ("utilization_gap_last10", "test"), "probe gap (test, last ≤10)"),
+    ("val_utilization_gap_last10", ("utilization_gap_last10", "validation"),
+     "probe gap (val, last ≤10)"),
     ("convergence_epoch", ("convergence_epoch",), "convergence epoch"),
-    ("seconds_per_epoch", ("seconds_per_epoch",), "s / epoch / seed"),
+)
+# Per modality m, from the final epoch's test record.
+MODALITY_COLUMNS = (
+    ("unimodal_acc_{m}", ("final", "test", "unimodal_accuracy_{m}"), "final test unimodal acc: {m}"),
+    ("probe_acc_{m}", ("final", "test", "probe_acc_{m}"), "final test probe acc: {m}"),
+)
+SECONDS_COLUMN = ("seconds_per_epoch", "s / epoch / seed")
+SIGNIFICANCE_COLUMN = "test_acc_at_best_val"
+NOTES = (
+    "Mean ± sample std over seeds; accuracies, F1 and the probe utilization gap in %. "
+    "Model selection is on validation (\"@ best val\"); \"final\" is the last epoch.",
+    "Probe gap: max − min over modalities of the linear probes' accuracy on frozen encoder "
+    "features, averaged over the last 10 epochs (all epochs of a shorter run).",
+    "Convergence epoch: the first epoch whose test accuracy reaches 90 % of the final test "
+    "accuracy.",
+    "s / epoch / seed: median wall-clock seconds of an epoch after the first (which holds the "
+    "compilation), divided by the seeds trained together in one program.",
 )
 
 
@@ -124,18 +142,70 @@ def mean_std(values) -> tuple[float, float]:
   return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def table(runs: list[dict]) -> list[dict]:
-  """One row per variant: n seeds and mean/std of every column."""
+def modalities_of(runs: list[dict]) -> list[str]:
+  """Modalities with a unimodal accuracy in some finished run's summary."""
+  found = set()
+  for run in runs:
+    final = (run["summary"] or {}).get("final", {}).get("test", {})
+    found |= {k[len("unimodal_accuracy_"):] for k in final if k.startswith("unimodal_accuracy_")}
+  return sorted(found)
+
+
+def columns_for(modalities) -> list[tuple[str, tuple, str]]:
+  out = list(COLUMNS)
+  for m in modalities:
+    out += [(c.format(m=m), tuple(p.format(m=m) for p in path), t.format(m=m))
+            for c, path, t in MODALITY_COLUMNS]
+  return out
+
+
+def _get_or_none(tree, path):
+  try:
+    return _get(tree, path)
+  except (KeyError, TypeError):
+    return None
+
+
+def epoch_seconds(run: dict) -> float | None:
+  """Median seconds per epoch after the first (compilation), per seed."""
+  history = eval_history(run["dir"])
+  later = [h["seconds"] for h in history[1:]]
+  return float(np.median(later)) if later else None
+
+
+def table(runs: list[dict], against: str | None = None) -> list[dict]:
+  """One row per variant: n seeds, mean/std of every column, and the paired
+  difference of `SIGNIFICANCE_COLUMN` from the `against` variant (default
+  "baseline" when present; see asgml_jax/significance.py)."""
+  from asgml_jax.significance import paired_difference
   by_variant = defaultdict(list)
   for run in runs:
     by_variant[run["variant"]].append(run)
+  columns = columns_for(modalities_of(runs))
+  if against is None and "baseline" in by_variant:
+    against = "baseline"
+  if against is not None and against not in by_variant:
+    raise ValueError(f"--against {against}: no such variant (have: {', '.join(sorted(by_variant))})")
+  done_of = {v: [r for r in members if r["summary"] and "error" not in r["summary"]]
+             for v, members in by_variant.items()}
+  path = dict((c, p) for c, p, _ in columns)[SIGNIFICANCE_COLUMN]
+  per_seed = {v: {r["seed"]: _get_or_none(r["summary"], path) for r in done}
+              for v, done in done_of.items()}
   rows = []
   for variant, members in by_variant.items():
-    done = [r for r in members if r["summary"] and "error" not in r["summary"]]
+    done = done_of[variant]
     row = {"variant": variant, "seeds": sorted(r["seed"] for r in done),
            "incomplete": sorted(r["dir"] for r in members if r not in done)}
-    for column, path, _ in COLUMNS:
-      row[column], row[column + "_std"] = mean_std([_get(r["summary"], path) for r in done])
+    for column, path, _ in columns:
+      row[column], row[column + "_std"] = mean_std([_get_or_none(r["summary"], path)
+                                                    for r in done])
+    row[SECONDS_COLUMN[0]], row[SECONDS_COLUMN[0] + "_std"] = mean_std(
+        [epoch_seconds(r) for r in done])
+    if against is not None and variant != against:
+      row["against"] = against
+      row["difference"] = paired_difference(
+          {s: v for s, v in per_seed[variant].items() if v is not None},
+          {s: v for s, v in per_seed[against].items() if v is not None})
     rows.append(row)
   return rows
 
@@ -143,35 +213,75 @@ def table(runs: list[dict]) -> list[dict]:
 def _fmt(mean: float, std: float, column: str) -> str:
   if math.isnan(mean):
     return "-"
-  if column.endswith(("acc", "f1", "_val")) or "gap" in column:
+  if any(word in column for word in ("acc", "f1", "gap")):
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
   return f"{mean:.1f} ± {std:.1f}"
 
 
+def _fmt_difference(diff: dict | None) -> str:
+  if not diff:
+    return "(reference)"
+  if diff["n"] < 2:
+    return f"n={diff['n']} paired seed(s): no test"
+  mark = "" if diff["significant"] else " (n.s.)"
+  return (f"{100 * diff['mean']:+.2f} [{100 * diff['low']:+.2f}, {100 * diff['high']:+.2f}] "
+          f"p={diff['p']:.3f}{mark}")
+
+
 def write_tables(rows: list[dict], out_dir: str, sources) -> None:
+  columns = [c for c in rows[0] if c.endswith("_std")] if rows else []
+  columns = [c[:-4] for c in columns]
+  titles = {c: t for c, _, t in columns_for(
+      sorted({k[len("unimodal_acc_"):] for row in rows for k in row
+              if k.startswith("unimodal_acc_") and not k.endswith("_std")}))}
+  titles[SECONDS_COLUMN[0]] = SECONDS_COLUMN[1]
   with open(os.path.join(out_dir, "report.json"), "w") as f:
     json.dump(rows, f, indent=2)
   with open(os.path.join(out_dir, "report.csv"), "w", newline="") as f:
-    fields = ["variant", "n_seeds"] + [c for col, _, _ in COLUMNS for c in (col, col + "_std")]
+    fields = ["variant", "n_seeds"] + [c for col in columns for c in (col, col + "_std")] + [
+        "diff_mean", "diff_low", "diff_high", "diff_p", "diff_significant"]
     writer = csv.DictWriter(f, fieldnames=fields)
     writer.writeheader()
     for row in rows:
+      diff = row.get("difference") or {}
       writer.writerow({"variant": row["variant"], "n_seeds": len(row["seeds"]),
-                       **{k: row[k] for k in fields[2:]}})
-  lines = ["# Sweep report", "",
-           "Mean ± sample std over seeds; accuracies, F1 and the probe utilization gap in %. "
-           "Model selection is on validation (\"@ best val\"); \"final\" is the last epoch.",
-           "", "Runs read from: " + ", ".join(f"`{s}`" for s in sources), "",
-           "| variant | seeds | " + " | ".join(title for _, _, title in COLUMNS) + " |",
-           "|---|---|" + "---|" * len(COLUMNS)]
-  for row in rows:
-    lines.append(f"| {row['variant']} | {len(row['seeds'])} | " + " | ".join(
-        _fmt(row[c], row[c + "_std"], c) for c, _, _ in COLUMNS) + " |")
+                       **{k: row[k] for k in fields[2:-5]},
+                       **{f"diff_{k}": diff.get(k) for k in ("mean", "low", "high", "p",
+                                                              "significant")}})
+  against = next((row["against"] for row in rows if "against" in row), None)
+  lines = ["# Sweep report", "", *[n + "  " for n in NOTES], "",
+           "Runs read from: " + ", ".join(f"`{os.path.basename(os.path.normpath(s))}`"
+                                          for s in sources), ""]
+  main = [c for c in columns if not c.startswith(("unimodal_acc_", "probe_acc_"))]
+  per_modality = [c for c in columns if c.startswith(("unimodal_acc_", "probe_acc_"))]
+  for group in (main, per_modality):
+    if not group:
+      continue
+    lines += ["| variant | seeds | " + " | ".join(titles[c] for c in group) + " |",
+              "|---|---|" + "---|" * len(group)]
+    for row in rows:
+      lines.append(f"| {row['variant']} | {len(row['seeds'])} | " + " | ".join(
+          _fmt(row[c], row[c + "_std"], c) for c in group) + " |")
+    lines.append("")
+  if against is not None:
+    lines += [f"## Difference from `{against}` (test acc @ best val, percentage points)", "",
+              "Paired over seeds: mean of the per-seed differences, its 95 % interval and the "
+              "two-sided paired t-test p-value; (n.s.) = not significant at 5 %. No correction "
+              "for the number of variants compared (asgml_jax/significance.py says why this "
+              "test).", "",
+              "| variant | paired seeds | difference [95 % interval] |", "|---|---|---|"]
+    for row in rows:
+      diff = row.get("difference")
+      lines.append(f"| {row['variant']} | {diff['n'] if diff else len(row['seeds'])} | "
+                   f"{_fmt_difference(diff)} |")
+    lines.append("")
   incomplete = [d for row in rows for d in row["incomplete"]]
   if incomplete:
-    lines += ["", "Left out (no summary yet, or stopped): " + ", ".join(f"`{d}`" for d in incomplete)]
+    lines += ["Left out (no summary yet, or stopped): "
+              + ", ".join(f"`{os.path.relpath(d, out_dir)}`" for d in incomplete), ""]
   seeds = sorted({s for row in rows for s in row["seeds"]})
-  lines += ["", f"Seeds: {', '.join(map(str, seeds))}.", "", "## Plots", ""]
+  lines += [f"Seeds: {', '.join(map(str, seeds))}.", "", "## Plots", "",
+            "Lines: mean over seeds; bands: min–max over seeds.", ""]
   for name in sorted(os.listdir(out_dir)):
     if name.endswith(".png"):
       lines.append(f"![{name[:-4]}]({name})")
@@ -179,14 +289,45 @@ def write_tables(rows: list[dict], out_dir: str, sources) -> None:
     f.write("\n".join(lines) + "\n")
 
 
-def _band(ax, x, curves, label):
-  """Mean line and a ±std band over seeds (curves: seeds x len(x))."""
-  curves = np.asarray(curves, dtype=float)
+def variant_colors(variants) -> dict[str, tuple]:
+  """One colour per variant for every figure of a report: tab10 up to 10
+  variants, tab20 up to 20, evenly spaced hues beyond (no colour reused)."""
+  import matplotlib
+  variants = sorted(variants)
+  n = len(variants)
+  if n <= 10:
+    colors = [matplotlib.colormaps["tab10"](i) for i in range(n)]
+  elif n <= 20:
+    colors = [matplotlib.colormaps["tab20"](i) for i in range(n)]
+  else:
+    colors = [matplotlib.colormaps["hsv"](i / n) for i in range(n)]
+  return dict(zip(variants, colors))
+
+
+def _band(ax, x, curves, label, color, scale: float = 1.0):
+  """Mean line over seeds and a min–max band (curves: seeds x len(x)); the
+  band never leaves the range the quantity can take, as mean ± std can."""
+  curves = scale * np.asarray(curves, dtype=float)
   mean = np.nanmean(curves, axis=0)
-  line, = ax.plot(x, mean, label=f"{label} (n={curves.shape[0]})")
+  few = len(x) <= 15
+  ax.plot(x, mean, label=f"{label} (n={curves.shape[0]})", color=color,
+          marker="o" if few else None, markersize=3)
   if curves.shape[0] > 1:
-    std = np.nanstd(curves, axis=0, ddof=1)
-    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.fill_between(x, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), color=color,
+                    alpha=0.15, linewidth=0)
+
+
+def _finish(fig, axes, integer_x: bool) -> None:
+  """One legend for the figure, outside the axes (it never covers data)."""
+  from matplotlib.ticker import MaxNLocator
+  for ax in np.atleast_1d(axes):
+    ax.grid(alpha=0.3)
+    if integer_x:
+      ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+  if handles:
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8,
+               title="mean, min–max band", title_fontsize=8)
 
 
 def _aligned(series: list[tuple[np.ndarray, np.ndarray]]):
@@ -208,9 +349,11 @@ def plot_all(runs: list[dict], out_dir: str) -> list[str]:
   modalities = sorted({k[len("probe_acc_"):] for h in histories.values() if h
                        for k in h[0]["test"] if k.startswith("probe_acc_")})
 
+  colors = variant_colors({r["variant"] for r in runs})
+
   def save(fig, name):
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, name), dpi=110)
+    fig.savefig(os.path.join(out_dir, name), dpi=110, bbox_inches="tight")
     plt.close(fig)
     written.append(name)
 
@@ -225,10 +368,9 @@ def plot_all(runs: list[dict], out_dir: str) -> list[str]:
     for variant in variants:
       series = eval_series(variant, split, "accuracy")
       if series:
-        _band(ax, *_aligned(series), variant)
-    ax.set(title=f"{split} accuracy (fused)", xlabel="epoch", ylabel="accuracy")
-    ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=8)
+        _band(ax, *_aligned(series), variant, colors[variant], 100)
+    ax.set(title=f"{split} accuracy (fused)", xlabel="epoch", ylabel="accuracy (%)")
+  _finish(fig, axes, integer_x=True)
   save(fig, "eval_accuracy.png")
 
   if modalities:
@@ -237,20 +379,19 @@ def plot_all(runs: list[dict], out_dir: str) -> list[str]:
       for variant in variants:
         series = eval_series(variant, "test", f"probe_acc_{m}")
         if series:
-          _band(ax, *_aligned(series), variant)
-      ax.set(title=f"test probe accuracy: {m}", xlabel="epoch", ylabel="accuracy")
-      ax.grid(alpha=0.3)
-    np.atleast_1d(axes)[0].legend(fontsize=8)
+          _band(ax, *_aligned(series), variant, colors[variant], 100)
+      ax.set(title=f"test probe accuracy: {m}", xlabel="epoch", ylabel="accuracy (%)")
+    _finish(fig, axes, integer_x=True)
     save(fig, "probe_accuracy.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant in variants:
       series = eval_series(variant, "test", "utilization_gap")
       if series:
-        _band(ax, *_aligned(series), variant)
-    ax.set(title="utilization gap (test probes, max - min)", xlabel="epoch", ylabel="gap")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        _band(ax, *_aligned(series), variant, colors[variant], 100)
+    ax.set(title="utilization gap (test probes, max − min)", xlabel="epoch",
+           ylabel="gap (percentage points)")
+    _finish(fig, ax, integer_x=True)
     save(fig, "utilization_gap.png")
 
   plotted = signal_plots()
@@ -266,19 +407,20 @@ def plot_all(runs: list[dict], out_dir: str) -> list[str]:
         series = [signals[r["dir"]][tag] for r in done
                   if r["variant"] == variant and tag in signals[r["dir"]]]
         if series:
-          _band(ax, *_aligned(series), variant)
-      ax.set(title=f"{title}: {tag[len(prefix):]}", xlabel="step")
-      ax.grid(alpha=0.3)
-    np.atleast_1d(axes)[0].legend(fontsize=8)
+          _band(ax, *_aligned(series), variant, colors[variant])
+      ax.set(title=f"{title}: {tag[len(prefix):]}", xlabel="step", ylabel=title)
+    _finish(fig, axes, integer_x=True)
     save(fig, "train_" + prefix.removeprefix("train/").strip("/_").replace("/", "_") + ".png")
   return written
 
 
-def write_report(directories, out_dir: str) -> list[dict]:
-  """Tables and plots of every run under `directories` into `out_dir`; returns the rows."""
+def write_report(directories, out_dir: str, against: str | None = None) -> list[dict]:
+  """Tables and plots of every run under `directories` into `out_dir`; returns
+  the rows. `against`: the variant every other is compared with (default
+  "baseline" when present)."""
   runs = load_runs(directories)
   os.makedirs(out_dir, exist_ok=True)
-  rows = table(runs)
+  rows = table(runs, against)
   plot_all(runs, out_dir)
   write_tables(rows, out_dir, directories)
   return rows

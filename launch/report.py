@@ -2,9 +2,10 @@ r"""Tables and plots of runs and sweeps: `python -m launch.report DIR... [--out 
 
 Writes OUT/report.md (a table of mean ± std over seeds per variant and the
 plots), report.csv, report.json and one PNG per quantity (eval accuracy,
-probe accuracy per modality, utilization gap, boost scales, OGM
-coefficients, tau and update ratio per modality), variants overlaid, seed
-band shaded. OUT defaults to the first DIR's `report/`.
+probe accuracy per modality, utilization gap, every stacked method's signals),
+variants overlaid in one colour each, min–max band over seeds, and each
+variant's paired difference from `--against` (default: baseline) with a 95 %
+interval and p-value. OUT defaults to the first DIR's `report/`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sys
 from absl import app, flags
 
 _OUT = flags.DEFINE_string("out", None, "Output directory (default: <first DIR>/report).")
+_AGAINST = flags.DEFINE_string("against", None, "Variant every other is compared with, paired "
+                               "over seeds (default: baseline, when present).")
 
 
 def main(argv):
@@ -24,14 +27,16 @@ def main(argv):
   from asgml_jax import report
   out = _OUT.value or os.path.join(directories[0], "report")
   try:
-    rows = report.write_report(directories, out)
-  except FileNotFoundError as err:
+    rows = report.write_report(directories, out, _AGAINST.value)
+  except (FileNotFoundError, ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(1)
   for row in rows:
+    diff = row.get("difference")
     print(f"{row['variant']:<22} n={len(row['seeds'])}  test acc @ best val "
           f"{100 * row['test_acc_at_best_val']:.2f} ± {100 * row['test_acc_at_best_val_std']:.2f}"
-          f"  final {100 * row['final_test_acc']:.2f} ± {100 * row['final_test_acc_std']:.2f}")
+          f"  final {100 * row['final_test_acc']:.2f} ± {100 * row['final_test_acc_std']:.2f}"
+          + (f"  vs {row['against']}: {report._fmt_difference(diff)}" if diff else ""))
   print(f"wrote {os.path.join(out, 'report.md')}")
 
 
