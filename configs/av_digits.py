@@ -4,10 +4,11 @@ Built on first use from a folder holding `fsdd/recordings/*.wav` (Free Spoken
 Digit Dataset) and `mnist/t10k-*-ubyte.gz` (the MNIST test set):
 `$AV_DIGITS_RAW_DIR`, or `--config.dataset.raw_dir=...`; the default is the
 development machines' `../shared/data` beside the repository.
-Audio: log-mel (40, 101, 1); visual: 28x28x1. The default degradation (image
-noise 0.6 + a 50 % occlusion patch, audio at 0 dB SNR, speaker-disjoint split)
-keeps each modality alone well below the fused model, so there is an
-imbalance to correct.
+Audio: log-mel (40, 101, 1); visual: 28x28x1. The default degradation
+(`data_prep.av_digits.DEFAULT`: image noise 0.4 + a 25 % occlusion patch,
+clean audio, speaker-disjoint split) keeps each modality alone below the fused
+model: the image dominates training, and audio, whose test speaker is unseen,
+is the weak modality.
 
 Variants: `configs/av_digits.py:<variant>` as in configs/variants.py.
 """
