@@ -47,6 +47,11 @@ def modality_config(encoder: str = "small_cnn", input_shape=(32, 32, 1),
       # resize (eval) to input_shape's size and ImageNet normalisation, on the
       # device (asgml_jax/augment.py); none: used as stored.
       image_augment="none",
+      # Fitting stored arrays to the encoder (asgml_jax/input_adapters.py):
+      # input_adapter none | flatten | add_channel; input_shape is the shape after it.
+      input_adapter="none",
+      standardize=False,   # per-feature mean/std of the train split, applied to all splits
+      scale_uint8=False,   # uint8 -> float32 in [0, 1]
   ))
   cfg.update(overrides)
   return cfg
@@ -308,6 +313,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       _require(len(shape) in (3, 4), f"{key}.input_shape",
                f"{mod.encoder} takes (H, W, C) or (T, H, W, C), got {shape!r}")
     _one_of(mod.image_augment, ("none", "imagenet"), f"{key}.image_augment")
+    _one_of(mod.input_adapter, ("none", "flatten", "add_channel"), f"{key}.input_adapter")
+    _require(not (mod.image_augment == "imagenet" and (mod.input_adapter != "none"
+                                                      or mod.standardize or mod.scale_uint8)),
+             f"{key}.image_augment", "imagenet reads the stored uint8 frames itself; it takes no "
+             "input_adapter, standardize or scale_uint8")
     if mod.image_augment == "imagenet":
       _require(len(shape) == 4 and shape[-1] == 3 and shape[1] == shape[2], f"{key}.input_shape",
                f"image_augment=imagenet makes square RGB frames (T, S, S, 3), got {shape!r}")

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from asgml_jax.config_schema import ConfigError, modality_names
+from asgml_jax.input_adapters import adapt_splits, check_stored_shapes
 
 
 PLACEMENTS = ("auto", "device", "host")
@@ -68,6 +69,8 @@ def prepared_builder(config):
   from data_prep.common import prepare
   from data_prep.registry import builder_for
   builder, raw_dir = builder_for(config, data_dir(config))
+  check_stored_shapes(config, declared_shapes(builder),
+                      f"the {config.dataset.name} dataset")  # before anything is built
   if not builder.is_prepared() and config.dataset.name != "synthetic" and not raw_dir:
     raise ConfigError(f"config.dataset.raw_dir: {config.dataset.name} is not prepared in "
                       f"{data_dir(config)} and no raw directory is set to build it from")
@@ -76,6 +79,16 @@ def prepared_builder(config):
   if bad_files is not None and bad_files.skipped:
     print(bad_files.summary(), flush=True)
   return builder
+
+
+def declared_shapes(builder) -> dict[str, tuple]:
+  """Per-example shapes of the builder's tensor features, known before it is built."""
+  out = {}
+  for name, feature in builder.info.features.items():
+    shape = getattr(feature, "shape", None)
+    if isinstance(shape, tuple) and all(isinstance(d, int) for d in shape):
+      out[name] = shape
+  return out
 
 
 def label_key(config) -> str:
@@ -196,12 +209,18 @@ def load(config) -> LoadedData:
   builder = prepared_builder(config)
   names = modality_names(config)
   label = label_key(config)
+  read = {split: _read_split(builder, split) for split in ("train", "validation", "test")}
+  for split, arrays in read.items():
+    for name in names:
+      if name not in arrays:
+        raise ConfigError(f"config.modalities.{name}: the dataset has no modality {name!r} "
+                          f"(it has: {', '.join(k for k in arrays if k != 'label')})")
+  adapted = adapt_splits(config, {s: {k: a[k] for k in names} for s, a in read.items()})
   splits = {}
-  for split in ("train", "validation", "test"):
-    arrays = _read_split(builder, split)
+  for split, arrays in adapted.items():
     _check_shapes(config, arrays, split)
-    splits[split] = {k: arrays[k] for k in names}
-    splits[split]["label"] = arrays[label].astype(np.int32)
+    splits[split] = arrays
+    splits[split]["label"] = read[split][label].astype(np.int32)
   if len(splits["train"]["label"]) < config.batch_size:
     raise ConfigError(f"config.batch_size: {config.batch_size} is larger than the training "
                       f"split ({len(splits['train']['label'])} examples)")

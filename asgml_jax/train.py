@@ -193,11 +193,29 @@ def run_config(config):
   return effective_config(validate(config))
 
 
+def probe_schedule_note(config, steps_per_epoch: int) -> str | None:
+  """A note when the probes are trained and scored less than once per epoch:
+  their scores then sit near chance for the first epochs while methods that
+  read them (boost, probe-guided schedules) already act on them. Not changed
+  automatically: the probe schedule is part of a method's published setting."""
+  freq = config.probes.eval_freq
+  if freq <= steps_per_epoch:
+    return None
+  return (f"note: the probes train {config.probes.train_steps} steps every "
+          f"probes.eval_freq={freq} steps, less than once per epoch of {steps_per_epoch} "
+          "steps: their scores stay near chance for the first epochs, and methods that read "
+          f"them (boost, probe-guided schedules) act on that; consider "
+          f"--config.probes.eval_freq={max(1, steps_per_epoch // 2)}")
+
+
 def setup_run(config) -> RunSetup:
   """Validates `config`, loads its data onto the device and builds model and optimizer."""
   config = run_config(config)
   data = input_pipeline.load(config)
   steps_per_epoch = data.num_train // config.batch_size
+  note = probe_schedule_note(config, steps_per_epoch)
+  if note:
+    run_dir.log(note)
   model = model_from_config(config, data.num_classes)
   frame_sizes = augment.frame_modalities(config)
   example = augment.eval_inputs(

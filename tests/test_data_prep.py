@@ -400,7 +400,7 @@ def test_npz_dataset_trains_through_a_config(tmp_path):
       "validation": 10, "test": 16}
   assert data.train["depth"].dtype == np.float32
   c.modalities.depth.input_shape = (5,)
-  with pytest.raises(Exception, match=r"modalities.depth.input_shape: \(5,\) but the train split holds \(4,\)"):
+  with pytest.raises(Exception, match=r"modalities.depth.input_shape: \(5,\) but the npz dataset holds \(4,\); set --config.modalities.depth.input_shape=\"\(4,\)\""):
     input_pipeline.load(c)
 
 

@@ -1,0 +1,90 @@
+"""Bring your own data: configs/npz.py reads the modalities off the files and
+gives each the encoder and adapter its shape needs; adapters standardize with
+train statistics only; a shape no encoder takes is refused before anything is
+built, with the setting that would fit."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from asgml_jax import input_adapters, input_pipeline
+from asgml_jax.config_schema import ConfigError, base_config, modality_config, validate
+from conftest import ROOT
+
+
+def _own_data(root, n_train=96, n_test=32):
+  rng = np.random.default_rng(0)
+  os.makedirs(root, exist_ok=True)
+  for split, n in (("train", n_train), ("test", n_test)):
+    label = np.arange(n) % 3
+    np.savez(os.path.join(root, f"{split}.npz"), label=label,
+             mfcc=(rng.standard_normal((n, 40, 26)) * 5 + 3 + label[:, None, None]).astype(
+                 np.float32),
+             frame=rng.integers(0, 256, (n, 8, 8, 3)).astype(np.uint8),
+             text=(rng.standard_normal((n, 6)) * 100 - label[:, None]).astype(np.float64))
+  return root
+
+
+def test_adapters_fit_the_shapes_and_standardize_with_train_statistics():
+  rng = np.random.default_rng(1)
+  config = base_config()
+  config.modalities.mfcc = modality_config("mlp", (1040,), input_adapter="flatten",
+                                           standardize=True)
+  config.modalities.frame = modality_config("small_cnn", (8, 8, 1), input_adapter="add_channel",
+                                            scale_uint8=True)
+  splits = {s: {"mfcc": rng.standard_normal((n, 40, 26)) * 7 + 2,
+                "frame": rng.integers(0, 256, (n, 8, 8)).astype(np.uint8)}
+            for s, n in (("train", 50), ("validation", 20), ("test", 20))}
+  out = input_adapters.adapt_splits(config, splits)
+  train = out["train"]["mfcc"]
+  assert train.shape == (50, 1040) and train.dtype == np.float32
+  np.testing.assert_allclose(train.mean(0), 0, atol=1e-5)
+  np.testing.assert_allclose(train.std(0), 1, atol=1e-5)
+  flat = splits["train"]["mfcc"].reshape(50, -1)
+  want = (splits["test"]["mfcc"].reshape(20, -1) - flat.mean(0)) / flat.std(0)
+  np.testing.assert_allclose(out["test"]["mfcc"], want, rtol=1e-5, atol=1e-5)  # train's stats
+  assert out["test"]["frame"].shape == (20, 8, 8, 1)
+  np.testing.assert_allclose(out["test"]["frame"][..., 0], splits["test"]["frame"] / 255.0)
+
+
+def test_a_shape_no_encoder_takes_is_refused_before_building_with_the_fix(tmp_path):
+  raw = _own_data(str(tmp_path / "mine"))
+  config = base_config()
+  config.dataset.name = "npz"
+  config.dataset.raw_dir = raw
+  config.dataset.data_dir = str(tmp_path / "tfds")
+  config.modalities.mfcc = modality_config("mlp", (40,))
+  with pytest.raises(ConfigError) as err:
+    input_pipeline.load(validate(config))
+  assert str(err.value) == (
+      "config.modalities.mfcc.input_shape: (40,) but the npz dataset holds (40, 26); set "
+      "--config.modalities.mfcc.input_adapter=flatten "
+      "--config.modalities.mfcc.input_shape=\"(1040,)\"")
+  assert not os.path.exists(tmp_path / "tfds")  # nothing was built
+
+
+def test_the_npz_config_trains_on_own_data_from_the_command_line(tmp_path):
+  raw = _own_data(str(tmp_path / "mine"))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", ASGML_NPZ_DIR=raw)
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.train", "--config", "configs/npz.py:boost",
+       "--workdir", str(tmp_path / "run"), "--config.num_epochs=1", "--config.batch_size=16",
+       "--config.eval_batch_size=16", "--config.modalities.frame.cnn_width=4",
+       "--config.modalities.mfcc.cnn_width=4", f"--config.dataset.data_dir={tmp_path / 'tfds'}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  assert "building dataset npz_dataset/mine_" in out and str(tmp_path / "tfds") in out
+  assert "training boost on npz (frame, mfcc, text)" in out
+  assert os.path.exists(tmp_path / "run" / "summary.json")
+  missing = subprocess.run(
+      [sys.executable, "-m", "launch.train", "--config", "configs/npz.py",
+       "--workdir", str(tmp_path / "run2")], cwd=ROOT,
+      env={k: v for k, v in env.items() if k != "ASGML_NPZ_DIR"}, capture_output=True, text=True,
+      timeout=300)
+  assert missing.returncode == 2
+  assert missing.stderr.strip() == ("error: --config=configs/npz.py: set $ASGML_NPZ_DIR to the "
+                                    "folder holding your train.npz and test.npz")
