@@ -23,6 +23,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from asgml_jax.methods import DEFAULT_NAME
 from asgml_jax.methods import stack as method_stack
 from asgml_jax.run_dir import CONFIG_FILE, SUMMARY_FILE
 
@@ -176,14 +177,15 @@ def epoch_seconds(run: dict) -> float | None:
 def table(runs: list[dict], against: str | None = None) -> list[dict]:
   """One row per variant: n seeds, mean/std of every column, and the paired
   difference of `SIGNIFICANCE_COLUMN` from the `against` variant (default
-  "baseline" when present; see asgml_jax/significance.py)."""
+  the default method, `methods.DEFAULT_NAME`, when present; see
+  asgml_jax/significance.py)."""
   from asgml_jax.significance import paired_difference
   by_variant = defaultdict(list)
   for run in runs:
     by_variant[run["variant"]].append(run)
   columns = columns_for(modalities_of(runs))
-  if against is None and "baseline" in by_variant:
-    against = "baseline"
+  if against is None and DEFAULT_NAME in by_variant:
+    against = DEFAULT_NAME
   if against is not None and against not in by_variant:
     raise ValueError(f"--against {against}: no such variant (have: {', '.join(sorted(by_variant))})")
   done_of = {v: [r for r in members if r["summary"] and "error" not in r["summary"]]
@@ -417,7 +419,7 @@ def plot_all(runs: list[dict], out_dir: str) -> list[str]:
 def write_report(directories, out_dir: str, against: str | None = None) -> list[dict]:
   """Tables and plots of every run under `directories` into `out_dir`; returns
   the rows. `against`: the variant every other is compared with (default
-  "baseline" when present)."""
+  `methods.DEFAULT_NAME` when present)."""
   runs = load_runs(directories)
   os.makedirs(out_dir, exist_ok=True)
   rows = table(runs, against)

@@ -196,15 +196,15 @@ def run_config(config):
 def probe_schedule_note(config, steps_per_epoch: int) -> str | None:
   """A note when the probes are trained and scored less than once per epoch:
   their scores then sit near chance for the first epochs while methods that
-  read them (boost, probe-guided schedules) already act on them. Not changed
+  read them (ASGML's probe-guided ones) already act on them. Not changed
   automatically: the probe schedule is part of a method's published setting."""
   freq = config.probes.eval_freq
   if freq <= steps_per_epoch:
     return None
   return (f"note: the probes train {config.probes.train_steps} steps every "
           f"probes.eval_freq={freq} steps, less than once per epoch of {steps_per_epoch} "
-          "steps: their scores stay near chance for the first epochs, and methods that read "
-          f"them (boost, probe-guided schedules) act on that; consider "
+          "steps: their scores stay near chance for the first epochs, and the probe-guided "
+          f"methods act on that; consider "
           f"--config.probes.eval_freq={max(1, steps_per_epoch // 2)}")
 
 
