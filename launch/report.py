@@ -15,6 +15,8 @@ import sys
 
 from absl import app, flags
 
+from launch import cli
+
 _OUT = flags.DEFINE_string("out", None, "Output directory (default: <first DIR>/report).")
 _AGAINST = flags.DEFINE_string("against", None, "Variant every other is compared with, paired "
                                "over seeds (default: baseline, when present).")
@@ -24,6 +26,7 @@ def main(argv):
   directories = argv[1:]
   if not directories:
     raise app.UsageError("name at least one run or sweep directory")
+  cli.quiet_logs()
   from asgml_jax import report
   out = _OUT.value or os.path.join(directories[0], "report")
   try:
@@ -41,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
