@@ -403,14 +403,16 @@ def plot_all(runs: list[dict], out_dir: str) -> list[str]:
     values = [s[t][1] for s in signals.values() for t in tags if t in s]
     if not tags or np.ptp(np.concatenate(values)) == 0:
       continue  # absent, or one constant for every run (tau = 1 of joint training)
+    scale = 100 if "accuracy" in title else 1  # accuracies in %, as in the tables
     fig, axes = plt.subplots(1, len(tags), figsize=(5.5 * len(tags), 4), sharey=True)
     for ax, tag in zip(np.atleast_1d(axes), tags):
       for variant in variants:
         series = [signals[r["dir"]][tag] for r in done
                   if r["variant"] == variant and tag in signals[r["dir"]]]
         if series:
-          _band(ax, *_aligned(series), variant, colors[variant])
-      ax.set(title=f"{title}: {tag[len(prefix):]}", xlabel="step", ylabel=title)
+          _band(ax, *_aligned(series), variant, colors[variant], scale)
+      ax.set(title=f"{title}: {tag[len(prefix):]}", xlabel="step",
+             ylabel=f"{title} (%)" if scale == 100 else title)
     _finish(fig, axes, integer_x=True)
     save(fig, "train_" + prefix.removeprefix("train/").strip("/_").replace("/", "_") + ".png")
   return written
