@@ -16,13 +16,13 @@ import pytest
 from asgml_jax import run_dir
 from conftest import ROOT, tiny_mlp_config
 
-STEPS_PER_EPOCH = 3000  # 24000 examples / batch 8: an epoch lasts seconds, not milliseconds
+STEPS_PER_EPOCH = 1500  # 12000 examples / batch 8: an epoch lasts seconds, not milliseconds
 
 
 def _command(workdir, data_dir):
   return [sys.executable, "-m", "launch.train", "--config", "configs/default.py",
           "--workdir", str(workdir), "--config.num_epochs=2",
-          "--config.dataset.synthetic.num_train=24000",
+          "--config.dataset.synthetic.num_train=12000",
           "--config.dataset.synthetic.num_validation=48", "--config.dataset.synthetic.num_test=48",
           "--config.batch_size=8", "--config.eval_batch_size=48",
           "--config.log_every_steps=1000", "--config.modalities.audio.encoder=mlp",
