@@ -160,6 +160,14 @@ def columns_for(modalities) -> list[tuple[str, tuple, str]]:
   return out
 
 
+def column_groups(modalities) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+  """(column, title) pairs of the report's two tables: the run-level columns
+  (with the epoch time), and the per-modality ones."""
+  main = [(c, t) for c, _, t in COLUMNS] + [SECONDS_COLUMN]
+  per_modality = [(c, t) for c, _, t in columns_for(modalities)[len(COLUMNS):]]
+  return main, per_modality
+
+
 def _get_or_none(tree, path):
   try:
     return _get(tree, path)
@@ -174,7 +182,8 @@ def epoch_seconds(run: dict) -> float | None:
   return float(np.median(later)) if later else None
 
 
-def table(runs: list[dict], against: str | None = None) -> list[dict]:
+def table(runs: list[dict], against: str | None = None,
+          modalities: list[str] | None = None) -> list[dict]:
   """One row per variant: n seeds, mean/std of every column, and the paired
   difference of `SIGNIFICANCE_COLUMN` from the `against` variant (default
   the default method, `methods.DEFAULT_NAME`, when present; see
@@ -183,7 +192,7 @@ def table(runs: list[dict], against: str | None = None) -> list[dict]:
   by_variant = defaultdict(list)
   for run in runs:
     by_variant[run["variant"]].append(run)
-  columns = columns_for(modalities_of(runs))
+  columns = columns_for(modalities_of(runs) if modalities is None else modalities)
   if against is None and DEFAULT_NAME in by_variant:
     against = DEFAULT_NAME
   if against is not None and against not in by_variant:
@@ -230,13 +239,9 @@ def _fmt_difference(diff: dict | None) -> str:
           f"p={diff['p']:.3f}{mark}")
 
 
-def write_tables(rows: list[dict], out_dir: str, sources) -> None:
-  columns = [c for c in rows[0] if c.endswith("_std")] if rows else []
-  columns = [c[:-4] for c in columns]
-  titles = {c: t for c, _, t in columns_for(
-      sorted({k[len("unimodal_acc_"):] for row in rows for k in row
-              if k.startswith("unimodal_acc_") and not k.endswith("_std")}))}
-  titles[SECONDS_COLUMN[0]] = SECONDS_COLUMN[1]
+def write_tables(rows: list[dict], out_dir: str, sources, modalities) -> None:
+  groups = column_groups(modalities)
+  columns = [c for group in groups for c, _ in group]
   with open(os.path.join(out_dir, "report.json"), "w") as f:
     json.dump(rows, f, indent=2)
   with open(os.path.join(out_dir, "report.csv"), "w", newline="") as f:
@@ -254,16 +259,14 @@ def write_tables(rows: list[dict], out_dir: str, sources) -> None:
   lines = ["# Sweep report", "", *[n + "  " for n in NOTES], "",
            "Runs read from: " + ", ".join(f"`{os.path.basename(os.path.normpath(s))}`"
                                           for s in sources), ""]
-  main = [c for c in columns if not c.startswith(("unimodal_acc_", "probe_acc_"))]
-  per_modality = [c for c in columns if c.startswith(("unimodal_acc_", "probe_acc_"))]
-  for group in (main, per_modality):
+  for group in groups:
     if not group:
       continue
-    lines += ["| variant | seeds | " + " | ".join(titles[c] for c in group) + " |",
+    lines += ["| variant | seeds | " + " | ".join(title for _, title in group) + " |",
               "|---|---|" + "---|" * len(group)]
     for row in rows:
       lines.append(f"| {row['variant']} | {len(row['seeds'])} | " + " | ".join(
-          _fmt(row[c], row[c + "_std"], c) for c in group) + " |")
+          _fmt(row[c], row[c + "_std"], c) for c, _ in group) + " |")
     lines.append("")
   if against is not None:
     lines += [f"## Difference from `{against}` (test acc @ best val, percentage points)", "",
@@ -424,7 +427,8 @@ def write_report(directories, out_dir: str, against: str | None = None) -> list[
   `methods.DEFAULT_NAME` when present)."""
   runs = load_runs(directories)
   os.makedirs(out_dir, exist_ok=True)
-  rows = table(runs, against)
+  modalities = modalities_of(runs)
+  rows = table(runs, against, modalities)
   plot_all(runs, out_dir)
-  write_tables(rows, out_dir, directories)
+  write_tables(rows, out_dir, directories, modalities)
   return rows
