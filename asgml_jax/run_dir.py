@@ -9,6 +9,7 @@ meta), TensorBoard event files written through a clu metric writer, and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,10 +20,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from asgml_jax import checkpointing
+from asgml_jax import checkpointing, interrupts
 from asgml_jax.config_checks import flatten
 from asgml_jax.workdir_lock import WorkdirBusy, WorkdirLock
-from asgml_jax.config_schema import ConfigError
+from asgml_jax.config_schema import ConfigError, base_config
 from asgml_jax.methods import stack as method_stack
 
 # Keys whose value may change between a run and its resumption.
@@ -53,13 +54,17 @@ def prepare_workdir(workdir: str) -> str:
   return path
 
 
+def _flat(config) -> dict:
+  """{dotted key: value} of a ConfigDict, as config.json stores it."""
+  return flatten(json.loads(config.to_json_best_effort()))
+
+
 def config_hash(config) -> str:
   """Identifies the experiment: the non-default config values, resumable keys
   left out (so a schema key added at its default changes nothing, as in
   `check_config_matches_workdir`)."""
-  from asgml_jax.config_schema import base_config
-  defaults = flatten(json.loads(base_config().to_json_best_effort()))
-  current = flatten(json.loads(config.to_json_best_effort()))
+  defaults = _flat(base_config())
+  current = _flat(config)
   own = {k: v for k, v in current.items()
          if k not in RESUMABLE_CHANGES and (k not in defaults or defaults[k] != v)}
   return hashlib.sha256(json.dumps(own, sort_keys=True).encode()).hexdigest()[:16]
@@ -78,14 +83,13 @@ def check_config_matches_workdir(config, workdir: str) -> None:
   A key the saved config lacks (added to the schema after the run started)
   is no difference while the current value is its default: the run behaved
   as the default says."""
-  from asgml_jax.config_schema import base_config
   path = os.path.join(workdir, CONFIG_FILE)
   current = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
     old, new = flatten(saved), flatten(current)
-    defaults = flatten(json.loads(base_config().to_json_best_effort()))
+    defaults = _flat(base_config())
     added_at_default = {k for k in new if k not in old and k in defaults
                         and new[k] == defaults[k]}
     differ = sorted(k for k in set(old) | set(new)
@@ -274,6 +278,37 @@ class RunDir:
     if self._created_workdir and set(os.listdir(self.workdir)) <= {".lock"}:
       import shutil
       shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def saved_note(runs) -> str:
+  """What stopped runs leave to resume from, for the one-line stop message."""
+  parts = []
+  for run in runs:
+    step = run.latest_step()
+    parts.append(f"{run.workdir}: nothing saved yet" if step is None else
+                 f"{run.workdir}: latest checkpoint step {step}")
+  return "; ".join(parts) + "; rerun the same command to resume"
+
+
+@contextlib.contextmanager
+def guarded(runs):
+  """Around the training of `runs` (one run, or a sweep's seeds): a stop
+  signal learns what was saved, an error while training is recorded in each
+  training run's summary.json (before training, an older summary still
+  holds), and every run is closed (lock released) however it ends."""
+  try:
+    yield
+  except interrupts.Interrupted as err:
+    err.saved = saved_note(runs)
+    raise
+  except Exception as err:
+    for run in runs:
+      if run.training:
+        run.fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    raise
+  finally:
+    for run in runs:
+      run.close()
 
 
 def epoch_line(record: dict, names, prefix: str = "") -> str:

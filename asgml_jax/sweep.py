@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asgml_jax import input_pipeline, interrupts, parallel, run_dir, train
+from asgml_jax import input_pipeline, parallel, run_dir, train
 from asgml_jax.config_schema import ConfigError
 from asgml_jax.epoch_hooks import EpochHooks
 from asgml_jax.methods import stack as method_stack
@@ -178,19 +178,8 @@ def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
     raise ConfigError(f"--seeds: repeated seed in {list(seeds)}")
   config = train.run_config(train.with_seed(config, seeds[0]))
   runs = open_run_dirs(config, seeds, workdirs)
-  try:
+  with run_dir.guarded(runs):
     return _sweep_in(runs, config, seeds, seed_axis)
-  except interrupts.Interrupted as err:
-    err.saved = train.saved_note(runs)
-    raise
-  except Exception as err:
-    for run in runs:
-      if run.training:
-        run.fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
-    raise
-  finally:
-    for run in runs:
-      run.close()
 
 
 def open_run_dirs(config, seeds, workdirs) -> list[run_dir.RunDir]:

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from asgml_jax import augment, input_pipeline, interrupts, optim, parallel, run_dir, steps
+from asgml_jax import augment, input_pipeline, optim, parallel, run_dir, steps
 from asgml_jax.epoch_hooks import EpochHooks
 from asgml_jax.config_schema import ConfigError, effective_config, modality_names, validate
 from asgml_jax.metrics import ConfusionMatrix, summarize_confusions, train_metrics_collection
@@ -252,16 +252,6 @@ def eval_record(epoch: int, validation: dict, test: dict, seconds: float) -> dic
   return {"epoch": epoch, "validation": validation, "test": test, "seconds": seconds}
 
 
-def saved_note(runs) -> str:
-  """What a stopped run leaves to resume from, for its one-line message."""
-  parts = []
-  for run in runs:
-    step = run.latest_step()
-    parts.append(f"{run.workdir}: nothing saved yet" if step is None else
-                 f"{run.workdir}: latest checkpoint step {step}")
-  return "; ".join(parts) + "; rerun the same command to resume"
-
-
 def check_epochs_left(run, start_epoch: int, num_epochs: int) -> None:
   """A workdir that already trained more epochs than asked cannot report fewer."""
   if start_epoch > num_epochs:
@@ -279,17 +269,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   leaves a summary.json that records it."""
   config = run_config(config)
   run = run_dir.RunDir(config, workdir)
-  try:
+  with run_dir.guarded([run]):
     return _train_in(run, config)
-  except interrupts.Interrupted as err:
-    err.saved = saved_note([run])
-    raise
-  except Exception as err:
-    if run.training:  # before that, an older run's summary (if any) still holds
-      run.fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
-    raise
-  finally:
-    run.close()
 
 
 def _train_in(run, config) -> dict:
