@@ -71,8 +71,6 @@ def adapt_splits(config, splits: dict[str, dict[str, np.ndarray]]) -> dict:
   out = {split: dict(arrays) for split, arrays in splits.items()}
   for name in config.modalities.keys():
     mod = config.modalities[name]
-    if name not in out["train"]:
-      continue
     for split in out:
       x = out[split][name]
       if mod.scale_uint8 and x.dtype == np.uint8:
