@@ -70,6 +70,15 @@ def tiny_config(data_dir: str, *, num_epochs: int = 2, three_modalities: bool = 
   return c
 
 
+def npz_config(raw_dir: str, data_dir: str):
+  """base_config reading the npz folder `raw_dir`; the test names the modalities."""
+  c = base_config()
+  c.dataset.name = "npz"
+  c.dataset.raw_dir = raw_dir
+  c.dataset.data_dir = data_dir
+  return c
+
+
 def tiny_mlp_config(data_dir: str, *, num_epochs: int = 2):
   """tiny_config with MLP encoders on vector inputs: compiles in seconds."""
   c = tiny_config(data_dir, num_epochs=num_epochs)

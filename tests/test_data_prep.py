@@ -34,6 +34,18 @@ def _cremad_clips():
   return {f"10{a:02d}_DFA_{e}_XX": 2.5 for a in (1, 2, 3) for e in cremad.CLASSES}
 
 
+def _break_wavs(raw, clips):
+  """Overwrite the clips' WAV files with bytes that do not decode."""
+  for clip in clips:
+    with open(os.path.join(raw, "AudioWAV", clip + ".wav"), "wb") as f:
+      f.write(b"this is not a wav file at all")
+  return [os.path.join(raw, "AudioWAV", clip + ".wav") for clip in clips]
+
+
+def _small_cremad(test_list):
+  return cremad.make_config(frame_size=32, test_list=test_list, validation_fraction=0.25)
+
+
 @pytest.fixture
 def cremad_raw(tmp_path):
   clips = _cremad_clips()
@@ -87,11 +99,9 @@ def test_cremad_split_list_naming_a_missing_clip_fails_and_leaves_nothing(cremad
 
 def test_cremad_corrupt_wav_fails_naming_it_and_skip_bad_counts_it(cremad_raw, tmp_path):
   raw, test_list = cremad_raw
-  bad = os.path.join(raw, "AudioWAV", "1001_DFA_HAP_XX.wav")
-  with open(bad, "wb") as f:
-    f.write(b"this is not a wav file at all")
+  bad, = _break_wavs(raw, ["1001_DFA_HAP_XX"])
   data_dir = str(tmp_path / "tfds")
-  cfg = cremad.make_config(frame_size=32, test_list=test_list, validation_fraction=0.25)
+  cfg = _small_cremad(test_list)
   with pytest.raises(BadInputError, match="1001_DFA_HAP_XX.wav: does not decode as a WAV"):
     prepare(cremad.CremaD(config=cfg, data_dir=data_dir), raw_dir=raw)
   _no_half_written(data_dir)
@@ -108,12 +118,9 @@ def test_skip_bad_emptying_a_split_is_one_error_naming_the_split(cremad_raw, tmp
   """TFDS would fail with 'Failed to finalize writing of split'; the build says
   which split is empty and why."""
   raw, test_list = cremad_raw
-  for clip in _cremad_clips():
-    if clip.startswith("1003"):  # every test clip
-      with open(os.path.join(raw, "AudioWAV", clip + ".wav"), "wb") as f:
-        f.write(b"not a wav")
+  _break_wavs(raw, [c for c in _cremad_clips() if c.startswith("1003")])  # every test clip
   data_dir = str(tmp_path / "tfds")
-  cfg = cremad.make_config(frame_size=32, test_list=test_list, validation_fraction=0.25)
+  cfg = _small_cremad(test_list)
   with pytest.raises(BadInputError) as err:
     prepare(cremad.CremaD(config=cfg, data_dir=data_dir, skip_bad=True), raw_dir=raw)
   assert str(err.value) == (f"{raw}: the test split has no examples (--skip_bad left out 6 bad "
@@ -123,11 +130,9 @@ def test_skip_bad_emptying_a_split_is_one_error_naming_the_split(cremad_raw, tmp
 
 def test_a_skip_bad_build_is_not_reused_by_a_strict_build(cremad_raw, tmp_path):
   raw, test_list = cremad_raw
-  bad = os.path.join(raw, "AudioWAV", "1001_DFA_HAP_XX.wav")
-  with open(bad, "wb") as f:
-    f.write(b"not a wav")
+  _break_wavs(raw, ["1001_DFA_HAP_XX"])
   data_dir = str(tmp_path / "tfds")
-  cfg = cremad.make_config(frame_size=32, test_list=test_list, validation_fraction=0.25)
+  cfg = _small_cremad(test_list)
   lenient = cremad.CremaD(config=cfg, data_dir=data_dir, skip_bad=True)
   prepare(lenient, raw_dir=raw)
   assert lenient.builder_config.name == cfg.name + "_skipbad"
@@ -385,11 +390,8 @@ def _npz_dir(root, n=(40, 16), with_val=False):
 def test_npz_dataset_trains_through_a_config(tmp_path):
   from asgml_jax import input_pipeline
   from asgml_jax.config_schema import base_config, modality_config, validate
-  raw = _npz_dir(str(tmp_path / "mydata"))
-  c = base_config()
-  c.dataset.name = "npz"
-  c.dataset.raw_dir = raw
-  c.dataset.data_dir = str(tmp_path / "tfds")
+  from conftest import npz_config
+  c = npz_config(_npz_dir(str(tmp_path / "mydata")), str(tmp_path / "tfds"))
   c.dataset.validation_fraction = 0.25
   c.modalities.audio = modality_config("mlp", (6,))
   c.modalities.depth = modality_config("mlp", (4,))

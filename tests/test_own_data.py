@@ -12,7 +12,7 @@ import pytest
 
 from asgml_jax import input_adapters, input_pipeline
 from asgml_jax.config_schema import ConfigError, base_config, modality_config, validate
-from conftest import ROOT
+from conftest import ROOT, npz_config
 
 
 def _own_data(root, n_train=96, n_test=32):
@@ -51,11 +51,7 @@ def test_adapters_fit_the_shapes_and_standardize_with_train_statistics():
 
 
 def test_a_shape_no_encoder_takes_is_refused_before_building_with_the_fix(tmp_path):
-  raw = _own_data(str(tmp_path / "mine"))
-  config = base_config()
-  config.dataset.name = "npz"
-  config.dataset.raw_dir = raw
-  config.dataset.data_dir = str(tmp_path / "tfds")
+  config = npz_config(_own_data(str(tmp_path / "mine")), str(tmp_path / "tfds"))
   config.modalities.mfcc = modality_config("mlp", (40,))
   with pytest.raises(ConfigError) as err:
     input_pipeline.load(validate(config))
