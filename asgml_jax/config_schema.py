@@ -23,7 +23,7 @@ from asgml_jax.config_checks import (ConfigError, modality_names, parse_named_fl
                                      positive as _positive)
 from asgml_jax.methods import stack as method_stack
 
-ENCODERS = ("resnet18", "small_cnn", "mlp")
+ENCODERS = ("resnet18", "small_cnn", "mlp", "vit", "ast", "transformer")
 FUSIONS = ("concat", "sum", "film", "gated")
 DATASETS = ("synthetic", "av_digits", "cremad", "ave", "kinetics_sounds", "mmsa", "npz")
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
@@ -42,7 +42,20 @@ def modality_config(encoder: str = "small_cnn", input_shape=(32, 32, 1),
       input_shape=tuple(input_shape),
       cnn_width=32,        # small_cnn: channels of the first stage (x1, x2, x4)
       mlp_hidden_dim=256,  # mlp: hidden width
-      dropout=0.1,         # mlp: dropout between the two layers
+      dropout=0.1,         # mlp: between the two layers; vit/ast/transformer: ViT's dropouts
+      # vit / ast / transformer (asgml_jax/models/transformers.py)
+      patch_size=16,       # vit/ast: square patches of this side
+      patch_stride=0,      # vit/ast: 0 = patch_size (no overlap); AST uses 10 with 16
+      transformer_width=192,
+      transformer_depth=4,
+      transformer_heads=3,
+      transformer_pooling="cls",        # cls | mean (of the real tokens)
+      sequence_mask="last_column",      # transformer: last_column (input (L, D+1)) | none
+      # resnet18: a torchvision resnet18 state dict (.pth, .npz or .safetensors)
+      # to start the encoder from (asgml_jax/pretrained.py); None: from scratch.
+      pretrained=config_dict.placeholder(str),
+      # Multiplies this encoder's learning rate (e.g. 0.1 for a pretrained one).
+      lr_scale=1.0,
       # imagenet: stored uint8 frames get RandomResizedCrop+flip (train) or a
       # resize (eval) to input_shape's size and ImageNet normalisation, on the
       # device (asgml_jax/augment.py); none: used as stored.
@@ -309,6 +322,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if mod.encoder == "mlp":
       _require(len(shape) == 1, f"{key}.input_shape",
                f"the mlp encoder takes feature vectors (D,), got {shape!r}")
+    elif mod.encoder == "transformer":
+      _require(len(shape) == 2, f"{key}.input_shape",
+               f"the transformer encoder takes sequences (L, D), got {shape!r}")
+      _one_of(mod.sequence_mask, ("last_column", "none"), f"{key}.sequence_mask")
+      _require(mod.sequence_mask == "none" or shape[1] >= 2, f"{key}.input_shape",
+               f"sequence_mask=last_column reads (L, D+1) with D >= 1, got {shape!r}")
     else:
       _require(len(shape) in (3, 4), f"{key}.input_shape",
                f"{mod.encoder} takes (H, W, C) or (T, H, W, C), got {shape!r}")
@@ -324,6 +343,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(0.0 <= mod.dropout < 1.0, f"{key}.dropout", f"must be in [0, 1), got {mod.dropout!r}")
     _positive(config, f"{key}.cnn_width", integer=True)
     _positive(config, f"{key}.mlp_hidden_dim", integer=True)
+    _validate_transformer(config, key, mod, shape)
+    _validate_pretrained(config, key, mod, shape)
+    _require(isinstance(mod.lr_scale, (int, float)) and mod.lr_scale >= 0, f"{key}.lr_scale",
+             f"must be >= 0 (0 freezes the encoder), got {mod.lr_scale!r}")
   cond = config.model.condition_modality
   if cond is not None:
     _one_of(cond, names, "model.condition_modality")
@@ -348,6 +371,42 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(syn.num_train >= config.batch_size, "batch_size",
              f"{config.batch_size} is larger than the training split ({syn.num_train})")
   return config
+
+
+def _validate_transformer(config, key: str, mod, shape: tuple) -> None:
+  if mod.encoder not in ("vit", "ast", "transformer"):
+    return
+  for k in ("transformer_width", "transformer_depth", "transformer_heads"):
+    _positive(config, f"{key}.{k}", integer=True)
+  _require(mod.transformer_width % mod.transformer_heads == 0, f"{key}.transformer_heads",
+           f"must divide transformer_width ({mod.transformer_width}), got "
+           f"{mod.transformer_heads}")
+  _one_of(mod.transformer_pooling, ("cls", "mean"), f"{key}.transformer_pooling")
+  if mod.encoder == "transformer":
+    return
+  _positive(config, f"{key}.patch_size", integer=True)
+  _require(isinstance(mod.patch_stride, int) and 0 <= mod.patch_stride, f"{key}.patch_stride",
+           f"must be a non-negative integer (0: patch_size), got {mod.patch_stride!r}")
+  height, width = (shape[-3], shape[-2]) if len(shape) >= 3 else (0, 0)
+  _require(mod.patch_size <= min(height, width), f"{key}.patch_size",
+           f"{mod.patch_size} does not fit the input's {height} x {width}")
+
+
+def _validate_pretrained(config, key: str, mod, shape: tuple) -> None:
+  if not mod.pretrained:
+    return
+  import os
+  _require(mod.encoder == "resnet18", f"{key}.pretrained",
+           f"pretrained weights load into the resnet18 encoder, not {mod.encoder}")
+  _require(config.model.feature_dim == 512, "model.feature_dim",
+           f"a pretrained ResNet-18 gives 512 features, got {config.model.feature_dim}")
+  _require(shape[-1] in (1, 3), f"{key}.pretrained",
+           f"pretrained ResNet-18 weights take 3 (RGB) or 1 input channel, input_shape is "
+           f"{shape!r}")
+  path = os.path.expanduser(mod.pretrained)
+  _require(os.path.isfile(path), f"{key}.pretrained",
+           f"no such file: {path} (a torchvision resnet18 state dict, .pth / .npz / "
+           f".safetensors; nothing is downloaded)")
 
 
 def _validate_dataset(config) -> None:

@@ -47,6 +47,29 @@ def scale_by_global_schedule(schedule: optax.Schedule) -> optax.GradientTransfor
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def scale_encoder_updates(scales: dict[str, float]) -> optax.GradientTransformation:
+  """Multiplies `updates["encoders"][m]` by `scales[m]`: a per-encoder learning
+  rate (PyTorch's parameter groups with lr·scale). It is the chain's last
+  part: SGD's update is linear in the lr and its momentum buffer does not
+  depend on it, so scaling the final update is scaling the lr; a skipped
+  encoder's zero update stays zero; the per-modality lr factors of the post
+  stage (MSLR, MILES) multiply with it."""
+
+  def update_fn(updates, state, params=None):
+    del params
+    encoders = {m: (optax.tree.scale(scales[m], u) if scales.get(m, 1.0) != 1.0 else u)
+                for m, u in updates["encoders"].items()}
+    return {**updates, "encoders": encoders}, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def encoder_lr_scales(config) -> dict[str, float]:
+  """modalities.<m>.lr_scale of the modalities whose scale is not 1."""
+  return {m: float(config.modalities[m].get("lr_scale", 1.0)) for m in config.modalities
+          if float(config.modalities[m].get("lr_scale", 1.0)) != 1.0}
+
+
 def base_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
   """SGD with momentum and (coupled, PyTorch-style) weight decay."""
   opt = config.optimizer
@@ -66,9 +89,10 @@ def make_optimizer(config, steps_per_epoch: int,
                    num_classes: int | None = None) -> optax.GradientTransformationExtraArgs:
   """The full gradient transformation of the config's method stack (SPEC §4.5):
 
-      chain(combiner?, edits by rank..., schedule(inner), post...)
+      chain(combiner?, edits by rank..., schedule(inner), post..., lr_scales?)
 
-  with inner = weight decay + SGD momentum + lr. Gradient edits come before
+  with inner = weight decay + SGD momentum + lr, and lr_scales the per-encoder
+learning-rate factors (`modalities.<m>.lr_scale`) when any is not 1. Gradient edits come before
   weight decay and momentum, as the PyTorch code edits `.grad` before
   `optimizer.step()`; a stack without an update schedule gets the joint one
   (every encoder updates every step), so the baseline is chain(joint(inner)).
@@ -76,5 +100,7 @@ def make_optimizer(config, steps_per_epoch: int,
   state is shaped by the classes (e.g. class prototypes).
   """
   inner = base_optimizer(config, steps_per_epoch)
+  scales = encoder_lr_scales(config)
   return optax.chain(*method_stack.transformations(config, steps_per_epoch, num_classes, inner,
-                                                   joint_schedule))
+                                                   joint_schedule),
+                     *([scale_encoder_updates(scales)] if scales else []))

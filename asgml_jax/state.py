@@ -49,18 +49,24 @@ def distinct_buffers(tree: Any) -> Any:
 
 
 def create_train_state(model, tx, example_batch: dict, key: jnp.ndarray,
-                       probe_cfg=None) -> TrainState:
-  """Initialises params (OGM-GE-reference init), optimizer and probe state from `key`."""
+                       probe_cfg=None, replace_variables=None) -> TrainState:
+  """Initialises params (OGM-GE-reference init), optimizer and probe state from `key`.
+
+  replace_variables: optional `(params, batch_stats) -> (params, batch_stats)`
+  applied before the optimizer state is made from the params (pretrained
+  encoders, `asgml_jax/pretrained.py`)."""
   from asgml_jax.probes import init_probe_state
   init_key, dropout_key, rng = jax.random.split(key, 3)
   probe_key = jax.random.fold_in(key, 1)
   variables = jax.jit(lambda k1, k2, b: model.init({"params": k1, "dropout": k2}, b, train=False))(
       init_key, dropout_key, example_batch)
-  params = variables["params"]
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  if replace_variables is not None:
+    params, batch_stats = jax.tree.map(jnp.asarray, replace_variables(params, batch_stats))
   return distinct_buffers(TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
-      batch_stats=variables.get("batch_stats", {}),
+      batch_stats=batch_stats,
       opt_state=tx.init(params),
       rng=rng,
       health=jnp.asarray(HEALTHY, jnp.int32),

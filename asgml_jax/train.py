@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from asgml_jax import augment, input_pipeline, optim, parallel, run_dir, steps
+from asgml_jax import augment, input_pipeline, optim, parallel, pretrained, run_dir, steps
 from asgml_jax.epoch_hooks import EpochHooks
 from asgml_jax.config_schema import ConfigError, effective_config, modality_names, validate
 from asgml_jax.metrics import ConfusionMatrix, summarize_confusions, train_metrics_collection
@@ -237,7 +237,12 @@ def fresh_state(setup: RunSetup, seed: int):
   """The untrained state of `seed`: its own init, probe init and GE-noise key."""
   tx = setup.tx if seed == setup.config.seed else optim.make_optimizer(
       with_seed(setup.config, seed), setup.steps_per_epoch, setup.model.num_classes)
-  return create_train_state(setup.model, tx, setup.example, run_keys(seed)[0], setup.probe_cfg)
+  config = setup.config
+  with_pretrained = any(config.modalities[m].get("pretrained") for m in config.modalities)
+  return create_train_state(
+      setup.model, tx, setup.example, run_keys(seed)[0], setup.probe_cfg,
+      replace_variables=(functools.partial(pretrained.load_into, config)
+                         if with_pretrained else None))
 
 
 def with_seed(config, seed: int):

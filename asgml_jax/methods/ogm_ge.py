@@ -58,6 +58,21 @@ def check_block(config) -> None:
              f"window [{ogm.modulation_starts}, {ogm.modulation_ends}] is empty or negative")
 
 
+def check_leaves_exist(config) -> None:
+  """`leaves=conv` (also what protocol=reference forces) modulates 4-D kernels
+  only; a `transformer` (sequence) encoder has none, so OGM-GE would leave it
+  alone without saying so. Refused; vit/ast keep their patch embedding."""
+  protocol = "seed_code" if config.method.get("seed_code") else config.method.protocol
+  leaves = {"reference": "conv", "seed_code": "min_2d"}.get(protocol, config.method.ogm.leaves)
+  if leaves != "conv":
+    return
+  for name in config.modalities:
+    cc.require(config.modalities[name].encoder != "transformer", "method.ogm.leaves",
+               f"conv modulates 4-D (convolution) gradients, and modality {name!r}'s "
+               f"transformer encoder has no 4-D leaf: OGM would not touch it; use "
+               f"leaves=all or min_2d")
+
+
 def preset(config) -> None:
   config.method.ogm.alpha = 0.8           # OGM-GE README value for CREMA-D
 
@@ -75,7 +90,8 @@ def _transform(gradient_noise: bool):
 
 
 _COMMON = dict(
-    block="ogm", defaults=defaults, check_block=check_block, preset=preset,
+    block="ogm", defaults=defaults, check_block=check_block, check=check_leaves_exist,
+    preset=preset,
     seed_code=(("method.ogm.leaves", "min_2d"), ("method.ogm.noise_on", "dominant"),
                ("method.ogm.ratio_to", "all")),
     reference=(("method.ogm.leaves", "conv"), ("method.ogm.noise_on", "all"),

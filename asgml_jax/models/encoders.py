@@ -1,4 +1,5 @@
-"""Per-modality encoders: ResNet-18, a small CNN, a 2-layer MLP.
+"""Per-modality encoders: ResNet-18, a small CNN, a 2-layer MLP (Transformers:
+`transformers.py`).
 
 Every encoder maps one modality's batch to features (B, feature_dim).
 Convolutional encoders accept (B, H, W, C) or (B, T, H, W, C): T frames are
@@ -139,4 +140,17 @@ def make_encoder(spec, feature_dim: int, dtype: Any, name: str) -> nn.Module:
   if kind == "mlp":
     return MLPEncoder(feature_dim=feature_dim, hidden_dim=spec.mlp_hidden_dim,
                       dropout=spec.dropout, dtype=dtype, name=name)
+  if kind in ("vit", "ast"):
+    from asgml_jax.models.transformers import PatchTransformer
+    return PatchTransformer(
+        feature_dim=feature_dim, patch_size=spec.patch_size, patch_stride=spec.patch_stride,
+        width=spec.transformer_width, depth=spec.transformer_depth,
+        heads=spec.transformer_heads, pooling=spec.transformer_pooling, dropout=spec.dropout,
+        dtype=dtype, name=name)
+  if kind == "transformer":
+    from asgml_jax.models.transformers import SequenceTransformer
+    return SequenceTransformer(
+        feature_dim=feature_dim, width=spec.transformer_width, depth=spec.transformer_depth,
+        heads=spec.transformer_heads, pooling=spec.transformer_pooling, dropout=spec.dropout,
+        mask_in_last_column=spec.sequence_mask == "last_column", dtype=dtype, name=name)
   raise ValueError(f"unknown encoder {kind!r} for modality {name!r}")

@@ -35,6 +35,13 @@ class EncoderSpec:
   cnn_width: int = 32
   mlp_hidden_dim: int = 256
   dropout: float = 0.1
+  patch_size: int = 16
+  patch_stride: int = 16
+  transformer_width: int = 192
+  transformer_depth: int = 4
+  transformer_heads: int = 3
+  transformer_pooling: str = "cls"
+  sequence_mask: str = "last_column"
 
 
 class Encoders(nn.Module):
@@ -128,15 +135,20 @@ class MultimodalClassifier(nn.Module):
     return outputs
 
 
+def encoder_spec(name: str, mod) -> EncoderSpec:
+  """The `EncoderSpec` of one modality's (validated) config block."""
+  return EncoderSpec(
+      name=name, encoder=mod.encoder, cnn_width=mod.cnn_width,
+      mlp_hidden_dim=mod.mlp_hidden_dim, dropout=mod.dropout, patch_size=mod.patch_size,
+      patch_stride=mod.patch_stride or mod.patch_size, transformer_width=mod.transformer_width,
+      transformer_depth=mod.transformer_depth, transformer_heads=mod.transformer_heads,
+      transformer_pooling=mod.transformer_pooling, sequence_mask=mod.sequence_mask)
+
+
 def model_from_config(config, num_classes: int) -> MultimodalClassifier:
   """Builds the classifier a (validated) config describes."""
   from asgml_jax.config_schema import modality_names, resolve_compute_dtype
-  specs = tuple(
-      EncoderSpec(name=n, encoder=config.modalities[n].encoder,
-                  cnn_width=config.modalities[n].cnn_width,
-                  mlp_hidden_dim=config.modalities[n].mlp_hidden_dim,
-                  dropout=config.modalities[n].dropout)
-      for n in modality_names(config))
+  specs = tuple(encoder_spec(n, config.modalities[n]) for n in modality_names(config))
   return MultimodalClassifier(
       specs=specs, num_classes=num_classes, feature_dim=config.model.feature_dim,
       fusion=config.model.fusion, fusion_dim=config.model.fusion_dim,
