@@ -131,6 +131,9 @@ def base_config() -> ml_collections.ConfigDict:
       mmsa=ml_collections.ConfigDict(dict(
           file="",               # the MMSA pickle, e.g. unaligned_39.pkl (relative to raw_dir)
           label="three_class",   # three_class (neg/neu/pos) | binary (neg/non-neg)
+          # mean: masked mean over time, (D,) per modality (MLP encoders);
+          # none: sequences (T, D+1) with a mask column (transformer encoder).
+          pooling="mean",
       )),
       npz=ml_collections.ConfigDict(dict(
           name="",               # the dataset's name (default: raw_dir's base name)
@@ -436,6 +439,7 @@ def _validate_dataset(config) -> None:
   if ds.name == "mmsa":
     _require(bool(ds.mmsa.file), "dataset.mmsa.file", "name the MMSA pickle to read")
     _one_of(ds.mmsa.label, ("three_class", "binary"), "dataset.mmsa.label")
+    _one_of(ds.mmsa.pooling, ("mean", "none"), "dataset.mmsa.pooling")
 
 
 # SPEC §10: every difference of the seeds' PyTorch code, as (key, value).

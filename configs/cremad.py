@@ -8,6 +8,16 @@ built into TFDS on first use (data_prep/cremad.py).
 Protocol: SGD momentum 0.9, lr 1e-3, weight decay 1e-4, StepLR(40, 0.1),
 batch 64, 100 epochs, seed 42; bf16 compute on accelerators ("auto"), f32 on
 the CPU. Frames: stored at 256, RandomResizedCrop(224)+flip on the device.
+
+Pretrained: `configs/cremad.py:pretrained` (or `pretrained_<variant>`, e.g.
+`pretrained_boost_ogm`) starts both ResNet-18s from torchvision's ImageNet
+weights, as the Phase-1 report did: the visual encoder as they are, the
+audio encoder with the stem kernel averaged over RGB (asgml_jax/pretrained.py).
+The file is read from disk, never downloaded: $RESNET18_WEIGHTS, else where
+torchvision keeps it once `torchvision.models.resnet18(weights="IMAGENET1K_V1")`
+has run: ~/.cache/torch/hub/checkpoints/resnet18-f37072fd.pth (a .npz or
+.safetensors export of the same state dict works too). Missing, the run
+stops at once with that path in the message.
 """
 
 import os
@@ -16,7 +26,18 @@ from asgml_jax.config_schema import base_config, modality_config
 from configs.variants import apply_variant
 
 
+PRETRAINED_PREFIX = "pretrained"
+TORCHVISION_RESNET18 = "~/.cache/torch/hub/checkpoints/resnet18-f37072fd.pth"
+
+
+def imagenet_resnet18_path() -> str:
+  return os.environ.get("RESNET18_WEIGHTS") or TORCHVISION_RESNET18
+
+
 def cremad_config(variant: str | None, frames: int):
+  pretrained = bool(variant) and variant.split("_")[0] == PRETRAINED_PREFIX
+  if pretrained:
+    variant = variant[len(PRETRAINED_PREFIX):].lstrip("_") or None
   config = base_config()
   config.dataset.name = "cremad"
   config.dataset.raw_dir = os.environ.get("CREMAD_RAW_DIR") or None
@@ -33,7 +54,13 @@ def cremad_config(variant: str | None, frames: int):
   config.method.frequency.throttled = "audio"
   config.method.staleness.modalities = "audio"
   config.sweep_seeds = (42, 0, 1, 2, 3) if frames == 1 else (42, 123, 456, 789, 1024)
-  return apply_variant(config, variant)
+  if pretrained:
+    for name in ("audio", "visual"):
+      config.modalities[name].pretrained = imagenet_resnet18_path()
+  config = apply_variant(config, variant)
+  if pretrained and not config.label:
+    config.label = f"pretrained_{variant or 'baseline'}"
+  return config
 
 
 def get_config(arg: str | None = None):

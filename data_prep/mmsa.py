@@ -18,6 +18,12 @@ Da), "vision" (N, T, Dv), "regression_labels" (N,), optional "audio_lengths",
   negative (y < 0) vs non-negative.
 - MMSA's train/valid/test are kept; features are standardised per dimension
   with train-split statistics only (the seeds' code used each split's own).
+- `pooling="none"` (`config.dataset.mmsa.pooling`) keeps the sequences for the
+  `transformer` encoder: each modality is stored as (T, D+1), its D features
+  standardised per dimension with the mean/std over the real steps of the
+  train split (padding set to 0 after), and a last column of 1 for real steps
+  and 0 for padding (the mask the encoder reads with
+  `sequence_mask=last_column`).
 """
 
 from __future__ import annotations
@@ -90,6 +96,33 @@ def mean_pool(split: dict, modality: str) -> np.ndarray:
   return (x * mask[..., None]).sum(1) / count
 
 
+def masked_sequence(split: dict, modality: str) -> np.ndarray:
+  """(N, T, D) -> (N, T, D+1): finite features, padding zeroed, the mask appended."""
+  x = np.nan_to_num(np.asarray(split[modality], np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+  mask = _mask(split, modality)
+  return np.concatenate([x * mask[..., None], mask[..., None]], axis=-1)
+
+
+def _train_statistics(train: np.ndarray, pooling: str) -> tuple[np.ndarray, np.ndarray]:
+  """Per-dimension mean/std of the train split (over the real steps of sequences)."""
+  if pooling != "none":
+    return train.mean(0), train.std(0)
+  real = train[..., -1:].reshape(-1, 1)
+  values = train[..., :-1].reshape(-1, train.shape[-1] - 1)
+  count = max(real.sum(), 1.0)
+  mean = (values * real).sum(0) / count
+  std = np.sqrt((((values - mean) * real) ** 2).sum(0) / count)
+  return mean, std
+
+
+def _standardised(x: np.ndarray, mean, std, pooling: str) -> np.ndarray:
+  scale = np.where(std > 0, std, 1.0)
+  if pooling != "none":
+    return ((x - mean) / scale).astype(np.float32)
+  real = x[..., -1:]
+  return np.concatenate([(x[..., :-1] - mean) / scale * real, real], -1).astype(np.float32)
+
+
 def three_class(y: np.ndarray, name: str) -> np.ndarray:
   """0 negative, 1 neutral, 2 positive, by MMSA's rule for the dataset."""
   y = np.asarray(y, np.float64).reshape(-1)
@@ -106,22 +139,29 @@ def binary(y: np.ndarray) -> np.ndarray:
 class MmsaConfig(tfds.core.BuilderConfig):
   path: str = ""
   dims: tuple = ()
+  pooling: str = "mean"   # mean | none (sequences with a mask column)
+  steps: tuple = ()       # T per modality (pooling="none")
 
 
 class Mmsa(tfds.core.GeneratorBasedBuilder):
   """One MMSA pickle -> pooled, train-standardised features (see module doc)."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Masked mean-pooled MMSA features, MMSA splits, 3-class + binary."}
+  RELEASE_NOTES = {"1.0.0": "Masked mean-pooled MMSA features, MMSA splits, 3-class + binary "
+                            "(or masked sequences, pooling=none)."}
 
   def __init__(self, *, config: MmsaConfig, skip_bad: bool = False, **kwargs):
     self.bad_files = BadFiles(skip_bad)
     super().__init__(config=build_identity(config, skip_bad), **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    dims = self.builder_config.dims
-    features = {m: tfds.features.Tensor(shape=(d,), dtype=np.float32)
-                for m, d in zip(MODALITIES, dims)}
+    cfg = self.builder_config
+    if cfg.pooling == "none":
+      features = {m: tfds.features.Tensor(shape=(t, d + 1), dtype=np.float32)
+                  for m, t, d in zip(MODALITIES, cfg.steps, cfg.dims)}
+    else:
+      features = {m: tfds.features.Tensor(shape=(d,), dtype=np.float32)
+                  for m, d in zip(MODALITIES, cfg.dims)}
     features.update(
         label=tfds.features.ClassLabel(names=["negative", "neutral", "positive"]),
         label_binary=tfds.features.ClassLabel(names=["negative", "non_negative"]),
@@ -135,13 +175,17 @@ class Mmsa(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     data = read_pickle(cfg.path)
     name = dataset_name(cfg.dims)
-    pooled = {s: {m: mean_pool(data[src], m) for m in MODALITIES} for s, src in SPLITS.items()}
-    stats = {m: (pooled["train"][m].mean(0), pooled["train"][m].std(0)) for m in MODALITIES}
+    if cfg.pooling == "none":
+      features = {s: {m: masked_sequence(data[src], m) for m in MODALITIES}
+                  for s, src in SPLITS.items()}
+    else:
+      features = {s: {m: mean_pool(data[src], m) for m in MODALITIES}
+                  for s, src in SPLITS.items()}
+    stats = {m: _train_statistics(features["train"][m], cfg.pooling) for m in MODALITIES}
     out = {}
     for split, src in SPLITS.items():
       y = np.asarray(data[src]["regression_labels"], np.float64).reshape(-1)
-      feats = {m: ((pooled[split][m] - stats[m][0]) / np.where(stats[m][1] > 0, stats[m][1], 1.0)
-                   ).astype(np.float32) for m in MODALITIES}
+      feats = {m: _standardised(features[split][m], *stats[m], cfg.pooling) for m in MODALITIES}
       ids = data[src].get("id", np.arange(len(y)))
       out[split] = self._generate_examples(feats, y, three_class(y, name), binary(y), ids, split)
     return out
@@ -157,16 +201,23 @@ class Mmsa(tfds.core.GeneratorBasedBuilder):
                              "regression": np.float32(y[i]), "id": str(ids[i])}
 
 
-def builder_for_file(path: str, **kwargs) -> Mmsa:
-  """The builder for one pickle; its config is named after the dataset it really is."""
+def builder_for_file(path: str, pooling: str = "mean", **kwargs) -> Mmsa:
+  """The builder for one pickle; its config is named after the dataset it really
+  is (and `_seq` when it keeps sequences, `pooling="none"`)."""
+  if pooling not in ("mean", "none"):
+    raise BadInputError(f"config.dataset.mmsa.pooling: {pooling!r}; choose mean or none")
   path = os.path.abspath(os.path.expanduser(path))
   data = read_pickle(path)
   dims = feature_dims(data)
+  steps = tuple(int(np.asarray(data["train"][m]).shape[1]) for m in MODALITIES)
   h = hashlib.sha1()
   with open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
       h.update(chunk)
   stem = os.path.splitext(os.path.basename(path))[0].lower().replace("-", "_")
-  config = MmsaConfig(name=f"{dataset_name(dims)}_{stem}_{h.hexdigest()[:8]}", path=path, dims=dims,
-                      description=f"{dataset_name(dims)} from {path}")
+  suffix = "_seq" if pooling == "none" else ""
+  config = MmsaConfig(name=f"{dataset_name(dims)}_{stem}_{h.hexdigest()[:8]}{suffix}", path=path,
+                      dims=dims, pooling=pooling, steps=steps,
+                      description=f"{dataset_name(dims)} from {path}"
+                                  + (" (masked sequences)" if pooling == "none" else ""))
   return Mmsa(config=config, **kwargs)

@@ -52,7 +52,7 @@ def builder_for(config, data_dir: str):
     from data_prep import mmsa
     raw = _raw(config)
     path = ds.mmsa.file if os.path.isabs(ds.mmsa.file) or not raw else os.path.join(raw, ds.mmsa.file)
-    return mmsa.builder_for_file(path, **kwargs), raw
+    return mmsa.builder_for_file(path, pooling=ds.mmsa.pooling, **kwargs), raw
   if ds.name == "npz":
     from data_prep import npz
     raw = _raw(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 import scipy.io.wavfile
@@ -64,3 +65,29 @@ def cremad_raw(root: str, clips: dict[str, float], *, rate: int = 16000) -> str:
               tone(freqs[clip.split("_")[2]], seconds, rate), rate)
     write_video(os.path.join(root, "VideoFlash", clip + ".flv"), seconds, fmt="flv", codec="flv")
   return root
+
+
+def mmsa_pickle(path, dims=(768, 33, 709), sizes=(12, 5, 6), steps=(39, 55, 55)):
+  """A small MMSA-format pickle at `path` (BERT text mask, audio/vision lengths,
+  one -inf in train audio as MOSEI has); returns its dict."""
+  rng = np.random.default_rng(1)
+  data = {}
+  for split, n in zip(("train", "valid", "test"), sizes):
+    mask = np.zeros((n, steps[0]))
+    text_len = rng.integers(5, steps[0], n)
+    for i, l in enumerate(text_len):
+      mask[i, :l] = 1
+    data[split] = {
+        "text": rng.standard_normal((n, steps[0], dims[0])).astype(np.float32),
+        "text_bert": np.stack([np.zeros((n, steps[0])), mask, np.zeros((n, steps[0]))], 1),
+        "audio": rng.standard_normal((n, steps[1], dims[1])).astype(np.float32),
+        "vision": rng.standard_normal((n, steps[2], dims[2])).astype(np.float32),
+        "audio_lengths": rng.integers(1, steps[1], n),
+        "vision_lengths": rng.integers(1, steps[2], n),
+        "regression_labels": np.round(rng.uniform(-1, 1, n) * 5) / 5,
+        "id": np.array([f"{split}_{i}" for i in range(n)]),
+    }
+  data["train"]["audio"][0, 0, 0] = -np.inf  # MOSEI-style
+  with open(path, "wb") as f:
+    pickle.dump(data, f)
+  return data

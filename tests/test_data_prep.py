@@ -299,33 +299,9 @@ def test_kinetics_sounds_missing_video_and_bad_label(tmp_path):
 
 # ---------------------------------------------------------------- MMSA
 
-def _mmsa_pickle(path, dims=(768, 33, 709), sizes=(12, 5, 6), steps=(39, 55, 55)):
-  rng = np.random.default_rng(1)
-  data = {}
-  for split, n in zip(("train", "valid", "test"), sizes):
-    mask = np.zeros((n, steps[0]))
-    text_len = rng.integers(5, steps[0], n)
-    for i, l in enumerate(text_len):
-      mask[i, :l] = 1
-    data[split] = {
-        "text": rng.standard_normal((n, steps[0], dims[0])).astype(np.float32),
-        "text_bert": np.stack([np.zeros((n, steps[0])), mask, np.zeros((n, steps[0]))], 1),
-        "audio": rng.standard_normal((n, steps[1], dims[1])).astype(np.float32),
-        "vision": rng.standard_normal((n, steps[2], dims[2])).astype(np.float32),
-        "audio_lengths": rng.integers(1, steps[1], n),
-        "vision_lengths": rng.integers(1, steps[2], n),
-        "regression_labels": np.round(rng.uniform(-1, 1, n) * 5) / 5,
-        "id": np.array([f"{split}_{i}" for i in range(n)]),
-    }
-  data["train"]["audio"][0, 0, 0] = -np.inf  # MOSEI-style
-  with open(path, "wb") as f:
-    pickle.dump(data, f)
-  return data
-
-
 def test_mmsa_names_sims_pools_with_masks_and_normalises_on_train(tmp_path):
   path = str(tmp_path / "unaligned_39.pkl")
-  data = _mmsa_pickle(path)
+  data = rf.mmsa_pickle(path)
   b = mmsa.builder_for_file(path, data_dir=str(tmp_path / "tfds"))
   assert b.builder_config.name.startswith("ch_sims_unaligned_39_")  # not "MOSEI"
   prepare(b)
@@ -349,6 +325,34 @@ def test_mmsa_names_sims_pools_with_masks_and_normalises_on_train(tmp_path):
   y = data["test"]["regression_labels"][order]
   np.testing.assert_array_equal(test["label"], np.where(y <= -0.1, 0, np.where(y <= 0.1, 1, 2)))
   np.testing.assert_array_equal(test["label_binary"], (y >= 0).astype(int))
+
+
+def test_mmsa_sequences_keep_steps_with_a_mask_column(tmp_path):
+  """pooling=none: (T, D+1) per modality; the last column is the mask (BERT
+  mask for text, *_lengths for audio/vision); real steps standardised with the
+  train split's real-step statistics, padding 0; a separate `_seq` dataset."""
+  path = str(tmp_path / "unaligned_39.pkl")
+  data = rf.mmsa_pickle(path)
+  b = mmsa.builder_for_file(path, pooling="none", data_dir=str(tmp_path / "tfds"))
+  assert b.builder_config.name.endswith("_seq")
+  prepare(b)
+  train, test = _read(b, "train"), _read(b, "test")
+  assert train["text"].shape == (12, 39, 769) and train["audio"].shape == (12, 55, 34)
+  order = [int(s.decode().split("_")[1]) for s in test["id"]]
+  lengths = data["test"]["vision_lengths"][order]
+  np.testing.assert_array_equal(test["vision"][..., -1],
+                                (np.arange(55)[None] < lengths[:, None]).astype(np.float32))
+  np.testing.assert_array_equal(test["text"][..., -1], data["test"]["text_bert"][order, 1])
+  real = np.concatenate([data["train"]["vision"][i, :data["train"]["vision_lengths"][i]]
+                         for i in range(12)])
+  mean, std = real.mean(0), real.std(0)
+  i = 0
+  n = int(lengths[i])
+  np.testing.assert_allclose(test["vision"][i, :n, :-1],
+                             (data["test"]["vision"][order[i], :n] - mean) / std,
+                             rtol=1e-4, atol=1e-4)
+  assert np.all(test["vision"][i, n:] == 0)
+  assert np.all(np.isfinite(train["audio"]))      # the -inf became 0 before the statistics
 
 
 def test_mmsa_three_class_rules():

@@ -179,3 +179,52 @@ def test_transformers_in_a_two_seed_sweep(tmp_path, tfds_dir):
   assert [r["seed"] for r in results] == [42, 7]
   assert all("error" not in r and r["num_epochs"] == 1 for r in results)
   assert results[0]["final"] != results[1]["final"]
+
+
+def test_mosei_transformer_config_trains_on_masked_sequences(tmp_path):
+  """configs/mosei_transformer.py on a small MMSA pickle: the dataset keeps
+  (T, D+1) sequences with the mask column and the sequence Transformers train
+  an epoch with boost on them (shapes set to the pickle's, widths shrunk)."""
+  import raw_fixtures as rf
+  from asgml_jax import train
+  from configs import mosei_transformer
+  path = str(tmp_path / "unaligned_39.pkl")
+  rf.mmsa_pickle(path, sizes=(24, 8, 8))
+  c = mosei_transformer.get_config("boost")
+  c.dataset.mmsa.file = "unaligned_39.pkl"
+  c.dataset.raw_dir = str(tmp_path)
+  c.dataset.data_dir = str(tmp_path / "tfds")
+  for name, shape in {"text": (39, 769), "audio": (55, 34), "vision": (55, 710)}.items():
+    c.modalities[name].input_shape = shape
+    c.modalities[name].update(transformer_width=8, transformer_depth=1, transformer_heads=2)
+  c.model.feature_dim = 8
+  c.batch_size = 8
+  c.eval_batch_size = 8
+  c.num_epochs = 1
+  c.probes.eval_freq = 1
+  summary = train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert summary["num_epochs"] == 1 and "error" not in summary
+  for m in ("text", "audio", "vision"):
+    assert 0.0 <= summary["final"]["test"][f"probe_acc_{m}"] <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["vit", "ast", "transformer"])
+def test_bfloat16_features_are_the_float32_features(kind):
+  """compute_dtype=bfloat16 (what `auto` picks on a GPU): same params, float32
+  output, features within bf16's precision of float32's (2 % of their scale)."""
+  shapes = {"vit": (2, 8, 8, 3), "ast": (12, 12, 1), "transformer": (6, 5)}
+  mod = modality_config(kind, shapes[kind], patch_size=4, transformer_width=16,
+                        transformer_depth=2, transformer_heads=2, sequence_mask="last_column")
+  spec = encoder_spec("m", mod)
+  f32 = make_encoder(spec, 16, jnp.float32, "m")      # features = the LayerNorm'd tokens
+  bf16 = make_encoder(spec, 16, jnp.bfloat16, "m")
+  x = jax.random.normal(jax.random.PRNGKey(0), (4,) + shapes[kind])
+  if kind == "transformer":
+    x = x.at[..., -1].set((jnp.arange(6)[None] < jnp.array([[6], [3], [1], [5]])).astype(x.dtype))
+  variables = f32.init(jax.random.PRNGKey(1), x)
+  a, b = f32.apply(variables, x), bf16.apply(variables, x)
+  assert b.dtype == jnp.float32
+  scale = float(jnp.abs(a).mean())
+  assert scale > 0.3 and float(jnp.abs(a - b).max()) <= 0.1 * scale, (
+      float(jnp.abs(a - b).max()), scale)
+  assert float(jnp.abs(a - b).mean()) <= 0.02 * scale
