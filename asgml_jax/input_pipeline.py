@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from absl import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,7 +76,15 @@ def prepared_builder(config):
   if not builder.is_prepared() and config.dataset.name != "synthetic" and not raw_dir:
     raise ConfigError(f"config.dataset.raw_dir: {config.dataset.name} is not prepared in "
                       f"{data_dir(config)} and no raw directory is set to build it from")
-  prepare(builder, raw_dir=raw_dir)
+  from asgml_jax import distributed
+  if distributed.is_primary():
+    prepare(builder, raw_dir=raw_dir)
+  if distributed.process_count() > 1:
+    # One process builds the dataset (two would write the same files); the
+    # others wait for it, then read what it wrote.
+    distributed.barrier("dataset prepared")
+    if not distributed.is_primary():
+      builder, _ = builder_for(config, data_dir(config))
   bad_files = getattr(builder, "bad_files", None)
   if bad_files is not None and bad_files.skipped:
     print(bad_files.summary(), flush=True)
@@ -231,6 +241,12 @@ def load(config) -> LoadedData:
   placement = check_memory(config, choose_placement(config, data_bytes),
                            data_bytes, per_example * max(config.batch_size, eval_batch),
                            free_device_bytes())
+  if jax.process_count() > 1 and placement == "device":
+    # Device-resident data would put every split on every process's devices;
+    # host-fed, each process transfers only its slice of each batch.
+    logging.info("%d processes: each feeds its own slice of each batch from the host",
+                 jax.process_count())
+    placement = "host"
   place = (lambda tree: jax.tree.map(jnp.asarray, tree)) if placement == "device" else (
       lambda tree: tree)
   eval_splits = {s: place(padded[s]) for s in ("validation", "test")}
@@ -273,7 +289,16 @@ def train_args(data: LoadedData, perm, batch_index: int, batch_size: int) -> tup
   if data.on_device:
     return (data.train, perm, batch_index)
   idx = perm[..., batch_index * batch_size:(batch_index + 1) * batch_size]
+  if jax.process_count() > 1:
+    return (_process_batch(data.train, idx),)
   return (jax.device_put({k: v[idx] for k, v in data.train.items()}),)
+
+
+def _process_batch(arrays: dict, rows: np.ndarray) -> dict:
+  """Several processes: the global batch, each process reading only its rows."""
+  from asgml_jax import distributed, parallel
+  mesh = parallel.Mesh(jax.devices(), (parallel.AXIS,))
+  return distributed.process_batch(arrays, np.asarray(rows), parallel.batch_sharded(mesh))
 
 
 def eval_args(data: LoadedData, split: str, start: int, batch_size: int) -> tuple:
@@ -281,4 +306,6 @@ def eval_args(data: LoadedData, split: str, start: int, batch_size: int) -> tupl
   arrays = data.eval_splits[split]
   if data.on_device:
     return (arrays, start)
+  if jax.process_count() > 1:
+    return (_process_batch(arrays, np.arange(start, start + batch_size)),)
   return (jax.device_put({k: v[start:start + batch_size] for k, v in arrays.items()}),)

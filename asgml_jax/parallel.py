@@ -10,9 +10,10 @@ computes, up to the order of float additions (tests/test_parallel.py).
 
 `parallel.data_parallel="auto"` shards over every device when there is more
 than one; "off" keeps one device. The batch size (and the eval batch size)
-must divide by the device count. Multi-host runs (`jax.distributed.initialize`
-before anything else, one process per host) use the same mesh over
-`jax.devices()`; they are documented but not tested here (one host).
+must divide by the device count. Several processes (`asgml_jax/distributed.py`,
+`launch/local_cluster.py`) use the same mesh over every process's
+`jax.devices()`, each process feeding its own slice of each batch
+(tests/test_multiprocess.py).
 A sweep with a vmapped seed axis instead spreads its seeds over the devices
 (`seed_mesh`: S must divide by the device count), each device training whole
 seeds with no communication; an unrolled sweep stays on one device.
@@ -53,8 +54,16 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def replicate(tree, mesh: Mesh | None):
-  """Every leaf on every device of the mesh (identity without one)."""
-  return tree if mesh is None else jax.device_put(tree, replicated(mesh))
+  """Every leaf on every device of the mesh (identity without one). With
+  several processes the mesh spans devices this process cannot address, so
+  the leaves go through the host first (every process holds the same values:
+  the state is a function of the seed)."""
+  if mesh is None:
+    return tree
+  if jax.process_count() > 1:
+    from asgml_jax import distributed
+    tree = distributed.to_host(tree)
+  return jax.device_put(tree, replicated(mesh))
 
 
 def constrain_batch(batch, mesh: Mesh | None):

@@ -151,15 +151,20 @@ class RunDir:
     # binds the next attempt to the mistaken config.json).
     self._created_config = not os.path.exists(os.path.join(self.workdir, CONFIG_FILE))
     self._created_workdir = not existed
-    try:
-      self.lock = WorkdirLock(self.workdir).acquire()
-    except WorkdirBusy as err:
-      raise WorkdirError(str(err)) from None
-    try:
-      check_config_matches_workdir(config, self.workdir)
-    except BaseException:
-      self.lock.release()
-      raise
+    # With several processes (asgml_jax/distributed.py) process 0 alone holds
+    # the lock and writes the run's files; the others follow it.
+    self.primary = jax.process_index() == 0
+    self.lock = _NoLock()
+    if self.primary:
+      try:
+        self.lock = WorkdirLock(self.workdir).acquire()
+      except WorkdirBusy as err:
+        raise WorkdirError(str(err)) from None
+      try:
+        check_config_matches_workdir(config, self.workdir)
+      except BaseException:
+        self.lock.release()
+        raise
     self._checkpoints = None
     self._writer = None
     self.history: list[dict] = []
@@ -237,13 +242,16 @@ class RunDir:
 
   def finish(self) -> dict:
     summary = summarize(self.history, self.config, self.workdir)
-    _write_json_atomically(os.path.join(self.workdir, SUMMARY_FILE), summary)
+    if self.primary:
+      _write_json_atomically(os.path.join(self.workdir, SUMMARY_FILE), summary)
     return summary
 
   def discard_stale_summary(self) -> None:
     """A run about to train more epochs has no valid summary until it ends:
     remove the previous one, so a report never shows a finished run that is
     being extended (or whose extension failed)."""
+    if not self.primary:
+      return
     try:
       os.remove(os.path.join(self.workdir, SUMMARY_FILE))
     except FileNotFoundError:
@@ -255,7 +263,8 @@ class RunDir:
                "method": method_stack.method_name(self.config),
                "label": method_stack.run_label(self.config), "error": message,
                "num_epochs": len(self.history)}
-    _write_json_atomically(os.path.join(self.workdir, SUMMARY_FILE), summary)
+    if self.primary:
+      _write_json_atomically(os.path.join(self.workdir, SUMMARY_FILE), summary)
     return summary
 
   def close(self) -> None:
@@ -265,7 +274,7 @@ class RunDir:
         self._checkpoints.close()
       if self._writer is not None:
         self._writer.flush()
-      if not self.training:
+      if not self.training and self.primary:
         self._remove_what_an_untrained_run_created()
     finally:
       self.lock.release()
@@ -278,6 +287,13 @@ class RunDir:
     if self._created_workdir and set(os.listdir(self.workdir)) <= {".lock"}:
       import shutil
       shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class _NoLock:
+  """What a non-primary process holds instead of the workdir lock."""
+
+  def release(self) -> None:
+    pass
 
 
 def saved_note(runs) -> str:

@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asgml_jax import input_pipeline, parallel, run_dir, train
+from asgml_jax import compile_cache, input_pipeline, parallel, run_dir, train
 from asgml_jax.config_schema import ConfigError
 from asgml_jax.epoch_hooks import EpochHooks
 from asgml_jax.methods import stack as method_stack
@@ -172,6 +172,9 @@ def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
   loss or gradients went non-finite: that seed is frozen by the step's guard,
   stops being checkpointed, and the others train on).
   """
+  if jax.process_count() > 1:
+    raise ConfigError("launch.sweep runs in one process (its seeds share the devices it "
+                      "sees); several processes are for one run: launch.train")
   if len(seeds) != len(workdirs) or not seeds:
     raise ConfigError(f"--seeds: {len(seeds)} seed(s) for {len(workdirs)} run directories")
   if len(set(seeds)) != len(seeds):
@@ -197,6 +200,7 @@ def open_run_dirs(config, seeds, workdirs) -> list[run_dir.RunDir]:
 
 
 def _sweep_in(runs, config, seeds, seed_axis) -> list[dict]:
+  compiling = compile_cache.CompileReport()
   setup = train.setup_run(config)
   config, names, data = setup.config, setup.names, setup.data
   steps_per_epoch, num_seeds = setup.steps_per_epoch, len(seeds)
@@ -265,6 +269,9 @@ def _sweep_in(runs, config, seeds, seed_axis) -> list[dict]:
       states, metrics_acc = train_fn(states, metrics_acc, *input_pipeline.train_args(
           data, perms, batch_index, config.batch_size))
       step += 1
+      if compiling is not None:
+        train.log_first_step(compiling, states.step)
+        compiling = None
       progress(step)
       if pending is not None:  # the last window's values, ready while this step runs
         flush(pending)

@@ -16,7 +16,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from asgml_jax import augment, input_pipeline, optim, parallel, pretrained, run_dir, steps
+from asgml_jax import (augment, compile_cache, input_pipeline, optim, parallel, pretrained,
+                       run_dir, steps)
 from asgml_jax.epoch_hooks import EpochHooks
 from asgml_jax.config_schema import ConfigError, effective_config, modality_names, validate
 from asgml_jax.metrics import ConfusionMatrix, summarize_confusions, train_metrics_collection
@@ -265,6 +266,25 @@ def check_epochs_left(run, start_epoch: int, num_epochs: int) -> None:
                       "--workdir to train fewer")
 
 
+def _process_note(batch_size: int) -> str:
+  """With several processes: which one this is and which rows it feeds."""
+  if jax.process_count() == 1:
+    return ""
+  from asgml_jax import distributed
+  rows = distributed.process_rows(batch_size)
+  return (f", process {jax.process_index()} of {jax.process_count()} feeding rows "
+          f"{rows.start}-{rows.stop - 1} of each batch")
+
+
+def log_first_step(report: compile_cache.CompileReport, step_output) -> None:
+  """Once per run: time to the first finished step, and whether its programs
+  were loaded from the compilation cache or compiled (one host sync)."""
+  jax.block_until_ready(step_output)
+  line = report.line("first step")
+  if line:
+    run_dir.log(line)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds a run); returns the summary.
 
@@ -279,6 +299,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _train_in(run, config) -> dict:
+  compiling = compile_cache.CompileReport()
   setup = setup_run(config)
   config, names, data = setup.config, setup.names, setup.data
   steps_per_epoch = setup.steps_per_epoch
@@ -313,6 +334,7 @@ def _train_in(run, config) -> dict:
               f"{config.num_epochs} epochs x {steps_per_epoch} steps, data on the "
               f"{data.placement}"
               + (f", batch sharded over {mesh.size} devices" if mesh is not None else "")
+              + _process_note(config.batch_size)
               + f", workdir {run.workdir}")
   step = start_step
   throughput = run_dir.Throughput()
@@ -337,6 +359,9 @@ def _train_in(run, config) -> dict:
       state, metrics_acc = train_fn(state, metrics_acc, *input_pipeline.train_args(
           data, perm, batch_index, config.batch_size))
       step += 1
+      if compiling is not None:
+        log_first_step(compiling, state.step)
+        compiling = None
       progress(step)
       if pending is not None:  # the last window's values, ready while this step runs
         flush(pending)

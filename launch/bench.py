@@ -7,7 +7,9 @@ For the config's model and shapes (random data of those shapes, held on the
 device like a small dataset, so no dataset has to be built), each method row
 is compiled, run for `--warmup` steps, then timed over `--windows` windows of
 `--steps` steps each (`block_until_ready` at the end of each window); the
-median window gives steps/s and examples/s. Also per row: compile time,
+median window gives steps/s and examples/s. Also per row: compile time (a
+load when the step came from the persistent compilation cache, marked
+"(loaded)"; ASGML_COMPILATION_CACHE=off to time compilation),
 peak device memory, XLA's FLOP count of the compiled step and the achieved
 FLOP/s, and the ratio of its step time to the baseline row's: the cost of
 the method. Probes refresh every `probes.eval_freq` steps inside the timed
@@ -186,6 +188,8 @@ def bench_row(config, num_classes: int, seeds: int) -> dict:
   if not (config.dataset.raw_dir or config.dataset.data_dir):
     # Real-data configs must name where their data are; the bench reads none.
     config.dataset.data_dir = "(bench: random data, nothing is read)"
+  if config.dataset.name == "mmsa" and not config.dataset.mmsa.file:
+    config.dataset.mmsa.file = "(bench: random data, nothing is read)"
   config = effective_config(validate(config))
   batch = config.batch_size
   steps_per_epoch = max(_STEPS.value, 4)
@@ -220,9 +224,12 @@ def bench_row(config, num_classes: int, seeds: int) -> dict:
         _tree_bytes(state.params["encoders"][m]) for m in stale) / 2**20
 
   def measure(fn, args, per_seed: int) -> dict:
+    from asgml_jax import compile_cache
+    cache = compile_cache.CompileReport()
     start = time.perf_counter()
     compiled = jax.jit(fn, donate_argnums=train.donated_args(0, 1)).lower(*args, 0).compile()
     compile_s = time.perf_counter() - start
+    counts = cache.counts()
     carry = [args[0], args[1]]
 
     def run_steps(n):
@@ -239,7 +246,11 @@ def bench_row(config, num_classes: int, seeds: int) -> dict:
       from launch import op_profile
       profile["profile"] = op_profile.profile_ops(run_steps, _PROFILE_STEPS.value,
                                                   compiled.as_text())
-    return {**profile, "compile_s": compile_s, "step_ms": step_s * 1e3,
+    return {**profile, "compile_s": compile_s,
+            # the step program came from the persistent compilation cache: compile_s is a load
+            "compile_loaded_from_cache": counts["requests"] > 0 and
+                                         counts["hits"] == counts["requests"],
+            "step_ms": step_s * 1e3,
             "window_step_ms": [w * 1e3 for w in windows], "steps_per_s": 1 / step_s,
             "examples_per_s": per_seed * batch / step_s,
             "gflop_per_step": flops / 1e9 if flops else None,
@@ -308,6 +319,8 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   import jax
+  from launch import cli
+  cli.compilation_cache()
   base = _CONFIG.value
   num_classes = _num_classes(base)
   device = jax.local_devices()[0]
@@ -341,7 +354,8 @@ def main(argv):
     base_ms = rows[0]["step_ms"]
     row["ratio_to_first"] = row["step_ms"] / base_ms
     seeds = row.get("seeds")
-    print(f"{row['method']:<12} {row['compute_dtype']:<9} compile {row['compile_s']:6.1f}s  "
+    loaded = " (loaded)" if row.get("compile_loaded_from_cache") else ""
+    print(f"{row['method']:<12} {row['compute_dtype']:<9} compile {row['compile_s']:6.1f}s{loaded}  "
           f"step {row['step_ms']:9.2f} ms  {row['steps_per_s']:8.2f} steps/s  "
           f"{row['examples_per_s']:9.0f} ex/s  x{row['ratio_to_first']:.3f} of {rows[0]['method']}"
           f"  {_fmt(row['gflop_per_step'], '.1f')} GFLOP  "
@@ -361,5 +375,14 @@ def main(argv):
     print(f"wrote {_OUT.value}", file=sys.stderr)
 
 
+def _main_with_one_line_errors(argv):
+  from launch import cli
+  try:
+    main(argv)
+  except cli.user_errors() as err:
+    cli.report(err)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  from launch import cli
+  cli.run(_main_with_one_line_errors)

@@ -1,8 +1,24 @@
-r"""The PyTorch side of issue 7's CPU comparison: the same ResNet-18 pair, timed the same way.
+r"""The PyTorch side of the CPU comparisons: the same models, timed the same way.
 
   python launch/bench_pytorch.py --out torch_r18.json      # in an env with torch
   python -m launch.bench --config configs/resnet18_pair.py --methods baseline \
       --steps 2 --windows 5 --warmup 1
+
+  python launch/bench_pytorch.py --model mlp --seeds 5 --steps 20 --windows 7 --warmup 20
+  python -m launch.bench --config configs/mosei.py --methods baseline --seeds 5 \
+      --steps 20 --windows 7 --warmup 20
+
+`--model mlp` is the MOSEI-size late-fusion MLP of `configs/mosei.py`, as
+the project's step computes it: per modality (text 768, audio 74, vision 35)
+Linear(256) → ReLU → Dropout(0.1) → Linear(128) → ReLU, the three 128-d
+features concatenated into one Linear to 3 classes, loss = CE(fused) + Σ_m
+CE(unimodal_m) with the unimodal logits read off the fusion weight's
+per-modality block (+ b/3), SGD momentum 0.9, weight decay 1e-4; and the
+decoupled linear probes on the detached features, refreshed every 20 steps
+with 10 Adam steps on the first half of the batch and scored on the second.
+`--seeds S` steps S independent copies one after another (S sequential runs'
+steps), against which `launch.bench --seeds S` times the project's S seeds
+in one program.
 
 PyTorch is not a dependency of asgml_jax; run this with any Python that has
 `torch` (the CPU wheel is enough). It builds the late-fusion pair the OGM-GE
@@ -74,8 +90,76 @@ def build_model(num_classes: int, channels: tuple[int, int]):
   return Pair()
 
 
+MOSEI_DIMS = {"text": 768, "audio": 74, "vision": 35}
+
+
+def build_mlp_model(num_classes: int, hidden: int = 256, features: int = 128,
+                    dropout: float = 0.1):
+  import torch
+  from torch import nn
+
+  class LateFusionMLP(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.encoders = nn.ModuleDict({
+          m: nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout),
+                           nn.Linear(hidden, features), nn.ReLU())
+          for m, d in MOSEI_DIMS.items()})
+      self.fusion = nn.Linear(features * len(MOSEI_DIMS), num_classes)
+
+    def forward(self, inputs):
+      feats = [self.encoders[m](inputs[m]) for m in MOSEI_DIMS]
+      fused = self.fusion(torch.cat(feats, dim=1))
+      n = len(feats)
+      unimodal = [f @ self.fusion.weight[:, i * features:(i + 1) * features].T
+                  + self.fusion.bias / n for i, f in enumerate(feats)]
+      return fused, unimodal, feats
+
+  return LateFusionMLP()
+
+
+def mlp_step_fn(num_classes: int, batch: int, seed: int, probe_every: int = 20,
+                probe_steps: int = 10):
+  """One seed's MOSEI MLP step (model, probes, optimizers and a fixed batch)."""
+  import torch
+  from torch.nn import functional as F
+  torch.manual_seed(seed)
+  model = build_mlp_model(num_classes)
+  probes = torch.nn.ModuleList([torch.nn.Linear(128, num_classes) for _ in MOSEI_DIMS])
+  optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+  probe_optimizer = torch.optim.Adam(probes.parameters(), lr=1e-3)
+  inputs = {m: torch.randn(batch, d) for m, d in MOSEI_DIMS.items()}
+  labels = torch.randint(0, num_classes, (batch,))
+  count = [0]
+  model.train()
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    fused, unimodal, feats = model(inputs)
+    loss = F.cross_entropy(fused, labels) + sum(F.cross_entropy(u, labels) for u in unimodal)
+    loss.backward()
+    optimizer.step()
+    count[0] += 1
+    if count[0] % probe_every == 0:
+      half = batch // 2
+      detached = [f.detach() for f in feats]
+      for _ in range(probe_steps):
+        probe_optimizer.zero_grad(set_to_none=True)
+        sum(F.cross_entropy(p(f[:half]), labels[:half])
+            for p, f in zip(probes, detached)).backward()
+        probe_optimizer.step()
+      with torch.no_grad():
+        [float((p(f[half:]).argmax(1) == labels[half:]).float().mean())
+         for p, f in zip(probes, detached)]
+
+  return step
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--model", choices=("resnet18_pair", "mlp"), default="resnet18_pair")
+  parser.add_argument("--seeds", type=int, default=1,
+                      help="mlp: step this many independent models one after another")
   parser.add_argument("--audio", type=_shape, default=(1, 128, 128), help="C,H,W")
   parser.add_argument("--visual", type=_shape, default=(3, 112, 112), help="C,H,W")
   parser.add_argument("--batch", type=int, default=64)
@@ -90,8 +174,10 @@ def main() -> None:
   args = parser.parse_args()
 
   import torch
-  torch.manual_seed(0)
   torch.set_num_threads(args.threads)
+  if args.model == "mlp":
+    return _main_mlp(args)
+  torch.manual_seed(0)
   model = build_model(args.classes, (args.audio[0], args.visual[0]))
   audio = torch.randn(args.batch, *args.audio)
   visual = torch.randn(args.batch, *args.visual)
@@ -123,6 +209,41 @@ def main() -> None:
             "audio": args.audio, "visual": args.visual, "step_ms": step_s * 1e3,
             "window_step_ms": [w * 1e3 for w in windows],
             "examples_per_s": args.batch / step_s}
+  print(json.dumps(result), flush=True)
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(result, f, indent=2)
+
+
+def _timed(step, args) -> list[float]:
+  for _ in range(args.warmup):
+    step()
+  windows = []
+  for _ in range(args.windows):
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      step()
+    windows.append((time.perf_counter() - start) / args.steps)
+  return windows
+
+
+def _main_mlp(args) -> None:
+  import torch
+  classes = 3 if args.classes == 6 else args.classes   # MOSEI: 3 classes unless told
+  steps = [mlp_step_fn(classes, args.batch, seed) for seed in range(args.seeds)]
+
+  def all_seeds():
+    for step in steps:
+      step()
+
+  windows = _timed(all_seeds, args)
+  step_s = statistics.median(windows)
+  result = {"framework": f"torch {torch.__version__}", "model": "mosei_mlp",
+            "threads": torch.get_num_threads(), "host": platform.machine(),
+            "batch_size": args.batch, "seeds": args.seeds,
+            "step_ms": step_s * 1e3, "step_ms_per_seed": step_s * 1e3 / args.seeds,
+            "window_step_ms": [w * 1e3 for w in windows],
+            "examples_per_s": args.seeds * args.batch / step_s}
   print(json.dumps(result), flush=True)
   if args.out:
     with open(args.out, "w") as f:

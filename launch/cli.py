@@ -75,6 +75,20 @@ def quiet_logs() -> None:
     tensorflow_import.import_quietly()
 
 
+def join_cluster() -> None:
+  """Several processes (launch/local_cluster.py, or ASGML_COORDINATOR & co. set
+  by a scheduler): join before anything touches JAX (asgml_jax/distributed.py)."""
+  from asgml_jax import distributed
+  distributed.initialize_from_env()
+
+
+def compilation_cache() -> None:
+  """The launchers' persistent compilation cache (asgml_jax/compile_cache.py:
+  where, and the ASGML_COMPILATION_CACHE=off opt-out)."""
+  from asgml_jax import compile_cache
+  compile_cache.enable()
+
+
 def user_errors() -> tuple[type, ...]:
   """Exceptions that mean the user's input, not a bug (imported late: heavy)."""
   from asgml_jax.checkpointing import CheckpointError

@@ -68,6 +68,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_logs()
+  cli.compilation_cache()
   from asgml_jax import sweep, train
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   try:

@@ -23,6 +23,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_logs()
+  cli.join_cluster()
+  cli.compilation_cache()
   from asgml_jax import train  # imported late: flags first, heavy imports after
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
