@@ -36,6 +36,7 @@ _counts = {"requests": 0, "hits": 0, "saved_s": 0.0}
 _lock = threading.Lock()
 _listening = False
 _enabled_dir: str | None = None
+_asked = False  # a launcher called enable(), even if the environment said off
 
 
 def default_dir() -> str:
@@ -69,8 +70,9 @@ def _on_duration(event: str, duration: float, **kwargs) -> None:
 
 def enable() -> str | None:
   """Turns the cache on for this process (idempotent); returns its folder or None."""
-  global _listening, _enabled_dir
+  global _listening, _enabled_dir, _asked
   import jax
+  _asked = True
   folder = chosen_dir()
   if folder is None:
     return None
@@ -107,13 +109,13 @@ class CompileReport:
 
   def line(self, what: str) -> str | None:
     """e.g. 'first step after 3.1 s: loaded 9 programs from the compilation
-    cache (saved 41.2 s of compiling)'; None when the cache was not enabled
-    in this process (a library caller's own JAX settings: nothing to say)."""
+    cache (saved 41.2 s of compiling)'; None when no launcher asked for the
+    cache in this process (a library caller's own JAX settings: nothing to say)."""
+    head = f"{what} after {time.perf_counter() - self._started:.1f} s"
     if _enabled_dir is None:
-      return None
+      return f"{head}: compiled (compilation cache off)" if _asked else None
     c = self.counts()
     hits, misses = c["hits"], c["requests"] - c["hits"]
-    head = f"{what} after {time.perf_counter() - self._started:.1f} s"
     if c["requests"] == 0:
       return f"{head}: nothing compiled (programs already in memory)"
     if misses == 0:
