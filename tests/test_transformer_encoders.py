@@ -228,3 +228,30 @@ def test_bfloat16_features_are_the_float32_features(kind):
   assert scale > 0.3 and float(jnp.abs(a - b).max()) <= 0.1 * scale, (
       float(jnp.abs(a - b).max()), scale)
   assert float(jnp.abs(a - b).mean()) <= 0.02 * scale
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", __import__("asgml_jax.methods", fromlist=["x"]).method_names())
+def test_every_method_steps_on_transformer_encoders(name):
+  """Each method alone, 2 jitted steps on a vit + a sequence transformer:
+  healthy, finite metrics (what test_method_stacks checks on MLPs)."""
+  from asgml_jax import methods
+  from asgml_jax.config_checks import set_dotted
+  from asgml_jax.config_schema import effective_config
+  from conftest import jitted_step
+  c = tiny_config("/tmp/unused")
+  small = dict(transformer_width=8, transformer_depth=1, transformer_heads=2, dropout=0.1)
+  c.modalities.audio = modality_config("transformer", (6, 5), sequence_mask="none", **small)
+  c.modalities.visual = modality_config("vit", (8, 8, 3), patch_size=4, **small)
+  c.method.stack = name
+  c.method.frequency.throttled = "audio"
+  c.method.staleness.modalities = "audio"
+  for req in methods.get(name).requires:
+    set_dotted(c, req.key, req.value)
+  config = effective_config(validate(c))
+  state, step, batch = jitted_step(config, lr_fn=lambda s: 0.05)
+  for _ in range(2):
+    state, metrics = step(state, batch)
+  assert int(state.health[0]) == -1, name
+  bad = [k for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v)))]
+  assert not bad, f"{name}: non-finite {bad}"
