@@ -148,40 +148,23 @@ def mlp_step_fn(num_classes: int, batch: int, seed: int, probe_every: int = 20,
         sum(F.cross_entropy(p(f[:half]), labels[:half])
             for p, f in zip(probes, detached)).backward()
         probe_optimizer.step()
-      with torch.no_grad():
-        [float((p(f[half:]).argmax(1) == labels[half:]).float().mean())
-         for p, f in zip(probes, detached)]
+      with torch.no_grad():   # the held-out probe scores the project computes too
+        scores = [(p(f[half:]).argmax(1) == labels[half:]).float().mean()
+                  for p, f in zip(probes, detached)]
+      del scores
 
   return step
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--model", choices=("resnet18_pair", "mlp"), default="resnet18_pair")
-  parser.add_argument("--seeds", type=int, default=1,
-                      help="mlp: step this many independent models one after another")
-  parser.add_argument("--audio", type=_shape, default=(1, 128, 128), help="C,H,W")
-  parser.add_argument("--visual", type=_shape, default=(3, 112, 112), help="C,H,W")
-  parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--classes", type=int, default=6)
-  parser.add_argument("--steps", type=int, default=2, help="steps per timed window")
-  parser.add_argument("--windows", type=int, default=5)
-  parser.add_argument("--warmup", type=int, default=1)
-  parser.add_argument("--threads", type=int, default=os.cpu_count())
-  parser.add_argument("--channels_last", action="store_true",
-                      help="NHWC memory format (oneDNN's preferred layout)")
-  parser.add_argument("--out", help="write the result to this JSON file")
-  args = parser.parse_args()
-
+def _resnet_pair_step(args):
+  """The ResNet-18 pair's step on a fixed batch, and what the result records of it."""
   import torch
-  torch.set_num_threads(args.threads)
-  if args.model == "mlp":
-    return _main_mlp(args)
   torch.manual_seed(0)
-  model = build_model(args.classes, (args.audio[0], args.visual[0]))
+  classes = args.classes or 6
+  model = build_model(classes, (args.audio[0], args.visual[0]))
   audio = torch.randn(args.batch, *args.audio)
   visual = torch.randn(args.batch, *args.visual)
-  labels = torch.randint(0, args.classes, (args.batch,))
+  labels = torch.randint(0, classes, (args.batch,))
   if args.channels_last:
     model = model.to(memory_format=torch.channels_last)
     audio = audio.contiguous(memory_format=torch.channels_last)
@@ -194,28 +177,24 @@ def main() -> None:
     torch.nn.functional.cross_entropy(model(audio, visual), labels).backward()
     optimizer.step()
 
-  for _ in range(args.warmup):
-    step()
-  windows = []
-  for _ in range(args.windows):
-    start = time.perf_counter()
-    for _ in range(args.steps):
+  return step, {"mkldnn": torch.backends.mkldnn.is_available(),
+                "channels_last": args.channels_last, "audio": args.audio,
+                "visual": args.visual}
+
+
+def _mlp_seeds_step(args):
+  """`--seeds` MOSEI MLPs stepped one after another, and what the result records."""
+  steps = [mlp_step_fn(args.classes or 3, args.batch, seed) for seed in range(args.seeds)]
+
+  def all_seeds():
+    for step in steps:
       step()
-    windows.append((time.perf_counter() - start) / args.steps)
-  step_s = statistics.median(windows)
-  result = {"framework": f"torch {torch.__version__}", "threads": torch.get_num_threads(),
-            "mkldnn": torch.backends.mkldnn.is_available(), "host": platform.machine(),
-            "channels_last": args.channels_last, "batch_size": args.batch,
-            "audio": args.audio, "visual": args.visual, "step_ms": step_s * 1e3,
-            "window_step_ms": [w * 1e3 for w in windows],
-            "examples_per_s": args.batch / step_s}
-  print(json.dumps(result), flush=True)
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=2)
+
+  return all_seeds, {"model": "mosei_mlp"}
 
 
 def _timed(step, args) -> list[float]:
+  """Seconds per step of each timed window, after the warmup steps."""
   for _ in range(args.warmup):
     step()
   windows = []
@@ -227,23 +206,37 @@ def _timed(step, args) -> list[float]:
   return windows
 
 
-def _main_mlp(args) -> None:
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--model", choices=("resnet18_pair", "mlp"), default="resnet18_pair")
+  parser.add_argument("--seeds", type=int, default=1,
+                      help="mlp: step this many independent models one after another")
+  parser.add_argument("--audio", type=_shape, default=(1, 128, 128), help="C,H,W")
+  parser.add_argument("--visual", type=_shape, default=(3, 112, 112), help="C,H,W")
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--classes", type=int, default=None,
+                      help="default: 6 (CREMA-D) for the pair, 3 (MOSEI) for the MLP")
+  parser.add_argument("--steps", type=int, default=2, help="steps per timed window")
+  parser.add_argument("--windows", type=int, default=5)
+  parser.add_argument("--warmup", type=int, default=1)
+  parser.add_argument("--threads", type=int, default=os.cpu_count())
+  parser.add_argument("--channels_last", action="store_true",
+                      help="NHWC memory format (oneDNN's preferred layout)")
+  parser.add_argument("--out", help="write the result to this JSON file")
+  args = parser.parse_args()
+
   import torch
-  classes = 3 if args.classes == 6 else args.classes   # MOSEI: 3 classes unless told
-  steps = [mlp_step_fn(classes, args.batch, seed) for seed in range(args.seeds)]
-
-  def all_seeds():
-    for step in steps:
-      step()
-
-  windows = _timed(all_seeds, args)
+  torch.set_num_threads(args.threads)
+  build = _mlp_seeds_step if args.model == "mlp" else _resnet_pair_step
+  step, fields = build(args)
+  windows = _timed(step, args)
   step_s = statistics.median(windows)
-  result = {"framework": f"torch {torch.__version__}", "model": "mosei_mlp",
-            "threads": torch.get_num_threads(), "host": platform.machine(),
-            "batch_size": args.batch, "seeds": args.seeds,
-            "step_ms": step_s * 1e3, "step_ms_per_seed": step_s * 1e3 / args.seeds,
+  seeds = args.seeds if args.model == "mlp" else 1
+  result = {"framework": f"torch {torch.__version__}", "threads": torch.get_num_threads(),
+            "host": platform.machine(), "batch_size": args.batch, **fields,
+            "seeds": seeds, "step_ms": step_s * 1e3, "step_ms_per_seed": step_s * 1e3 / seeds,
             "window_step_ms": [w * 1e3 for w in windows],
-            "examples_per_s": args.seeds * args.batch / step_s}
+            "examples_per_s": seeds * args.batch / step_s}
   print(json.dumps(result), flush=True)
   if args.out:
     with open(args.out, "w") as f:
