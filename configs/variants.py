@@ -17,7 +17,7 @@ A stack of methods without a variant is `--config.method.stack=a,b,c`.
 """
 
 from asgml_jax import methods
-from asgml_jax.config_checks import set_dotted
+from asgml_jax.config_checks import ConfigError, set_dotted
 from asgml_jax.methods import unimodal
 
 UNIMODAL_PREFIX = unimodal.VARIANT_PREFIX
@@ -55,8 +55,8 @@ def apply_variant(config, variant: str | None):
     return unimodal.only_modality(config, variant[len(UNIMODAL_PREFIX):])
   base = variant.removesuffix(SEEDCODE_SUFFIX)
   if base not in PRESETS:
-    raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}, "
-                     f"{UNIMODAL_PREFIX}<modality>, or any of them + {SEEDCODE_SUFFIX}")
+    raise ConfigError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}, "
+                      f"{UNIMODAL_PREFIX}<modality>, or any of them + {SEEDCODE_SUFFIX}")
   name, presets, settings = PRESETS[base]
   config.method.name = name
   config.method.stack = ""

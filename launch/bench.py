@@ -375,14 +375,6 @@ def main(argv):
     print(f"wrote {_OUT.value}", file=sys.stderr)
 
 
-def _main_with_one_line_errors(argv):
-  from launch import cli
-  try:
-    main(argv)
-  except cli.user_errors() as err:
-    cli.report(err)
-
-
 if __name__ == "__main__":
   from launch import cli
-  cli.run(_main_with_one_line_errors)
+  cli.run(main)

@@ -111,10 +111,15 @@ def report(err: BaseException) -> None:
 
 
 def run(main) -> None:
-  """`app.run(main)` with flag mistakes and stop signals as one line."""
+  """`app.run(main)` with flag mistakes, stop signals and user errors
+  (`user_errors`) as one line each; a real bug keeps its traceback."""
   interrupts.install()
   try:
     app.run(main, flags_parser=_parse_flags)
   except interrupts.Interrupted as stop:
     print(stop.line(), file=sys.stderr, flush=True)
     sys.exit(stop.exit_code)
+  except Exception as err:
+    if isinstance(err, user_errors()):
+      report(err)
+    raise

@@ -69,26 +69,22 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_logs()
   cli.compilation_cache()
-  from asgml_jax import sweep, train
+  from asgml_jax import sweep
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
-  try:
-    if _VARIANTS.value:
-      configs = [(v, _config_for_variant(v)) for v in _VARIANTS.value]
-    else:
-      from asgml_jax.methods.stack import run_label
-      configs = [(run_label(_CONFIG.value), _CONFIG.value)]
-    failed = 0
-    for variant, config in configs:
-      seeds = _parse_seeds(config)
-      summaries = sweep.train_sweep(config, seeds,
-                                    [run_dir_for(workdir, variant, s) for s in seeds],
-                                    seed_axis=_SEED_AXIS.value)
-      failed += sum("error" in s for s in summaries)
-    print(f"sweep done: {workdir}; tables and plots: python -m launch.report {workdir}",
-          flush=True)
-  except cli.user_errors() + (RuntimeError, ValueError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2 if isinstance(err, (ConfigError, ValueError)) else 1)
+  if _VARIANTS.value:
+    configs = [(v, _config_for_variant(v)) for v in _VARIANTS.value]
+  else:
+    from asgml_jax.methods.stack import run_label
+    configs = [(run_label(_CONFIG.value), _CONFIG.value)]
+  failed = 0
+  for variant, config in configs:
+    seeds = _parse_seeds(config)
+    summaries = sweep.train_sweep(config, seeds,
+                                  [run_dir_for(workdir, variant, s) for s in seeds],
+                                  seed_axis=_SEED_AXIS.value)
+    failed += sum("error" in s for s in summaries)
+  print(f"sweep done: {workdir}; tables and plots: python -m launch.report {workdir}",
+        flush=True)
   if failed:
     print(f"error: {failed} run(s) stopped on non-finite values (see their summary.json)",
           file=sys.stderr)

@@ -26,10 +26,7 @@ def main(argv):
   cli.join_cluster()
   cli.compilation_cache()
   from asgml_jax import train  # imported late: flags first, heavy imports after
-  try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except cli.user_errors() as err:
-    cli.report(err)
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
