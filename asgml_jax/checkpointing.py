@@ -237,8 +237,13 @@ def restore_best(workdir: str, like_state: Any) -> tuple[Any, dict]:
                             "best checkpoint")
 
 
+def restore_newest(workdir: str, like_state: Any, what: str = "checkpoint") -> tuple[Any, dict]:
+  """(state, meta) of a run's newest intact checkpoint, verified, read-only."""
+  return _read_only_restore(os.path.join(os.path.expanduser(workdir), LATEST_DIR), like_state,
+                            what)
+
+
 def restore_init_from(workdir: str, like_state: Any):
   """Params and batch stats of another run's newest intact checkpoint, for a warm start."""
-  other, _ = _read_only_restore(os.path.join(os.path.expanduser(workdir), LATEST_DIR),
-                                like_state, "config.init_from")
+  other, _ = restore_newest(workdir, like_state, "config.init_from")
   return like_state.replace(params=other.params, batch_stats=other.batch_stats)

@@ -117,6 +117,82 @@ def jitted_step(config, *, steps_per_epoch: int = 6, lr_fn=None):
   return state, step, batch
 
 
+def with_stack(config, stack: str):
+  """`config` running the method stack `stack`, with the settings its methods
+  require (and the throttled/stale modality the schedules name) filled in."""
+  from asgml_jax import methods
+  from asgml_jax.config_checks import set_dotted
+  config.method.stack = stack
+  config.method.frequency.throttled = "audio"
+  config.method.staleness.modalities = "audio"
+  names = methods.method_names()
+  for name in stack.split(","):
+    for req in (methods.get(name).requires if name in names else ()):
+      set_dotted(config, req.key, req.value)
+  return config
+
+
+def two_healthy_steps(config, what) -> dict:
+  """Two jitted steps of `config` on one batch: the health flag stays clear and
+  every metric is finite; returns the last step's metrics."""
+  import numpy as np
+  state, step, batch = jitted_step(config, lr_fn=lambda s: 0.05)
+  for _ in range(2):
+    state, metrics = step(state, batch)
+  assert int(state.health[0]) == -1, what
+  bad = [k for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v)))]
+  assert not bad, f"{what}: non-finite {bad}"
+  return metrics
+
+
+def param_mismatch(a, b) -> float:
+  """max over the leaves of |a − b| / (1e-5 + 1e-4·|b|): <= 1 means equal up to
+  float summation order (the tolerance of the sharded/multi-process checks)."""
+  import jax
+  import numpy as np
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))
+                          / (1e-5 + 1e-4 * np.abs(np.asarray(y)))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def largest_change(a, b) -> float:
+  """max over the leaves of |a − b| (did training move the params at all?)."""
+  import jax
+  import numpy as np
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def tiny_mlp_cli(data_dir: str, **settings) -> list[str]:
+  """`launch.train`'s arguments for configs/default.py with MLP encoders on
+  vectors (compiles in seconds) and `--config.<key>=<value>` per setting."""
+  defaults = {"num_epochs": 1, "dataset.synthetic.num_train": 192,
+              "dataset.synthetic.num_validation": 48, "dataset.synthetic.num_test": 48,
+              "batch_size": 32, "eval_batch_size": 48,
+              "modalities.audio.encoder": "mlp", "modalities.visual.encoder": "mlp",
+              "modalities.audio.input_shape": (16,), "modalities.visual.input_shape": (12,),
+              "dataset.data_dir": data_dir}
+  return ["--config", "configs/default.py"] + [
+      f"--config.{key}={value}".replace(" ", "")
+      for key, value in {**defaults, **settings}.items()]
+
+
+def config_of_cli(args: list[str]):
+  """The config `launch.train` builds from `tiny_mlp_cli`'s arguments."""
+  import ast
+  from asgml_jax.config_checks import set_dotted
+  from configs.default import get_config
+  config = get_config()
+  for arg in args[2:]:
+    key, value = arg[len("--config."):].split("=", 1)
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass
+    set_dotted(config, key, value)
+  return config
+
+
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
   """One TFDS data dir per test session, so each synthetic spec is built once."""

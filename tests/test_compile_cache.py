@@ -13,18 +13,7 @@ import subprocess
 import sys
 
 from asgml_jax import compile_cache
-from conftest import ROOT
-
-
-def _command(workdir, data_dir):
-  return [sys.executable, "-m", "launch.train", "--config", "configs/default.py",
-          "--workdir", str(workdir), "--config.num_epochs=1",
-          "--config.dataset.synthetic.num_train=192",
-          "--config.dataset.synthetic.num_validation=48", "--config.dataset.synthetic.num_test=48",
-          "--config.batch_size=32", "--config.eval_batch_size=48",
-          "--config.modalities.audio.encoder=mlp", "--config.modalities.visual.encoder=mlp",
-          "--config.modalities.audio.input_shape=(16,)",
-          "--config.modalities.visual.input_shape=(12,)", f"--config.dataset.data_dir={data_dir}"]
+from conftest import ROOT, tiny_mlp_cli
 
 
 def test_second_run_loads_what_the_first_compiled(tmp_path, tfds_dir):
@@ -32,7 +21,8 @@ def test_second_run_loads_what_the_first_compiled(tmp_path, tfds_dir):
   env = dict(os.environ, JAX_PLATFORMS="cpu", ASGML_COMPILATION_CACHE=str(cache))
   logs = {}
   for name in ("first", "second"):
-    proc = subprocess.run(_command(tmp_path / name, tfds_dir), cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "launch.train", "--workdir",
+                           str(tmp_path / name), *tiny_mlp_cli(tfds_dir)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs[name] = proc.stdout + proc.stderr

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 
 from asgml_jax import methods
-from asgml_jax.config_checks import set_dotted
 from asgml_jax.config_schema import ConfigError, effective_config, validate
 from asgml_jax.methods import stack as method_stack
-from conftest import jitted_step, tiny_mlp_config
+from conftest import jitted_step, tiny_mlp_config, two_healthy_steps, with_stack
 
 NAMES = methods.method_names()
 PAIRS = list(itertools.combinations(NAMES, 2))
@@ -48,14 +47,7 @@ SAMPLED = _cover(COMPATIBLE) + [("ogm_ge", "boost"), ("boost", "pmr"), ("ogm_ge"
 
 def stack_config(stack: str):
   """The tiny MLP config with `stack`, meeting what its methods require."""
-  config = tiny_mlp_config("/tmp/unused")
-  config.method.stack = stack
-  config.method.frequency.throttled = "audio"
-  config.method.staleness.modalities = "audio"
-  for name in stack.split(","):
-    for req in (methods.get(name).requires if name in NAMES else ()):
-      set_dotted(config, req.key, req.value)
-  return config
+  return with_stack(tiny_mlp_config("/tmp/unused"), stack)
 
 
 def test_there_are_pairs_of_both_kinds():
@@ -65,12 +57,7 @@ def test_there_are_pairs_of_both_kinds():
 
 def _train_pair(pair):
   config = effective_config(validate(stack_config(",".join(pair))))
-  state, step, batch = jitted_step(config, lr_fn=lambda s: 0.05)
-  for _ in range(2):
-    state, metrics = step(state, batch)
-  assert int(state.health[0]) == -1, pair
-  bad = [k for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v)))]
-  assert not bad, f"{pair}: non-finite {bad}"
+  metrics = two_healthy_steps(config, pair)
   for name in pair:
     method = methods.get(name)
     for prefix in [s.prefix for s in method.signals] + [p.prefix for p in method.plots]:

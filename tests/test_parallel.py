@@ -2,8 +2,9 @@
 
 The flag must be set before JAX starts, so the check runs in a subprocess:
 one epoch of the small-CNN config (BatchNorm and convolutions, OGM-GE's
-batch-sum scores and GE noise) with the batch sharded over the 4 devices and
-with one device. Tolerance: the sharded step sums each device's partial
+batch-sum scores and GE noise), and of the vit/ast/sequence-transformer
+config (LayerNorm and attention), with the batch sharded over the 4 devices
+and with one device. Tolerance: the sharded step sums each device's partial
 gradients in an all-reduce, a different float summation order, so params
 agree to rtol 1e-4 / atol 1e-5 and eval metrics within one example of 48.
 A 4-seed vmapped sweep with its seeds spread over the 4 devices ends where
@@ -24,16 +25,10 @@ SCRIPT = r'''
 import json, os, sys, tempfile
 sys.path.insert(0, os.path.join(sys.argv[1], "tests")); sys.path.insert(0, sys.argv[1])
 import jax, numpy as np
-from conftest import tiny_config, tiny_mlp_config
+from conftest import largest_change, param_mismatch, tiny_config, tiny_mlp_config
+from test_transformer_encoders import _tiny_transformers
 from asgml_jax import checkpointing, parallel, train
 from asgml_jax.config_schema import ConfigError
-
-def latest(workdir, like):
-  m = checkpointing._manager(os.path.join(workdir, checkpointing.LATEST_DIR), 5, read_only=True)
-  try:
-    return checkpointing.restore(m, like)[0]
-  finally:
-    m.close()
 
 def ogm_ge_config(make, mode):
   c = make(sys.argv[2], num_epochs=1)
@@ -41,19 +36,21 @@ def ogm_ge_config(make, mode):
   c.parallel.data_parallel = mode
   return c
 
+def sharded_vs_one_device(make):
+  """One epoch with the batch over the 4 devices and on one device: how far apart."""
+  runs = {}
+  for mode in ("auto", "off"):
+    c, d = ogm_ge_config(make, mode), tempfile.mkdtemp()
+    runs[mode] = (train.train_and_evaluate(c, d), d, c)
+  like = train.fresh_state(train.setup_run(runs["off"][2]), 42)
+  a, b = (checkpointing.restore_newest(runs[m][1], like)[0].params for m in ("auto", "off"))
+  return {"max_param_diff": param_mismatch(a, b), "moved": largest_change(b, like.params),
+          "metric_diff": max(abs(runs["auto"][0]["final"][s][k] - runs["off"][0]["final"][s][k])
+                             for s in ("validation", "test") for k in runs["off"][0]["final"][s])}
+
 out = {"devices": len(jax.devices())}
-runs = {}
-for mode in ("auto", "off"):
-  c, d = ogm_ge_config(tiny_config, mode), tempfile.mkdtemp()
-  runs[mode] = (train.train_and_evaluate(c, d), d, c)
-setup = train.setup_run(runs["off"][2])
-like = train.fresh_state(setup, 42)
-a, b = latest(runs["auto"][1], like), latest(runs["off"][1], like)
-out["max_param_diff"] = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))
-                                          / (1e-5 + 1e-4 * np.abs(np.asarray(y)))))
-                            for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
-out["metric_diff"] = max(abs(runs["auto"][0]["final"][s][k] - runs["off"][0]["final"][s][k])
-                         for s in ("validation", "test") for k in runs["off"][0]["final"][s])
+out["cnn"] = sharded_vs_one_device(tiny_config)
+out["transformers"] = sharded_vs_one_device(_tiny_transformers)
 mlp = tiny_mlp_config(sys.argv[2], num_epochs=1)
 mlp_setup = train.setup_run(mlp)
 mlp_state = train.fresh_state(mlp_setup, 42)
@@ -75,7 +72,7 @@ out["seed_mesh"] = parallel.seed_mesh(c.copy_and_resolve_references(), 4, "vmap"
 out["sweep_metric_diff"] = max(abs(a["final"][s][k] - b["final"][s][k])
                                for a, b in zip(swept["auto"], swept["off"])
                                for s in ("validation", "test") for k in a["final"][s])
-bad = runs["auto"][2].copy_and_resolve_references()
+bad = ogm_ge_config(tiny_config, "auto")
 bad.batch_size = 30
 try:
   parallel.data_mesh(bad)
@@ -98,8 +95,11 @@ def test_sharded_training_matches_one_device(tmp_path):
   assert "batch sharded over 4 devices" in proc.stdout
   assert "seeds sharded over 4 devices" in proc.stdout
   assert result["all_reduce"], "the sharded step should all-reduce across devices"
-  assert result["max_param_diff"] <= 1.0       # |a − b| <= 1e-5 + 1e-4·|b| for every param
-  assert result["metric_diff"] <= 1 / 48 + 1e-9
+  for model in ("cnn", "transformers"):
+    check = result[model]
+    assert check["moved"] > 1e-4, model                # the epoch changed the parameters
+    assert check["max_param_diff"] <= 1.0, model      # |a − b| <= 1e-5 + 1e-4·|b| for every param
+    assert check["metric_diff"] <= 1 / 48 + 1e-9, model
   assert "config.batch_size: 30 does not divide over the 4 devices" in result["error"]
   assert result["seed_mesh"]           # data_parallel "off": the sweep stays on one device
   assert result["sweep_metric_diff"] <= 1 / 48 + 1e-9   # 4 seeds sharded over 4 devices

@@ -14,20 +14,15 @@ import time
 import pytest
 
 from asgml_jax import run_dir
-from conftest import ROOT, tiny_mlp_config
+from conftest import ROOT, tiny_mlp_cli, tiny_mlp_config
 
 STEPS_PER_EPOCH = 1500  # 12000 examples / batch 8: an epoch lasts seconds, not milliseconds
 
 
 def _command(workdir, data_dir):
-  return [sys.executable, "-m", "launch.train", "--config", "configs/default.py",
-          "--workdir", str(workdir), "--config.num_epochs=2",
-          "--config.dataset.synthetic.num_train=12000",
-          "--config.dataset.synthetic.num_validation=48", "--config.dataset.synthetic.num_test=48",
-          "--config.batch_size=8", "--config.eval_batch_size=48",
-          "--config.log_every_steps=1000", "--config.modalities.audio.encoder=mlp",
-          "--config.modalities.visual.encoder=mlp", "--config.modalities.audio.input_shape=(16,)",
-          "--config.modalities.visual.input_shape=(12,)", f"--config.dataset.data_dir={data_dir}"]
+  return [sys.executable, "-m", "launch.train", "--workdir", str(workdir),
+          *tiny_mlp_cli(data_dir, num_epochs=2, batch_size=8, log_every_steps=1000,
+                        **{"dataset.synthetic.num_train": 12000})]
 
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")

@@ -19,20 +19,10 @@ import jax
 import numpy as np
 import pytest
 
+from asgml_jax import checkpointing
 from conftest import ROOT, tiny_config, tiny_mlp_config
 
 SEEDS = (42, 0, 7)
-
-
-def _latest_params(workdir, like_state):
-  from asgml_jax import checkpointing
-  manager = checkpointing._manager(os.path.join(workdir, checkpointing.LATEST_DIR), 5,
-                                   read_only=True)
-  try:
-    state, _ = checkpointing.restore(manager, like_state)
-  finally:
-    manager.close()
-  return state.params
 
 
 def _assert_same_run(single: dict, swept: dict, single_dir: str, swept_dir: str, like):
@@ -40,7 +30,7 @@ def _assert_same_run(single: dict, swept: dict, single_dir: str, swept_dir: str,
     for key, value in single["final"][split].items():
       assert abs(value - swept["final"][split][key]) <= 1 / 48 + 1e-9, (split, key)
   assert single["best_val_epoch"] == swept["best_val_epoch"]
-  a, b = _latest_params(single_dir, like), _latest_params(swept_dir, like)
+  a, b = (checkpointing.restore_newest(d, like)[0].params for d in (single_dir, swept_dir))
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
 
@@ -66,16 +56,6 @@ def test_three_seeds_in_one_program_equal_three_separate_runs(tmp_path, tfds_dir
   assert len(finals) == len(SEEDS), "seeds must differ (own init, data order, GE noise)"
 
 
-def _latest_state(workdir, like_state):
-  from asgml_jax import checkpointing
-  manager = checkpointing._manager(os.path.join(workdir, checkpointing.LATEST_DIR), 5,
-                                   read_only=True)
-  try:
-    return checkpointing.restore(manager, like_state)[0]
-  finally:
-    manager.close()
-
-
 @pytest.mark.parametrize("variant,field", [("miles", "miles_lr_scale"),
                                            ("pmr", "pmr_prototypes"),
                                            ("gblend", "task_weights")])
@@ -97,15 +77,16 @@ def test_epoch_hooks_give_each_seed_of_a_sweep_its_own_values(tmp_path, tfds_dir
   swept = sweep.train_sweep(config, seeds, [str(tmp_path / f"sweep_{s}") for s in seeds],
                             seed_axis="vmap")
   like = train.fresh_state(train.setup_run(config), 0)
+  def saved_field(name):
+    state = checkpointing.restore_newest(str(tmp_path / name), like)[0]
+    return optax.tree_utils.tree_get(state.opt_state, field)
+
   for s, a, b in zip(seeds, single, swept):
     _assert_same_run(a, b, str(tmp_path / f"one_{s}"), str(tmp_path / f"sweep_{s}"), like)
-    x = optax.tree_utils.tree_get(_latest_state(str(tmp_path / f"one_{s}"), like).opt_state, field)
-    y = optax.tree_utils.tree_get(_latest_state(str(tmp_path / f"sweep_{s}"), like).opt_state,
-                                  field)
+    x, y = saved_field(f"one_{s}"), saved_field(f"sweep_{s}")
     for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y)):
       np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=1e-5)
-  values = [optax.tree_utils.tree_get(_latest_state(str(tmp_path / f"one_{s}"), like).opt_state,
-                                      field) for s in seeds]
+  values = [saved_field(f"one_{s}") for s in seeds]
   if variant == "pmr":  # the seeds' prototypes differ
     assert not np.allclose(np.asarray(values[0]["audio"]), np.asarray(values[1]["audio"]))
 

@@ -35,12 +35,7 @@ def _interrupt_after(monkeypatch, calls: int):
 
 
 def _final_params(workdir, like):
-  manager = checkpointing._manager(os.path.join(workdir, checkpointing.LATEST_DIR), 1,
-                                   read_only=True)
-  try:
-    state, meta = checkpointing.restore(manager, like)
-  finally:
-    manager.close()
+  state, meta = checkpointing.restore_newest(workdir, like)
   return state.params, meta
 
 

@@ -7,6 +7,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+from asgml_jax import methods
 from asgml_jax.config_schema import ConfigError, modality_config, validate
 from asgml_jax.models.multimodal import encoder_spec
 from asgml_jax.models.encoders import make_encoder
@@ -231,29 +232,15 @@ def test_bfloat16_features_are_the_float32_features(kind):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [m.name for m in __import__(
-    "asgml_jax.methods", fromlist=["x"]).all_methods() if not m.alone])
+@pytest.mark.parametrize("name", [m.name for m in methods.all_methods() if not m.alone])
 def test_every_method_steps_on_transformer_encoders(name):
   """Each multimodal method alone, 2 jitted steps on a vit + a sequence
   transformer: healthy, finite metrics (what test_method_stacks checks on
   MLPs). `unimodal` (one modality, nothing to balance) is left out."""
-  from asgml_jax import methods
-  from asgml_jax.config_checks import set_dotted
   from asgml_jax.config_schema import effective_config
-  from conftest import jitted_step
+  from conftest import two_healthy_steps, with_stack
   c = tiny_config("/tmp/unused")
   small = dict(transformer_width=8, transformer_depth=1, transformer_heads=2, dropout=0.1)
   c.modalities.audio = modality_config("transformer", (6, 5), sequence_mask="none", **small)
   c.modalities.visual = modality_config("vit", (8, 8, 3), patch_size=4, **small)
-  c.method.stack = name
-  c.method.frequency.throttled = "audio"
-  c.method.staleness.modalities = "audio"
-  for req in methods.get(name).requires:
-    set_dotted(c, req.key, req.value)
-  config = effective_config(validate(c))
-  state, step, batch = jitted_step(config, lr_fn=lambda s: 0.05)
-  for _ in range(2):
-    state, metrics = step(state, batch)
-  assert int(state.health[0]) == -1, name
-  bad = [k for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v)))]
-  assert not bad, f"{name}: non-finite {bad}"
+  two_healthy_steps(effective_config(validate(with_stack(c, name))), name)
