@@ -29,6 +29,7 @@ import json
 import os
 import pickle
 import struct
+import sys
 import zipfile
 
 import ml_dtypes
@@ -73,10 +74,11 @@ def _rebuild_parameter(data, *unused):
 class _StateDictUnpickler(pickle.Unpickler):
   """Knows only what a state dict of tensors is made of."""
 
-  def __init__(self, file, read_record, path: str):
+  def __init__(self, file, read_record, path: str, byteorder: str):
     super().__init__(file)
     self._read_record = read_record
     self._path = path
+    self._swap = byteorder != sys.byteorder
     self._storages: dict[str, np.ndarray] = {}
 
   def find_class(self, module, name):
@@ -103,7 +105,9 @@ class _StateDictUnpickler(pickle.Unpickler):
       if len(raw) != numel * storage_type.dtype.itemsize:
         raise BadInputError(f"{self._path}: storage {key} has {len(raw)} bytes, expected "
                             f"{numel} x {storage_type.dtype.itemsize}")
-      self._storages[key] = np.frombuffer(raw, storage_type.dtype)
+      stored = np.frombuffer(raw, storage_type.dtype)
+      # a file from a machine of the other byte order: its values in this one's
+      self._storages[key] = stored.byteswap() if self._swap else stored
     return self._storages[key]
 
 
@@ -123,11 +127,8 @@ def _read_torch_zip(path: str) -> dict:
       except KeyError:
         raise BadInputError(f"{path}: storage record data/{key} is missing") from None
 
-    loaded = _StateDictUnpickler(io.BytesIO(archive.read(pickles[0])), read_record, path).load()
-  if order != "little":
-    loaded = {k: v.byteswap().view(v.dtype.newbyteorder()) if isinstance(v, np.ndarray) else v
-              for k, v in loaded.items()}
-  return loaded
+    return _StateDictUnpickler(io.BytesIO(archive.read(pickles[0])), read_record, path,
+                               order).load()
 
 
 def _read_safetensors(path: str) -> dict:

@@ -191,3 +191,26 @@ def test_lr_scale_scales_that_encoders_update_only(tfds_dir):
     other = scaled["encoders"]["visual"] if part is full["encoders"]["visual"] else scaled["fusion"]
     for a, b in zip(jax.tree.leaves(part), jax.tree.leaves(other)):
       np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+
+
+def test_a_big_endian_pth_reads_the_same_values(tmp_path, pth, state_dict):
+  """torch.save on a big-endian machine writes byteorder 'big' and its storages'
+  bytes in that order: the same file with every record byte-swapped reads the
+  same numbers."""
+  import zipfile
+  dtypes = {m["name"]: load_manifest()["tensors"][m["tensor"]][1]
+            for m in load_manifest()["members"] if "tensor" in m}
+  src, dst = zipfile.ZipFile(pth), tmp_path / "big.pth"
+  with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as out:
+    for info in src.infolist():
+      data = src.read(info.filename)
+      if info.filename.endswith("/byteorder"):
+        data = b"big"
+      elif info.filename in dtypes:
+        data = np.frombuffer(data, dtypes[info.filename]).byteswap().tobytes()
+      out.writestr(info.filename, data)
+  big = weight_files.read_state_dict(str(dst))
+  assert set(big) == set(state_dict)
+  for k in state_dict:
+    np.testing.assert_array_equal(big[k], state_dict[k], err_msg=k)
+    assert big[k].dtype == state_dict[k].dtype
