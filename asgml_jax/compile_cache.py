@@ -93,12 +93,9 @@ def enable() -> str | None:
 
 
 class CompileReport:
-  """What the cache did between `start()` and `line()`."""
+  """What the cache did from this object's creation to `line()` / `counts()`."""
 
   def __init__(self):
-    self.start()
-
-  def start(self) -> None:
     with _lock:
       self._before = dict(_counts)
     self._started = time.perf_counter()

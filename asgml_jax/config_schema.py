@@ -13,6 +13,7 @@ this fixes the concat order of the fusion (audio before visual, as OGM-GE).
 from __future__ import annotations
 
 import difflib
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -398,7 +399,6 @@ def _validate_transformer(config, key: str, mod, shape: tuple) -> None:
 def _validate_pretrained(config, key: str, mod, shape: tuple) -> None:
   if not mod.pretrained:
     return
-  import os
   _require(mod.encoder == "resnet18", f"{key}.pretrained",
            f"pretrained weights load into the resnet18 encoder, not {mod.encoder}")
   _require(config.model.feature_dim == 512, "model.feature_dim",

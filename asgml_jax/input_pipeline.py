@@ -297,8 +297,8 @@ def train_args(data: LoadedData, perm, batch_index: int, batch_size: int) -> tup
 def _process_batch(arrays: dict, rows: np.ndarray) -> dict:
   """Several processes: the global batch, each process reading only its rows."""
   from asgml_jax import distributed, parallel
-  mesh = parallel.Mesh(jax.devices(), (parallel.AXIS,))
-  return distributed.process_batch(arrays, np.asarray(rows), parallel.batch_sharded(mesh))
+  return distributed.process_batch(arrays, np.asarray(rows),
+                                   parallel.batch_sharded(parallel.all_devices_mesh()))
 
 
 def eval_args(data: LoadedData, split: str, start: int, batch_size: int) -> tuple:

@@ -57,7 +57,7 @@ def scale_encoder_updates(scales: dict[str, float]) -> optax.GradientTransformat
 
   def update_fn(updates, state, params=None):
     del params
-    encoders = {m: (optax.tree.scale(scales[m], u) if scales.get(m, 1.0) != 1.0 else u)
+    encoders = {m: optax.tree.scale(scales[m], u) if m in scales else u
                 for m, u in updates["encoders"].items()}
     return {**updates, "encoders": encoders}, state
 
@@ -66,8 +66,8 @@ def scale_encoder_updates(scales: dict[str, float]) -> optax.GradientTransformat
 
 def encoder_lr_scales(config) -> dict[str, float]:
   """modalities.<m>.lr_scale of the modalities whose scale is not 1."""
-  return {m: float(config.modalities[m].get("lr_scale", 1.0)) for m in config.modalities
-          if float(config.modalities[m].get("lr_scale", 1.0)) != 1.0}
+  scales = {m: float(config.modalities[m].lr_scale) for m in config.modalities}
+  return {m: v for m, v in scales.items() if v != 1.0}
 
 
 def base_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
@@ -92,7 +92,7 @@ def make_optimizer(config, steps_per_epoch: int,
       chain(combiner?, edits by rank..., schedule(inner), post..., lr_scales?)
 
   with inner = weight decay + SGD momentum + lr, and lr_scales the per-encoder
-learning-rate factors (`modalities.<m>.lr_scale`) when any is not 1. Gradient edits come before
+  learning-rate factors (`modalities.<m>.lr_scale`) when any is not 1. Gradient edits come before
   weight decay and momentum, as the PyTorch code edits `.grad` before
   `optimizer.step()`; a stack without an update schedule gets the joint one
   (every encoder updates every step), so the baseline is chain(joint(inner)).

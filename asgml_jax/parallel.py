@@ -21,6 +21,8 @@ seeds with no communication; an unrolled sweep stays on one device.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -29,9 +31,19 @@ from asgml_jax.config_schema import ConfigError
 AXIS = "data"
 
 
+@functools.cache
+def all_devices_mesh() -> Mesh:
+  """The 1-D mesh over every device of every process (made once)."""
+  return Mesh(jax.devices(), (AXIS,))
+
+
 def data_mesh(config) -> Mesh | None:
   """The 1-D mesh of all devices, or None for one device / data_parallel="off"."""
   if config.parallel.data_parallel == "off":
+    if jax.process_count() > 1:
+      raise ConfigError(f"config.parallel.data_parallel: off, but {jax.process_count()} "
+                        "processes train this run together; they share its batch over "
+                        "their devices, so use auto")
     return None
   devices = jax.devices()
   if len(devices) == 1:
@@ -42,7 +54,7 @@ def data_mesh(config) -> Mesh | None:
       raise ConfigError(f"config.{key}: {config[key]} does not divide over the {n} devices of "
                         f"the data-parallel mesh (set parallel.data_parallel='off' or a multiple "
                         f"of {n})")
-  return Mesh(devices, (AXIS,))
+  return all_devices_mesh()
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -81,7 +93,7 @@ def seed_mesh(config, num_seeds: int, mode: str) -> Mesh | None:
   devices = jax.devices()
   if len(devices) == 1 or num_seeds % len(devices):
     return None
-  return Mesh(devices, (AXIS,))
+  return all_devices_mesh()
 
 
 def shard_seeds(tree, mesh: Mesh | None):

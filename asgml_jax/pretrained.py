@@ -28,6 +28,8 @@ takes most of that scale out either way.) Other channel counts are refused.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from asgml_jax import weight_files
@@ -113,23 +115,25 @@ def _replace_subtree(tree: dict, new: dict, where: str) -> dict:
   return out
 
 
+def pretrained_modalities(config) -> list[str]:
+  """The modalities whose config names a `pretrained` file."""
+  return [m for m in config.modalities if config.modalities[m].get("pretrained")]
+
+
 def load_into(config, params: dict, batch_stats: dict) -> tuple[dict, dict]:
   """params / batch_stats with each modality's `pretrained` file loaded into its
   encoder (`params["encoders"][m]`); modalities without one keep theirs."""
-  from asgml_jax.config_schema import modality_names
-  params = dict(params)
-  batch_stats = dict(batch_stats)
-  for name in modality_names(config):
+  for name in pretrained_modalities(config):
     mod = config.modalities[name]
-    if not mod.get("pretrained"):
-      continue
-    path = mod.pretrained
-    enc_params, enc_stats = resnet18_variables(weight_files.read_state_dict(path),
-                                               int(mod.input_shape[-1]), path)
-    where = f"{path} -> modalities.{name}"
-    params["encoders"] = dict(params["encoders"])
-    params["encoders"][name] = _replace_subtree(params["encoders"][name], enc_params, where)
-    batch_stats["encoders"] = dict(batch_stats["encoders"])
-    batch_stats["encoders"][name] = _replace_subtree(batch_stats["encoders"][name], enc_stats,
-                                                     where)
+    enc_params, enc_stats = resnet18_variables(weight_files.read_state_dict(mod.pretrained),
+                                               int(mod.input_shape[-1]), mod.pretrained)
+    where = f"{mod.pretrained} -> modalities.{name}"
+    params = _replace_subtree(params, {"encoders": {name: enc_params}}, where)
+    batch_stats = _replace_subtree(batch_stats, {"encoders": {name: enc_stats}}, where)
   return params, batch_stats
+
+
+def variables_replacement(config):
+  """For `create_train_state`: the function that loads the config's pretrained
+  encoders, or None when no modality names a file."""
+  return functools.partial(load_into, config) if pretrained_modalities(config) else None

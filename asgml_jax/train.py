@@ -238,12 +238,8 @@ def fresh_state(setup: RunSetup, seed: int):
   """The untrained state of `seed`: its own init, probe init and GE-noise key."""
   tx = setup.tx if seed == setup.config.seed else optim.make_optimizer(
       with_seed(setup.config, seed), setup.steps_per_epoch, setup.model.num_classes)
-  config = setup.config
-  with_pretrained = any(config.modalities[m].get("pretrained") for m in config.modalities)
-  return create_train_state(
-      setup.model, tx, setup.example, run_keys(seed)[0], setup.probe_cfg,
-      replace_variables=(functools.partial(pretrained.load_into, config)
-                         if with_pretrained else None))
+  return create_train_state(setup.model, tx, setup.example, run_keys(seed)[0], setup.probe_cfg,
+                            replace_variables=pretrained.variables_replacement(setup.config))
 
 
 def with_seed(config, seed: int):
