@@ -97,10 +97,12 @@ def mean_pool(split: dict, modality: str) -> np.ndarray:
 
 
 def masked_sequence(split: dict, modality: str) -> np.ndarray:
-  """(N, T, D) -> (N, T, D+1): finite features, padding zeroed, the mask appended."""
-  x = np.nan_to_num(np.asarray(split[modality], np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-  mask = _mask(split, modality)
-  return np.concatenate([x * mask[..., None], mask[..., None]], axis=-1)
+  """(N, T, D) -> (N, T, D+1): finite features, padding zeroed, the mask appended.
+  float32 (MOSEI's sequences are ~5 GB per modality in float64); the
+  statistics below accumulate in float64."""
+  x = np.nan_to_num(np.asarray(split[modality], np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+  mask = _mask(split, modality).astype(np.float32)[..., None]
+  return np.concatenate([x * mask, mask], axis=-1)
 
 
 def _train_statistics(train: np.ndarray, pooling: str) -> tuple[np.ndarray, np.ndarray]:
@@ -109,9 +111,10 @@ def _train_statistics(train: np.ndarray, pooling: str) -> tuple[np.ndarray, np.n
     return train.mean(0), train.std(0)
   real = train[..., -1:].reshape(-1, 1)
   values = train[..., :-1].reshape(-1, train.shape[-1] - 1)
-  count = max(real.sum(), 1.0)
-  mean = (values * real).sum(0) / count
-  std = np.sqrt((((values - mean) * real) ** 2).sum(0) / count)
+  count = max(float(real.sum(dtype=np.float64)), 1.0)
+  mean = (values * real).sum(0, dtype=np.float64) / count
+  std = np.sqrt((((values - mean.astype(values.dtype)) * real) ** 2).sum(0, dtype=np.float64)
+                / count)
   return mean, std
 
 
