@@ -127,7 +127,7 @@ def make_sweep_fns(setup: train.RunSetup, one_state, num_seeds: int, mode: str =
   train_fn = jax.jit(_over_seeds(body, num_seeds, mode, train_axes),
                      donate_argnums=train.donated_args(0, 1))
   eval_body = train.make_eval_body(setup.model, setup.eval_batch_size, setup.probe_cfg,
-                                   setup.frame_sizes, on_device)
+                                   setup.frame_sizes, on_device, eval_logits=setup.eval_logits)
   eval_fn = jax.jit(_over_seeds(eval_body, num_seeds, mode,
                                 (0, None, None) if on_device else (0, None)))
   empty = lambda: stack([train.fresh_metrics(collection) for _ in range(num_seeds)])

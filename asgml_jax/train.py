@@ -113,15 +113,17 @@ def make_train_fn(model, tx, config, steps_per_epoch: int, state, example_batch,
 
 
 def make_eval_body(model, batch_size: int, probe_cfg, frame_sizes=None, on_device: bool = True,
-                   mesh=None):
+                   mesh=None, eval_logits=None):
   """Un-jitted eval step -> {head or probe: ConfusionMatrix}: (state,
-  split_data, start) slicing the device-resident split, or (state, batch)."""
+  split_data, start) slicing the device-resident split, or (state, batch).
+  eval_logits: the stack's evaluation hook (`methods.stack.eval_logits`)."""
 
   def batch_body(state, batch):
     batch = parallel.constrain_batch(batch, mesh)
     if frame_sizes:
       batch = augment.eval_inputs(batch, frame_sizes)
-    logits = steps.eval_step(state, batch, model=model, probe_cfg=probe_cfg)
+    logits = steps.eval_step(state, batch, model=model, probe_cfg=probe_cfg,
+                             eval_logits=eval_logits)
     return {k: ConfusionMatrix.from_logits(v, batch["label"], batch["mask"])
             for k, v in logits.items()}
 
@@ -132,9 +134,10 @@ def make_eval_body(model, batch_size: int, probe_cfg, frame_sizes=None, on_devic
 
 
 def make_eval_fn(model, batch_size: int, probe_cfg, frame_sizes=None, on_device: bool = True,
-                 mesh=None):
+                 mesh=None, eval_logits=None):
   """Jitted `make_eval_body`."""
-  return jax.jit(make_eval_body(model, batch_size, probe_cfg, frame_sizes, on_device, mesh))
+  return jax.jit(make_eval_body(model, batch_size, probe_cfg, frame_sizes, on_device, mesh,
+                                eval_logits))
 
 
 def accumulate_confusions(eval_fn, state, data: input_pipeline.LoadedData, split: str,
@@ -178,6 +181,7 @@ class RunSetup:
   probe_cfg: Any
   example: dict
   frame_sizes: dict
+  eval_logits: Any = None   # the stack's evaluation hook (methods.stack.eval_logits)
 
   @property
   def eval_batch_size(self) -> int:
@@ -225,7 +229,8 @@ def setup_run(config) -> RunSetup:
                   steps_per_epoch=steps_per_epoch, model=model,
                   tx=optim.make_optimizer(config, steps_per_epoch, data.num_classes),
                   probe_cfg=probe_config_from(config, data.num_classes), example=example,
-                  frame_sizes=frame_sizes)
+                  frame_sizes=frame_sizes,
+                  eval_logits=method_stack.eval_logits(config, steps_per_epoch, data.num_classes))
 
 
 def run_keys(seed: int) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -323,7 +328,7 @@ def _train_in(run, config) -> dict:
   train_fn, collection = make_train_fn(setup.model, setup.tx, config, steps_per_epoch, state,
                                        setup.example, setup.probe_cfg, data.on_device, mesh)
   eval_fn = make_eval_fn(setup.model, setup.eval_batch_size, setup.probe_cfg, setup.frame_sizes,
-                         data.on_device, mesh)
+                         data.on_device, mesh, setup.eval_logits)
 
   run_dir.log(f"training {method_stack.run_label(config)} on {config.dataset.name} "
               f"({', '.join(names)}): "

@@ -9,9 +9,9 @@ know it, and for `method.stack` to compose it with the others
 
 from __future__ import annotations
 
-from asgml_jax.methods import (adaptive, agm, arl, boost, cggm, dwa, frequency, gblend, gradnorm,
-                               inforeg, miles, mmpareto, mslr, ogm_ge, opm, pcgrad, pmr,
-                               staleness, unimodal)
+from asgml_jax.methods import (adaptive, agm, arl, boost, cggm, cml, dwa, frequency, gblend,
+                               gradnorm, inforeg, mbsd, miles, mmcosine, mmpareto, mslr, ogm_ge,
+                               opm, pcgrad, pmr, staleness, unimodal)
 from asgml_jax.methods.base import Method
 
 REGISTRY: tuple[Method, ...] = (
@@ -36,6 +36,9 @@ REGISTRY: tuple[Method, ...] = (
     arl.ARL,
     gblend.GBLEND,
     mslr.MSLR,
+    mmcosine.MMCOSINE,
+    cml.CML,
+    mbsd.MBSD,
 )
 
 # Named stacks: a `method.name` that means several methods, and the settings

@@ -26,6 +26,9 @@ Where a method acts, and in which order the parts of a stack run:
      wrapped around the inner optimizer (weight decay, SGD momentum, lr). At
      most one; joint training (every encoder every step) when none.
   4. `post`: scales the finished updates (a per-encoder learning rate).
+- **evaluation**: an `eval_logits` hook replaces the logits that validation
+  and test read, for a method that trains (and predicts with) other logits
+  than the model's heads.
 - **epoch hooks**: values computed between epochs on the host (prototypes,
   learning-rate factors, loss weights) and written into the optimizer state.
 - **signals**: per-modality values a transformation keeps in its state,
@@ -126,6 +129,9 @@ class Method:
     unimodal_logits(ctx) -> ((StepContext, params, outputs) -> {m: logits}),
     loss_term(ctx) -> ((StepContext, params, outputs) -> (term, extras)),
     unimodal_weight(ctx) -> ((step, base weight) -> weight);
+    eval_logits(ctx) -> ((variables, outputs) -> outputs with the "logits" and
+      "unimodal_logits" evaluation reads), for a method whose predictions are not
+      the model's plain heads (MMCosine's cosine logits);
     epoch_hook(setup) -> object with prepare(state, data_key) and
       epoch_end(state, validation, data_key, next_epoch), each returning
       {opt-state field: value} (or {}).
@@ -156,6 +162,7 @@ class Method:
   unimodal_logits: Callable[[BuildContext], Callable] | None = None
   loss_term: Callable[[BuildContext], Callable] | None = None
   unimodal_weight: Callable[[BuildContext], Callable] | None = None
+  eval_logits: Callable[[BuildContext], Callable] | None = None
   epoch_hook: Callable[[Any], Any] | None = None
   signals: Sequence[Signal] = ()
   plots: Sequence[Plot] = ()

@@ -98,6 +98,7 @@ _SINGLE_PARTS = (
     ("fused_loss", "both replace the fused loss"),
     ("unimodal_logits", "both replace the logits of the unimodal losses"),
     ("unimodal_weight", "both schedule the unimodal-loss weight"),
+    ("eval_logits", "both replace the logits evaluation predicts with"),
 )
 
 
@@ -258,6 +259,12 @@ def step_hooks(config, steps_per_epoch: int, num_classes: int | None = None) -> 
       unimodal_logits=_single(methods, "unimodal_logits", ctx),
       loss_terms=tuple(m.loss_term(ctx) for m in methods if _has(m, "loss_term")),
       unimodal_weight=_single(methods, "unimodal_weight", ctx))
+
+
+def eval_logits(config, steps_per_epoch: int = 1, num_classes: int | None = None):
+  """The stack's evaluation hook ((variables, outputs) -> outputs), or None."""
+  return _single(resolve(config.method), "eval_logits",
+                 build_context(config, steps_per_epoch, num_classes))
 
 
 def transformations(config, steps_per_epoch: int, num_classes: int | None,
