@@ -11,6 +11,10 @@ call `prepare` once before the first epoch of a fresh run and `epoch_end`
 after each evaluation and before the checkpoint, so a resumed run continues
 with exactly the values it saved.
 
+A hook may also return new model parameters under the key `PARAMS` (the
+whole params tree of that seed): Diagnosing & Re-learning moves encoders back
+toward their initialisation between epochs.
+
 States may be one run's or a sweep's (leaves with a leading seed axis); the
 per-seed values are computed seed by seed and stacked. The hooks of a stack
 run one after another on the same state; each writes its own fields.
@@ -25,6 +29,9 @@ import jax.numpy as jnp
 import optax
 
 from asgml_jax.methods import stack as method_stack
+
+# The key under which a hook returns new parameters instead of an opt-state field.
+PARAMS = "params"
 
 
 class EpochHooks:
@@ -49,6 +56,11 @@ class EpochHooks:
       values = [v[name] for v in per_seed]
       fields[name] = (jax.tree.map(lambda *x: jnp.stack([jnp.asarray(v) for v in x]), *values)
                       if self.stacked else jax.tree.map(jnp.asarray, values[0]))
+    params = fields.pop(PARAMS, None)
+    if params is not None:
+      states = states.replace(params=params)
+    if not fields:
+      return states
     return states.replace(opt_state=optax.tree_utils.tree_set(states.opt_state, **fields))
 
   def _run(self, states, call) -> object:

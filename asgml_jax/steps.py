@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from asgml_jax.methods.base import StepContext, merge_extras
+from asgml_jax.methods.base import StepContext, SubStepContext, merge_extras
 from asgml_jax.methods.stack import StepHooks
 from asgml_jax.probes import ProbeConfig, maybe_refresh, probe_logits, utilization_gap
 from asgml_jax.signals import batch_scores
@@ -90,6 +90,16 @@ def per_loss_gradients(losses_fn, params, num_losses: int):
   losses, vjp_fn, aux = jax.vjp(losses_fn, params, has_aux=True)
   eye = jnp.eye(num_losses, dtype=losses.dtype)
   return [vjp_fn(eye[k])[0] for k in range(num_losses)], losses, aux
+
+
+def _tx_args(step, outputs, labels, probe_state, grads, unimodal) -> dict:
+  """The signals every transformation receives as extra args of `tx.update`."""
+  return dict(
+      step=step, ogm_scores=batch_scores(outputs["unimodal_logits"], labels),
+      probe_scores=probe_state.score, probe_refreshes=probe_state.refreshes,
+      encoder_grad_norms={m: optax.global_norm(g) for m, g in grads["encoders"].items()},
+      unimodal_losses=unimodal, features=jax.lax.stop_gradient(outputs["features"]),
+      labels=labels, unimodal_logits=jax.lax.stop_gradient(outputs["unimodal_logits"]))
 
 
 def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx,
@@ -183,20 +193,37 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
     extra = {"loss_grads": dict(zip(tasks, task_grads)),
              "task_losses": dict(zip(tasks, task_losses)),
              "task_weights": dict(zip(tasks, weights))}
-  else:
+  elif hooks.sub_steps is None:
     (loss, (outputs, new_batch_stats, fused_loss, unimodal, hook_extras)), grads = (
         jax.value_and_grad(loss_fn, has_aux=True)(state.params))
-  extra.update(hook_extras.get("tx_args", {}))
-  probe_state = maybe_refresh(probe_cfg, state.probe_state, state.step, outputs["features"], labels)
+
+  def refresh_probes(outputs):
+    return maybe_refresh(probe_cfg, state.probe_state, state.step, outputs["features"], labels)
+
+  def update(grads, opt_state, params, outputs, unimodal, probe_state, **more):
+    return tx.update(grads, opt_state, params,
+                     **_tx_args(state.step, outputs, labels, probe_state, grads, unimodal),
+                     **more)
+
+  if hooks.sub_steps is not None:
+    def forward_only(params):
+      outputs, new_batch_stats, _, _ = forward(params)
+      return outputs, new_batch_stats
+    result = hooks.sub_steps(SubStepContext(
+        step=ctx, params=state.params, opt_state=state.opt_state, forward=forward_only,
+        refresh_probes=refresh_probes, update=update))
+    new_params, new_batch_stats, new_opt_state = (result.params, result.batch_stats,
+                                                  result.opt_state)
+    probe_state, loss, fused_loss, unimodal = (result.probe_state, result.loss,
+                                               result.fused_loss, result.unimodal)
+    outputs, grads, hook_extras = result.outputs, result.grads, result.extras
+  else:
+    extra.update(hook_extras.get("tx_args", {}))
+    probe_state = refresh_probes(outputs)
+    updates, new_opt_state = update(grads, state.opt_state, state.params, outputs, unimodal,
+                                    probe_state, **extra)
+    new_params = optax.apply_updates(state.params, updates)
   grad_norms = {m: optax.global_norm(grads["encoders"][m]) for m in names}
-  updates, new_opt_state = tx.update(
-      grads, state.opt_state, state.params, step=state.step,
-      ogm_scores=batch_scores(outputs["unimodal_logits"], labels),
-      probe_scores=probe_state.score, probe_refreshes=probe_state.refreshes,
-      encoder_grad_norms=grad_norms, unimodal_losses=unimodal,
-      features=jax.lax.stop_gradient(outputs["features"]), labels=labels,
-      unimodal_logits=jax.lax.stop_gradient(outputs["unimodal_logits"]), **extra)
-  new_params = optax.apply_updates(state.params, updates)
 
   culprit = _first_nonfinite(loss, grads, grad_norms)
   already_bad = state.health[0] >= 0

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import jitted_step, tiny_mlp_config
+from conftest import jitted_step, largest_change, param_mismatch, tiny_mlp_config
 
 
 def _softmax(z):
@@ -291,3 +291,254 @@ def test_mmcosine_evaluates_with_cosine_logits_or_as_the_reference_with_the_plai
   np.testing.assert_allclose(np.asarray(got["logits"]), want, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(np.asarray(got["logits_visual"]), cos["visual"], rtol=1e-5,
                              atol=1e-5)
+
+
+# ------------------------------------------------------------------ Diagnosing & Re-learning
+
+
+def reference_purity_score(y_true, y_pred):
+  """Diagnosing_Relearning_ECCV2024 code/ours.py `purity_score`."""
+  y_true = np.array(y_true)
+  y_voted_labels = np.zeros(y_true.shape)
+  labels = np.unique(y_true)
+  ordered_labels = np.arange(labels.shape[0])
+  for k in range(labels.shape[0]):
+    y_true[y_true == labels[k]] = ordered_labels[k]
+  labels = np.unique(y_true)
+  bins = np.concatenate((labels, [np.max(labels) + 1]), axis=0)
+  for cluster in np.unique(y_pred):
+    hist, _ = np.histogram(y_true[y_pred == cluster], bins=bins)
+    y_voted_labels[y_pred == cluster] = np.argmax(hist)
+  return float(np.mean(y_voted_labels == y_true))
+
+
+def reference_reinit_epochs(epochs, reinit_epoch, reinit_num):
+  """ours.py `main`: after each epoch, `if epoch % reinit_epoch == 0 & epoch > 0:
+  flag += 1; if flag <= reinit_num: reinit`."""
+  out, flag = [], 0
+  for epoch in range(epochs):
+    if (epoch % reinit_epoch == 0) & (epoch > 0):
+      flag += 1
+      if flag <= reinit_num:
+        out.append(epoch)
+  return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_purity_equals_the_reference(seed):
+  from asgml_jax.clustering import purity
+  rng = np.random.default_rng(seed)
+  labels = rng.choice([0, 2, 3, 7], size=60)        # missing labels, as the reference allows
+  clusters = rng.integers(0, 5, size=60)
+  clusters[:20] = 1                                 # one big cluster with a clear winner
+  assert purity(labels, clusters) == pytest.approx(reference_purity_score(labels, clusters))
+
+
+def test_min_max_scale_and_kmeans_find_separable_classes():
+  from asgml_jax.clustering import feature_purity, min_max_scale
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(50, 3)) * [1.0, 10.0, 0.0] + [0.0, 5.0, 2.0]
+  scaled = min_max_scale(x)
+  np.testing.assert_allclose(scaled.min(0)[:2], -1.0)
+  np.testing.assert_allclose(scaled.max(0)[:2], 1.0)
+  np.testing.assert_allclose(scaled[:, 2], -1.0)        # a constant column: scikit-learn's −1
+  i = 7
+  np.testing.assert_allclose(scaled[i, 1], 2 * (x[i, 1] - x[:, 1].min())
+                             / (x[:, 1].max() - x[:, 1].min()) - 1)
+  labels = np.repeat(np.arange(5), 40)
+  centres = rng.normal(scale=8.0, size=(5, 6))
+  blobs = centres[labels] + rng.normal(size=(200, 6))
+  assert feature_purity(blobs, labels, 5) == 1.0
+  noise = rng.normal(size=(200, 6))
+  assert feature_purity(noise, labels, 5) < 0.5
+
+
+@pytest.mark.parametrize("reinit_epoch,reinit_num", [(20, 3), (8, 3), (1, 2), (5, 1)])
+def test_relearning_runs_after_the_references_epochs(reinit_epoch, reinit_num):
+  from asgml_jax.methods.relearning import reinit_due
+  want = reference_reinit_epochs(70, reinit_epoch, reinit_num)
+  assert [e for e in range(70) if reinit_due(e, reinit_epoch, reinit_num)] == want
+
+
+def _relearning_setup(tfds_dir):
+  from asgml_jax import train
+  from configs.variants import apply_variant
+  config = apply_variant(tiny_mlp_config(tfds_dir), "relearning")
+  return train.setup_run(config)
+
+
+def test_relearning_hook_moves_each_encoder_toward_its_init_by_the_references_alpha(tfds_dir):
+  """ours.py `reinit_score` + `reinit`: α_m = tanh(λ·|purity_train − purity_val|) of
+  k-means on MinMax-scaled features of the whole train and validation splits;
+  θ_m ← α_m·θ_init + (1 − α_m)·θ_m for encoder m only."""
+  import optax
+
+  from asgml_jax import clustering, train
+  from asgml_jax.epoch_hooks import EpochHooks
+  setup = _relearning_setup(tfds_dir)
+  state = train.fresh_state(setup, 42)
+  init = jax.tree.map(np.asarray, state.params)
+  moved = jax.tree.map(lambda x: x + 0.05 * jnp.sign(x) + 0.01, state.params)
+  state = state.replace(params=moved)
+  hooks = EpochHooks(setup, [train.run_keys(42)[1]], stacked=False)
+  assert hooks.epoch_end(state, [{}], next_epoch=3) is state      # epoch 2: not due
+  after = hooks.epoch_end(state, [{}], next_epoch=9)              # epoch 8: due
+  # Purity from the features of the moved model, computed here independently.
+  data = setup.data
+  variables = {"params": moved}
+  names = setup.names
+  train_out = setup.model.apply(variables, {m: data.train[m] for m in names}, train=False)
+  val = {k: np.asarray(v)[:data.eval_sizes["validation"]]
+         for k, v in data.eval_splits["validation"].items()}
+  val_out = setup.model.apply(variables, {m: val[m] for m in names}, train=False)
+  alpha = {}
+  for m in names:
+    p_t = clustering.feature_purity(np.asarray(train_out["features"][m]),
+                                    np.asarray(data.train["label"]), data.num_classes)
+    p_v = clustering.feature_purity(np.asarray(val_out["features"][m]), val["label"],
+                                    data.num_classes)
+    alpha[m] = float(np.tanh(3.0 * abs(p_t - p_v)))
+    logged = optax.tree_utils.tree_get(after.opt_state, "relearning_alpha")
+    assert float(logged[m]) == pytest.approx(alpha[m], abs=1e-6)
+    for new, i, old in zip(jax.tree.leaves(after.params["encoders"][m]),
+                           jax.tree.leaves(init["encoders"][m]),
+                           jax.tree.leaves(moved["encoders"][m])):
+      np.testing.assert_allclose(np.asarray(new), alpha[m] * i + (1 - alpha[m]) * np.asarray(old),
+                                 rtol=1e-6, atol=1e-7)
+  assert any(a > 0.01 for a in alpha.values())
+  for new, old in zip(jax.tree.leaves(after.params["fusion"]), jax.tree.leaves(moved["fusion"])):
+    np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
+  # A sweep's stacked states: each seed gets its own result, the same as alone.
+  two = jax.tree.map(lambda x: jnp.stack([x, x]), state)
+  swept = EpochHooks(setup, [train.run_keys(42)[1]] * 2, stacked=True).epoch_end(
+      two, [{}, {}], next_epoch=9)
+  for s in range(2):
+    assert param_mismatch(jax.tree.map(lambda x: x[s], swept.params), after.params) <= 1
+
+
+# ------------------------------------------------------------------ MLA
+
+
+def reference_gs_before_update(p_l, grad_w, features, batch_index, len_dataloader, exp_count,
+                               mode):
+  """Cecile-hi/...Alternating-Unimodal-Adaptation utils/utils.py
+  `GSPlugin.before_update` (mode "replace": w.grad = w.grad Pᵀ) and BalanceBenchmark's
+  copy (mode "add": w.grad += w.grad Pᵀ); `grad_w` is fc_out.weight.grad (C, D)."""
+  lamda = batch_index / len_dataloader + 1
+  alpha = 1.0 * 0.1 ** lamda
+  if exp_count != 0:
+    r = np.mean(features, 0, keepdims=True)                   # (1, D)
+    k = p_l @ r.T                                             # (D, 1)
+    p_l = p_l - (k @ k.T) / (alpha + k @ r)                   # torch.mm(k, r): (D, D)
+    p_l = p_l / np.linalg.norm(p_l)
+    grad_w = grad_w @ p_l.T if mode == "replace" else grad_w + grad_w @ p_l.T
+  return p_l, grad_w
+
+
+@pytest.mark.parametrize("mode", ["replace", "add"])
+def test_mla_projection_equals_the_reference(mode):
+  from asgml_jax.methods.mla import gradient_search
+  rng = np.random.default_rng(5)
+  d, c, steps_per_epoch = 6, 3, 10
+  params = {"encoders": {"audio": {"w": jnp.zeros(2)}}, "fusion": {
+      "kernel": jnp.zeros((d, c)), "bias": jnp.zeros(c)}}
+  tx = gradient_search(steps_per_epoch, mode)
+  state = tx.init(params)
+  p_ref = np.eye(d)
+  for count, batch_index in enumerate([0, 0, 3, 3, 9]):
+    feats = np.abs(rng.normal(size=(8, d)))
+    grad_w = rng.normal(size=(c, d))
+    p_ref, want = reference_gs_before_update(p_ref, grad_w, feats, batch_index, steps_per_epoch,
+                                             count, mode)
+    grads = {"encoders": {"audio": {"w": jnp.ones(2)}},
+             "fusion": {"kernel": jnp.asarray(grad_w.T, jnp.float32), "bias": jnp.ones(c)}}
+    out, state = tx.update(grads, state, params, step=jnp.int32(20 + batch_index),
+                           mla_feature_mean=jnp.asarray(feats.mean(0), jnp.float32),
+                           mla_turn_loss={"audio": jnp.float32(0)})
+    np.testing.assert_allclose(np.asarray(out["fusion"]["kernel"]).T, want, rtol=2e-4, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(out["fusion"]["bias"]), np.ones(c))
+    np.testing.assert_array_equal(np.asarray(out["encoders"]["audio"]["w"]), np.ones(2))
+    np.testing.assert_allclose(np.asarray(state.mla_projector), p_ref, rtol=2e-4, atol=1e-6)
+
+
+def _sgd_torch(p, g, buf, lr, momentum, wd):
+  """torch.optim.SGD for one parameter (first step: buf = d_p)."""
+  d_p = g + wd * p
+  buf = d_p if buf is None else momentum * buf + d_p
+  return p - lr * buf, buf
+
+
+@pytest.mark.parametrize("projection", ["replace", "none"])
+def test_mla_step_is_the_references_turns(projection):
+  """main.py `train_epoch` (gs_flag): one forward; for audio then visual:
+  CE(fc_out(f_m)).backward(); `before_update`; optimizer.step() (SGD skips the
+  parameters without a gradient: the other encoder); zero_grad. Two batches, so
+  the second batch's turns are projected and momentum carries over. Derivatives
+  come from jax.grad of the plain model; the turns, the skipping, the projection
+  and torch's SGD are written out here."""
+  from asgml_jax.methods.mla import project_kernel_grad, projector_step
+  from asgml_jax.models import model_from_config
+  from asgml_jax.steps import cross_entropy
+  config = _config("mla", **{"method.mla.projection": projection})
+  assert config.model.fusion == "shared"
+  state, step, batch = jitted_step(config)
+  opt = config.optimizer
+  model = model_from_config(config, 4)
+  names = model.modality_names
+  inputs = {m: batch[m] for m in names}
+  sgd = lambda p, g, b: (p - opt.learning_rate * (opt.momentum * b + g + opt.weight_decay * p),
+                         opt.momentum * b + g + opt.weight_decay * p)
+  params = jax.tree.map(np.asarray, state.params)
+  bufs = jax.tree.map(np.zeros_like, params)
+  p_l, count = np.eye(params["fusion"]["kernel"].shape[0]), 0
+  ours = state
+  for batch_step in range(2):
+    ours, _ = step(ours, batch)
+    feats = model.apply({"params": params}, inputs, train=True)["features"]
+    for m in names:
+      def loss(p, m=m):
+        f = model.apply({"params": p}, inputs, train=True)["features"][m]
+        return cross_entropy(f @ p["fusion"]["kernel"] + p["fusion"]["bias"], batch["label"])
+      g = jax.tree.map(np.asarray, jax.grad(loss)(params))
+      if projection != "none" and count != 0:
+        alpha = 0.1 ** (batch_step / 6 + 1)
+        p_l = np.asarray(projector_step(jnp.asarray(p_l), jnp.mean(feats[m], 0), alpha))
+        g["fusion"]["kernel"] = np.asarray(project_kernel_grad(
+            jnp.asarray(g["fusion"]["kernel"]), jnp.asarray(p_l), projection))
+      count += 1
+      for part in ("encoders", "fusion"):
+        sub = (lambda t, part=part, m=m: t[part][m] if part == "encoders" else t[part])
+        moved = jax.tree.map(sgd, sub(params), sub(g), sub(bufs))
+        new_p = jax.tree.map(lambda x: x[0], moved, is_leaf=lambda x: isinstance(x, tuple))
+        new_b = jax.tree.map(lambda x: x[1], moved, is_leaf=lambda x: isinstance(x, tuple))
+        if part == "encoders":
+          params["encoders"][m], bufs["encoders"][m] = new_p, new_b
+        else:
+          params["fusion"], bufs["fusion"] = new_p, new_b
+  assert largest_change(state.params, params) > 1e-3
+  assert param_mismatch(ours.params, params) <= 1
+
+
+def reference_mla_gating(outputs, key):
+  """BalanceBenchmark avclassify_model.py `BaseClassifierMLAModel.calculate_gating_weights`
+  (per-example entropy, dim=1; the max over the first two modalities' entropies)."""
+  entropy = {m: -np.sum(_softmax(outputs[m]) * np.log(_softmax(outputs[m])), 1, keepdims=True)
+             for m in key}
+  max_entropy = np.maximum(entropy[key[0]], entropy[key[1]])
+  gating = {m: np.exp(max_entropy - entropy[m]) for m in key}
+  total = sum(gating.values())
+  return sum(outputs[m] * gating[m] / total for m in key)
+
+
+@pytest.mark.parametrize("num", [2, 3])
+def test_mla_predicts_with_the_references_entropy_gating(num):
+  from asgml_jax.methods.base import BuildContext
+  from asgml_jax.methods.mla import eval_logits
+  rng = np.random.default_rng(num)
+  names = tuple(f"m{i}" for i in range(num))
+  logits = {m: rng.normal(scale=3.0, size=(10, 5)) for m in names}
+  hook = eval_logits(BuildContext(None, 1, 5, names))
+  got = hook({}, {"logits": None, "unimodal_logits": {m: jnp.asarray(v, jnp.float32)
+                                                       for m, v in logits.items()}})
+  np.testing.assert_allclose(np.asarray(got["logits"]), reference_mla_gating(logits, names),
+                             rtol=1e-5, atol=1e-5)

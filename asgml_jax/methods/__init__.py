@@ -10,8 +10,8 @@ know it, and for `method.stack` to compose it with the others
 from __future__ import annotations
 
 from asgml_jax.methods import (adaptive, agm, arl, boost, cggm, cml, dwa, frequency, gblend,
-                               gradnorm, inforeg, mbsd, miles, mmcosine, mmpareto, mslr, ogm_ge,
-                               opm, pcgrad, pmr, staleness, unimodal)
+                               gradnorm, inforeg, mbsd, miles, mla, mmcosine, mmpareto, mslr,
+                               ogm_ge, opm, pcgrad, pmr, relearning, staleness, unimodal)
 from asgml_jax.methods.base import Method
 
 REGISTRY: tuple[Method, ...] = (
@@ -39,6 +39,8 @@ REGISTRY: tuple[Method, ...] = (
     mmcosine.MMCOSINE,
     cml.CML,
     mbsd.MBSD,
+    relearning.RELEARNING,
+    mla.MLA,
 )
 
 # Named stacks: a `method.name` that means several methods, and the settings

@@ -71,6 +71,41 @@ class StepContext(NamedTuple):
   dropout_key: Any
 
 
+class SubStepContext(NamedTuple):
+  """What a `sub_steps` method receives inside the jitted train step.
+
+  forward(params) -> (outputs, new batch_stats): the model in training mode
+    with this step's dropout key (call it once: BatchNorm statistics move);
+  refresh_probes(outputs) -> the probe state after this step's refresh;
+  update(grads, opt_state, params, outputs, unimodal_losses, probe_state,
+    **more) -> (updates, opt_state): `tx.update` with the step's usual extra
+    args (computed from `outputs`, `grads`, the losses) and `more`.
+  """
+  step: StepContext
+  params: Any
+  opt_state: Any
+  forward: Callable
+  refresh_probes: Callable
+  update: Callable
+
+
+class SubStepResult(NamedTuple):
+  """A `sub_steps` method's step: the new parameters and states, and what the
+  step logs and checks (loss, fused loss, unimodal losses {m}, the forward's
+  outputs, the sum of the sub-steps' gradients for the health check and the
+  gradient norms, extras as a loss hook's)."""
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  probe_state: Any
+  loss: Any
+  fused_loss: Any
+  unimodal: Mapping[str, Any]
+  outputs: Mapping[str, Any]
+  grads: Any
+  extras: Mapping[str, Any]
+
+
 class Signal(NamedTuple):
   """A per-modality value a transformation keeps in its optimizer state.
 
@@ -129,6 +164,11 @@ class Method:
     unimodal_logits(ctx) -> ((StepContext, params, outputs) -> {m: logits}),
     loss_term(ctx) -> ((StepContext, params, outputs) -> (term, extras)),
     unimodal_weight(ctx) -> ((step, base weight) -> weight);
+    sub_steps(ctx) -> (SubStepContext -> SubStepResult): a method that makes
+      several optimizer updates per batch (MLA: one per modality, through a
+      shared head) runs them itself, each through the run's whole optax chain
+      (`SubStepContext.update`); it replaces the step's loss and gradient, so
+      it stacks only with methods made of transformations;
     eval_logits(ctx) -> ((variables, outputs) -> outputs with the "logits" and
       "unimodal_logits" evaluation reads), for a method whose predictions are not
       the model's plain heads (MMCosine's cosine logits);
@@ -163,6 +203,7 @@ class Method:
   loss_term: Callable[[BuildContext], Callable] | None = None
   unimodal_weight: Callable[[BuildContext], Callable] | None = None
   eval_logits: Callable[[BuildContext], Callable] | None = None
+  sub_steps: Callable[[BuildContext], Callable] | None = None
   epoch_hook: Callable[[Any], Any] | None = None
   signals: Sequence[Signal] = ()
   plots: Sequence[Plot] = ()

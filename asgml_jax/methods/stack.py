@@ -99,7 +99,10 @@ _SINGLE_PARTS = (
     ("unimodal_logits", "both replace the logits of the unimodal losses"),
     ("unimodal_weight", "both schedule the unimodal-loss weight"),
     ("eval_logits", "both replace the logits evaluation predicts with"),
+    ("sub_steps", "both run their own updates within a step"),
 )
+# Parts a `sub_steps` method does not run (it owns the loss and the gradient).
+_LOSS_PARTS = ("feature_gate", "fused_loss", "unimodal_logits", "loss_term", "unimodal_weight")
 
 
 def pair_conflict(a: Method, b: Method) -> str | None:
@@ -109,6 +112,13 @@ def pair_conflict(a: Method, b: Method) -> str | None:
       return f"{x.name} stacks with no other method ({x.summary})"
     if y.name in x.excludes:
       return x.excludes[y.name]
+  for x, y in ((a, b), (b, a)):
+    if _has(x, "sub_steps") and (y.stage in ("combine", "schedule")
+                                 or any(_has(y, p) for p in _LOSS_PARTS)):
+      return (f"{x.name} computes each update's loss and gradient itself, and decides which "
+              f"encoder each update trains; {y.name}'s "
+              + ("schedule or per-loss gradients" if y.stage in ("combine", "schedule")
+                 else "loss parts") + " would not run")
   if a.stage == b.stage == "combine":
     return "both build the gradient from the per-loss gradients; a stack takes one combiner"
   if a.stage == b.stage == "schedule":
@@ -227,6 +237,7 @@ class StepHooks:
   unimodal_logits: (StepContext, params, outputs) -> {m: logits} of the unimodal CE terms.
   loss_terms: [(StepContext, params, outputs) -> (term, extras)], added to the loss.
   unimodal_weight: (step, base γ) -> γ of this step.
+  sub_steps: SubStepContext -> SubStepResult, a method's own updates (MLA).
   signals: the state signals to log.
   """
   per_loss_grads: bool = False
@@ -235,6 +246,7 @@ class StepHooks:
   unimodal_logits: Callable | None = None
   loss_terms: tuple[Callable, ...] = ()
   unimodal_weight: Callable | None = None
+  sub_steps: Callable | None = None
   signals: tuple[Signal, ...] = dataclasses.field(default_factory=signals)
 
 
@@ -258,7 +270,8 @@ def step_hooks(config, steps_per_epoch: int, num_classes: int | None = None) -> 
       fused_loss=_single(methods, "fused_loss", ctx),
       unimodal_logits=_single(methods, "unimodal_logits", ctx),
       loss_terms=tuple(m.loss_term(ctx) for m in methods if _has(m, "loss_term")),
-      unimodal_weight=_single(methods, "unimodal_weight", ctx))
+      unimodal_weight=_single(methods, "unimodal_weight", ctx),
+      sub_steps=_single(methods, "sub_steps", ctx))
 
 
 def eval_logits(config, steps_per_epoch: int = 1, num_classes: int | None = None):

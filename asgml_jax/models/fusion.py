@@ -16,6 +16,9 @@ modality (concat, sum), else None.
   x_film=True (audio conditions visual).
 - gated: gate = σ(fc_c(f_c)); out = fc_out([gate ⊙ fc_m(f_m)]_m). For N = 2
   this is the reference GatedFusion with x_gate=True.
+- shared: one linear head for every modality (MLA's shared head, all features
+  of one width): split_m = f_m W + b, out = mean_m split_m (MLA predicts with
+  an entropy-weighted sum instead: its method module's evaluation hook).
 """
 
 from __future__ import annotations
@@ -100,6 +103,22 @@ class GatedFusion(nn.Module):
     return out, None
 
 
+class SharedFusion(nn.Module):
+  out_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feats: Sequence[jnp.ndarray]):
+    widths = {f.shape[-1] for f in feats}
+    if len(widths) != 1:
+      raise ValueError(f"shared fusion needs features of one width, got {sorted(widths)}")
+    kernel = self.param("kernel", dense_init, (widths.pop(), self.out_dim), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.out_dim,), jnp.float32)
+    kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
+    split = tuple(f.astype(self.dtype) @ kernel + bias for f in feats)
+    return sum(split[1:], split[0]) / len(split), split
+
+
 def make_fusion(kind: str, out_dim: int, names: Sequence[str], condition: str | None,
                 dtype: Any) -> nn.Module:
   condition = condition or names[0]
@@ -111,4 +130,6 @@ def make_fusion(kind: str, out_dim: int, names: Sequence[str], condition: str | 
     return FiLMFusion(out_dim, tuple(names), condition, dtype, name="fusion")
   if kind == "gated":
     return GatedFusion(out_dim, tuple(names), condition, dtype, name="fusion")
+  if kind == "shared":
+    return SharedFusion(out_dim, dtype, name="fusion")
   raise ValueError(f"unknown fusion {kind!r}")

@@ -32,7 +32,8 @@ modulation of the step it was computed at.
 step to gate the unimodal loss terms (SPEC §2). For adaptive, the next τ is
 not known before the next gradient; the prediction uses the current τ.
 
-Extra args read: `step` (global step); frequency with probes and adaptive
+Extra args read: `step` (global step); `encoder_mask` ({m: bool}, optional:
+encoders outside it are skipped this update, e.g. in MLA's per-modality sub-steps); frequency with probes and adaptive
 also `probe_scores`, `probe_refreshes`; adaptive `encoder_grad_norms`
 (raw, before any intervention) and `unimodal_losses`.
 """
@@ -276,6 +277,12 @@ def modality_schedule(inner: optax.GradientTransformation, mode: str = "joint", 
     grads = updates["encoders"]
     names = sorted(grads)
     apply, flags, advance, tau, nxt, parts = _decide(grads, state, extra)
+    encoder_mask = extra.get("encoder_mask")
+    if encoder_mask is not None:
+      # A method's sub-step that trains only some encoders (MLA): the others
+      # are skipped as above, whatever the schedule decided.
+      flags = {m: flags[m] & encoder_mask[m] for m in names}
+      advance = {m: advance[m] & encoder_mask[m] for m in names}
     out_enc, inner_enc = {}, {}
     for m in names:
       u, s = inner.update(apply[m], state.inner["encoders"][m], params["encoders"][m], **extra)

@@ -1,0 +1,167 @@
+"""Diagnosing & Re-learning (Wei et al., ECCV 2024): an encoder whose features
+separate the classes much better on the training set than on held-out data
+is over-fitting, so it is pulled back toward its initialisation.
+
+After epoch e (0-based) with e > 0 and e % reinit_epoch == 0, at most
+`reinit_num` times: for each modality m, k-means (k = classes) on the
+min-max-scaled (to [−1, 1]) features of the whole training set and of the
+validation set (inference mode), purity of each clustering against the
+labels, and
+
+    α_m = tanh(λ · |purity_train − purity_val|)
+    θ_m ← α_m · θ_m(init) + (1 − α_m) · θ_m      (every parameter of encoder m)
+
+Training is plain CE(fused) (γ = 0); the fusion layer, BatchNorm running
+statistics and the optimizer's momentum are left as they are, as in the
+reference. The initial encoder parameters are kept in the optimizer state
+(`relearning_init`), so a resumed run re-initialises toward the same point.
+
+Reference: GeWu-Lab/Diagnosing_Relearning_ECCV2024, code/ours.py (`main`'s
+re-init condition, `reinit_score`, `reinit`, `purity_score`; λ = 3,
+reinit_num = 3, reinit_epoch = 20 of 50 epochs) and BalanceBenchmark's
+`ReLearning_trainer.py` (the same for N modalities). The default
+reinit_epoch is 8: the reference re-initialises after 40 % and 80 % of its 50
+epochs, 8 does so in the 20-epoch schedules of the project's configs; a run
+shorter than reinit_epoch + 1 epochs trains without any re-initialisation.
+k-means is `asgml_jax.clustering` (scikit-learn's algorithm, not its random
+draws). N modalities: per modality, as BalanceBenchmark does.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from asgml_jax import config_checks as cc
+from asgml_jax.methods.base import Method, Signal
+
+
+def defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      move_lambda=3.0,       # λ: α = tanh(λ·purity gap)
+      reinit_epoch=8,        # re-initialise after epochs 8, 16, ... (0-based) ...
+      reinit_num=3,          # ... at most this many times
+  ))
+
+
+def check_block(config) -> None:
+  cc.positive(config, "method.relearning.move_lambda")
+  cc.positive(config, "method.relearning.reinit_epoch", integer=True)
+  cc.positive(config, "method.relearning.reinit_num", integer=True)
+
+
+def preset(config) -> None:
+  config.loss.unimodal_weight = 0.0         # the reference trains on CE(fused) alone
+
+
+def reinit_due(epoch: int, reinit_epoch: int, reinit_num: int) -> bool:
+  """Whether the re-initialisation runs after (0-based) epoch `epoch`."""
+  return epoch > 0 and epoch % reinit_epoch == 0 and epoch // reinit_epoch <= reinit_num
+
+
+def move_weights(train_purity: dict, val_purity: dict, move_lambda: float) -> dict:
+  """α_m = tanh(λ·|purity_train − purity_val|)."""
+  return {m: float(np.tanh(move_lambda * abs(train_purity[m] - val_purity[m])))
+          for m in train_purity}
+
+
+def move_toward_init(encoders: dict, init: dict, alpha: dict) -> dict:
+  """θ_m ← α_m·θ_m(init) + (1 − α_m)·θ_m for every leaf of encoder m."""
+  return {m: jax.tree.map(lambda i, c, a=alpha[m]: (a * i + (1 - a) * c).astype(c.dtype),
+                          init[m], tree) for m, tree in encoders.items()}
+
+
+class RelearningState(NamedTuple):
+  relearning_init: dict            # {m: encoder m's parameters at initialisation}
+  relearning_alpha: dict           # {m: α of the last re-initialisation}
+  relearning_train_purity: dict    # {m: purity on the training features, last diagnosis}
+  relearning_val_purity: dict
+
+
+def keep_initial_encoders():
+  """Holds a copy of the initial encoder parameters; passes updates unchanged."""
+  def init_fn(params):
+    zero = {m: jnp.float32(0.0) for m in params["encoders"]}
+    return RelearningState(jax.tree.map(jnp.array, params["encoders"]), zero, dict(zero),
+                           dict(zero))
+
+  def update_fn(updates, state, params=None, **extra):
+    return updates, state
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def transform(ctx):
+  return [keep_initial_encoders()]
+
+
+class Relearning:
+  """The epoch hook: diagnose every encoder and re-initialise when due."""
+
+  def __init__(self, setup):
+    from asgml_jax.methods.pmr import make_feature_fn
+    self.setup = setup
+    self.block = setup.config.method.relearning
+    self.feature_fn = make_feature_fn(setup.model, setup.frame_sizes)
+    if "validation" not in setup.data.eval_splits:
+      raise cc.ConfigError("method relearning compares training and validation features: "
+                           f"dataset {setup.config.dataset.name} has no validation split")
+
+  def _features(self, variables, arrays: dict, count: int) -> tuple[dict, np.ndarray]:
+    """Features of the first `count` rows of `arrays`, in fixed-size batches."""
+    size = self.setup.eval_batch_size
+    on_device = self.setup.data.on_device
+    parts, labels = {m: [] for m in self.setup.names}, []
+    for start in range(0, count, size):
+      idx = np.minimum(np.arange(start, start + size), count - 1)
+      rows = (jax.tree.map(lambda x: jnp.take(x, jnp.asarray(idx), axis=0), arrays)
+              if on_device else jax.device_put({k: v[idx] for k, v in arrays.items()}))
+      feats = self.feature_fn(variables, rows)
+      keep = min(size, count - start)
+      for m in self.setup.names:
+        parts[m].append(np.asarray(feats[m])[:keep])
+      labels.append(np.asarray(rows["label"])[:keep])
+    return {m: np.concatenate(v) for m, v in parts.items()}, np.concatenate(labels)
+
+  def prepare(self, state, data_key) -> dict:
+    return {}
+
+  def epoch_end(self, state, validation, data_key, next_epoch: int) -> dict:
+    from asgml_jax import clustering, run_dir
+    from asgml_jax.epoch_hooks import PARAMS
+    epoch, b = next_epoch - 1, self.block
+    if not reinit_due(epoch, b.reinit_epoch, b.reinit_num):
+      return {}
+    data, classes = self.setup.data, self.setup.data.num_classes
+    variables = state.variables()
+    train, train_labels = self._features(variables, data.train, data.num_train)
+    val, val_labels = self._features(variables, data.eval_splits["validation"],
+                                     data.eval_sizes["validation"])
+    names = self.setup.names
+    p_train = {m: clustering.feature_purity(train[m], train_labels, classes) for m in names}
+    p_val = {m: clustering.feature_purity(val[m], val_labels, classes) for m in names}
+    alpha = move_weights(p_train, p_val, b.move_lambda)
+    init = optax.tree_utils.tree_get(state.opt_state, "relearning_init")
+    params = dict(state.params)
+    params["encoders"] = move_toward_init(params["encoders"], init, alpha)
+    run_dir.log(f"relearning after epoch {epoch + 1}: purity train/val "
+                + ", ".join(f"{m} {p_train[m]:.3f}/{p_val[m]:.3f} -> alpha {alpha[m]:.3f}"
+                            for m in names))
+    f32 = lambda d: {m: np.float32(v) for m, v in d.items()}
+    return {"relearning_alpha": f32(alpha), "relearning_train_purity": f32(p_train),
+            "relearning_val_purity": f32(p_val), PARAMS: params}
+
+
+RELEARNING = Method(
+    name="relearning",
+    summary="Diagnosing & Re-learning: over-fitting encoders moved back toward their init",
+    block="relearning", defaults=defaults, check_block=check_block, preset=preset,
+    reference=(("loss.unimodal_weight", 0.0),),
+    stage="post", transform=transform, epoch_hook=Relearning,
+    signals=(Signal("relearning_alpha", "relearning/alpha", "Re-learning: re-init weight alpha"),
+             Signal("relearning_train_purity", "relearning/train_purity"),
+             Signal("relearning_val_purity", "relearning/val_purity")))
