@@ -216,6 +216,10 @@ def base_config() -> ml_collections.ConfigDict:
       #   (its variant's settings and its `reference` options forced).
       protocol="design",
       seed_code=False,   # the older switch for protocol=seed_code (kept for old runs)
+      # Unimodal teachers of two-stage methods (UMT; asgml_jax/teachers.py):
+      # the folder holding unimodal_<m>/seed_<s>/ runs; empty: the launcher's
+      # default (<workdir>/teachers, or <sweep workdir>/teachers).
+      teachers=ml_collections.ConfigDict(dict(dir="")),
       **method_registry.blocks(),
   ))
 

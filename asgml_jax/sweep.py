@@ -46,6 +46,7 @@ plain run's up to the same caveat.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Sequence
 
@@ -53,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asgml_jax import compile_cache, input_pipeline, parallel, run_dir, train
+from asgml_jax import compile_cache, input_pipeline, parallel, run_dir, teachers, train
 from asgml_jax.config_schema import ConfigError
 from asgml_jax.epoch_hooks import EpochHooks
 from asgml_jax.methods import stack as method_stack
@@ -180,6 +181,11 @@ def train_sweep(config, seeds: Sequence[int], workdirs: Sequence[str],
   if len(set(seeds)) != len(seeds):
     raise ConfigError(f"--seeds: repeated seed in {list(seeds)}")
   config = train.run_config(train.with_seed(config, seeds[0]))
+  if teachers.needs_teachers(config):
+    config = teachers.with_root(
+        config, os.path.join(os.path.commonpath([os.path.abspath(w) for w in workdirs]),
+                             "teachers"))
+    teachers.ensure(config, seeds)
   runs = open_run_dirs(config, seeds, workdirs)
   with run_dir.guarded(runs):
     return _sweep_in(runs, config, seeds, seed_axis)

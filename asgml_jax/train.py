@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from asgml_jax import (augment, compile_cache, input_pipeline, optim, parallel, pretrained,
-                       run_dir, steps)
+                       run_dir, steps, teachers)
 from asgml_jax.epoch_hooks import EpochHooks
 from asgml_jax.config_schema import ConfigError, effective_config, modality_names, validate
 from asgml_jax.metrics import ConfusionMatrix, summarize_confusions, train_metrics_collection
@@ -292,8 +293,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   The workdir is checked and locked before the data load, so a mistake there
   costs no waiting. A stop signal (`interrupts.Interrupted`) leaves the latest
   completed epoch saved and says so; a non-finite step or any other error
-  leaves a summary.json that records it."""
+  leaves a summary.json that records it. A stack with unimodal teachers (UMT)
+  trains them first (`asgml_jax/teachers.py`), in `<workdir>/teachers` unless
+  `method.teachers.dir` names another folder."""
   config = run_config(config)
+  if teachers.needs_teachers(config):
+    config = teachers.with_root(config, os.path.join(os.path.expanduser(workdir), "teachers"))
+    teachers.ensure(config, [config.seed])
   run = run_dir.RunDir(config, workdir)
   with run_dir.guarded([run]):
     return _train_in(run, config)

@@ -77,8 +77,11 @@ def main(argv):
     from asgml_jax.methods.stack import run_label
     configs = [(run_label(_CONFIG.value), _CONFIG.value)]
   failed = 0
+  from asgml_jax import teachers
   for variant, config in configs:
     seeds = _parse_seeds(config)
+    # Every variant that needs unimodal teachers shares one set per seed.
+    config = teachers.with_root(config, os.path.join(workdir, "teachers"))
     summaries = sweep.train_sweep(config, seeds,
                                   [run_dir_for(workdir, variant, s) for s in seeds],
                                   seed_axis=_SEED_AXIS.value)

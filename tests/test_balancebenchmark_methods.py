@@ -542,3 +542,95 @@ def test_mla_predicts_with_the_references_entropy_gating(num):
                                                        for m, v in logits.items()}})
   np.testing.assert_allclose(np.asarray(got["logits"]), reference_mla_gating(logits, names),
                              rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ UMT
+
+
+def _umt_config(data_dir, root):
+  from configs.variants import apply_variant
+  config = apply_variant(tiny_mlp_config(data_dir, num_epochs=1), "umt")
+  for m in config.modalities:
+    config.modalities[m].dropout = 0.0
+  config.method.teachers.dir = str(root)
+  return config
+
+
+def test_umt_trains_teachers_once_and_distils_their_best_features(tfds_dir, tmp_path):
+  """BalanceBenchmark UMT_trainer.py `training_step`: loss = CE(out) + scaling ·
+  Σ_m MSELoss(teacher_m features, student features); the teachers are the
+  unimodal runs of the same config, trained first, read from their checkpoints."""
+  import json
+  import os
+
+  from asgml_jax import checkpointing, teachers, train
+  from asgml_jax.config_schema import effective_config, validate
+  from asgml_jax.models import model_from_config
+  root = tmp_path / "teachers"
+  config = effective_config(validate(_umt_config(tfds_dir, root)))
+  teachers.ensure(config, [42, 0])
+  dirs = {m: teachers.teacher_dir(str(root), m, 42) for m in ("audio", "visual")}
+  stamps = {m: os.path.getmtime(os.path.join(d, "summary.json")) for m, d in dirs.items()}
+  teachers.ensure(config, [42, 0])                     # finished: nothing retrained
+  assert stamps == {m: os.path.getmtime(os.path.join(d, "summary.json"))
+                    for m, d in dirs.items()}
+  for m in ("audio", "visual"):
+    for seed in (42, 0):
+      with open(os.path.join(teachers.teacher_dir(str(root), m, seed), "summary.json")) as f:
+        assert json.load(f)["label"] == f"unimodal_{m}"
+
+  state, step, batch = jitted_step(config)
+  _, metrics = step(state, batch)
+  # The teacher held by the student is the teacher run's best checkpoint.
+  import optax
+  held = optax.tree_utils.tree_get(state.opt_state, "umt_teachers")
+  want = 0.0
+  student = model_from_config(config, 4).apply({"params": state.params},
+                                               {m: batch[m] for m in ("audio", "visual")},
+                                               train=True)
+  for m in ("audio", "visual"):
+    setup = train.setup_run(teachers.teacher_config(config, m))
+    best, _ = checkpointing.restore_best(dirs[m], train.fresh_state(setup, 42))
+    assert param_mismatch(held[m]["params"], best.params) == 0
+    t_feats = setup.model.apply({"params": best.params}, {m: batch[m]}, train=False)["features"][m]
+    mse = float(np.mean((np.asarray(t_feats, np.float64)
+                         - np.asarray(student["features"][m], np.float64)) ** 2))
+    assert float(metrics[f"umt/mse_{m}"]) == pytest.approx(mse, rel=1e-5)
+    want += mse
+  want = _ce(np.asarray(student["logits"], np.float64), np.asarray(batch["label"])) + 10.0 * want
+  assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_umt_without_its_teachers_says_where_they_should_be(tmp_path):
+  from asgml_jax.config_schema import ConfigError, effective_config, validate
+  config = effective_config(validate(_umt_config("/tmp/unused", tmp_path / "none")))
+  with pytest.raises(ConfigError, match=r"no teacher for audio \(seed 42\).*unimodal_audio"):
+    jitted_step(config)
+
+
+def test_umt_sweep_trains_each_seeds_teachers_in_one_program_and_each_student_holds_its_own(
+    tfds_dir, tmp_path):
+  import os
+
+  import optax
+
+  from asgml_jax import checkpointing, sweep, teachers, train
+  from configs.variants import apply_variant
+  config = apply_variant(tiny_mlp_config(tfds_dir, num_epochs=1), "umt")
+  workdirs = [str(tmp_path / "umt" / f"seed_{s}") for s in (42, 0)]
+  sweep.train_sweep(config, [42, 0], workdirs)
+  root = str(tmp_path / "umt" / "teachers")           # the sweep's default: beside the seeds
+  config.method.teachers.dir = root
+  held = {}
+  for seed, workdir in zip((42, 0), workdirs):
+    seeded = train.with_seed(config, seed)
+    setup = train.setup_run(seeded)
+    student, _ = checkpointing.restore_newest(workdir, train.fresh_state(setup, seed))
+    held[seed] = optax.tree_utils.tree_get(student.opt_state, "umt_teachers")
+    for m in ("audio", "visual"):
+      tsetup = train.setup_run(teachers.teacher_config(seeded, m))
+      best, _ = checkpointing.restore_best(teachers.teacher_dir(root, m, seed),
+                                           train.fresh_state(tsetup, seed))
+      assert param_mismatch(held[seed][m]["params"], best.params) == 0
+  assert largest_change(held[42]["audio"]["params"], held[0]["audio"]["params"]) > 1e-3
+  assert sorted(os.listdir(root)) == ["unimodal_audio", "unimodal_visual"]

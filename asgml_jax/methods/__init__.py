@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from asgml_jax.methods import (adaptive, agm, arl, boost, cggm, cml, dwa, frequency, gblend,
                                gradnorm, inforeg, mbsd, miles, mla, mmcosine, mmpareto, mslr,
-                               ogm_ge, opm, pcgrad, pmr, relearning, staleness, unimodal)
+                               ogm_ge, opm, pcgrad, pmr, relearning, staleness, umt, unimodal)
 from asgml_jax.methods.base import Method
 
 REGISTRY: tuple[Method, ...] = (
@@ -41,6 +41,7 @@ REGISTRY: tuple[Method, ...] = (
     mbsd.MBSD,
     relearning.RELEARNING,
     mla.MLA,
+    umt.UMT,
 )
 
 # Named stacks: a `method.name` that means several methods, and the settings

@@ -177,6 +177,8 @@ class Method:
       {opt-state field: value} (or {}).
   Logging and composition:
     signals, plots, label(config dict) -> run label (default: the name),
+    teachers: True if the method needs unimodal teachers trained first
+      (`asgml_jax/teachers.py`: the launchers train them before the run);
     excludes: {other method: why the two cannot stack},
     alone: True if the method stacks with nothing (why in `summary`).
   """
@@ -208,6 +210,7 @@ class Method:
   signals: Sequence[Signal] = ()
   plots: Sequence[Plot] = ()
   label: Callable[[Mapping], str] | None = None
+  teachers: bool = False
   excludes: Mapping[str, str] = dataclasses.field(default_factory=dict)
   alone: bool = False
 
