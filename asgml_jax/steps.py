@@ -267,13 +267,13 @@ def eval_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model,
               probe_cfg: ProbeConfig, eval_logits=None) -> dict:
   """Logits of every head and probe in inference mode (running BatchNorm statistics).
 
-  eval_logits: a method's `(variables, outputs) -> outputs` hook when its
+  eval_logits: a method's `(state, batch, outputs) -> outputs` hook when its
   predictions are other logits than the model's heads (MMCosine's cosine
   logits); the probes always read the plain features."""
   variables = state.variables()
   outputs = model.apply(variables, _inputs(batch, model.modality_names), train=False)
   if eval_logits is not None:
-    outputs = eval_logits(variables, outputs)
+    outputs = eval_logits(state, batch, outputs)
   probes = probe_logits(probe_cfg, state.probe_state, outputs["features"])
   return {"logits": outputs["logits"],
           **{f"logits_{m}": z for m, z in outputs["unimodal_logits"].items()},

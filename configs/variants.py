@@ -28,7 +28,7 @@ def _presets() -> dict:
   """{variant: (method.name, [preset functions], extra settings)}."""
   out = {"baseline": ("baseline", [], ())}
   for method in methods.all_methods():
-    if method.alone:
+    if method is unimodal.UNIMODAL:
       continue  # reached through its own prefix (unimodal_<modality>)
     out[method.name] = (method.name, [method.preset] if method.preset else [], ())
     for variant, preset in method.variants.items():

@@ -538,7 +538,7 @@ def test_mla_predicts_with_the_references_entropy_gating(num):
   names = tuple(f"m{i}" for i in range(num))
   logits = {m: rng.normal(scale=3.0, size=(10, 5)) for m in names}
   hook = eval_logits(BuildContext(None, 1, 5, names))
-  got = hook({}, {"logits": None, "unimodal_logits": {m: jnp.asarray(v, jnp.float32)
+  got = hook(None, {}, {"logits": None, "unimodal_logits": {m: jnp.asarray(v, jnp.float32)
                                                        for m, v in logits.items()}})
   np.testing.assert_allclose(np.asarray(got["logits"]), reference_mla_gating(logits, names),
                              rtol=1e-5, atol=1e-5)
@@ -556,7 +556,18 @@ def _umt_config(data_dir, root):
   return config
 
 
-def test_umt_trains_teachers_once_and_distils_their_best_features(tfds_dir, tmp_path):
+@pytest.fixture(scope="module")
+def trained_teachers(tfds_dir, tmp_path_factory):
+  """(UMT config, teachers root) with the teachers of seeds 42 and 0 trained (1 epoch)."""
+  from asgml_jax import teachers
+  from asgml_jax.config_schema import effective_config, validate
+  root = tmp_path_factory.mktemp("teachers")
+  config = effective_config(validate(_umt_config(tfds_dir, root)))
+  teachers.ensure(config, [42, 0])
+  return config, str(root)
+
+
+def test_umt_trains_teachers_once_and_distils_their_best_features(trained_teachers):
   """BalanceBenchmark UMT_trainer.py `training_step`: loss = CE(out) + scaling ·
   Σ_m MSELoss(teacher_m features, student features); the teachers are the
   unimodal runs of the same config, trained first, read from their checkpoints."""
@@ -564,19 +575,16 @@ def test_umt_trains_teachers_once_and_distils_their_best_features(tfds_dir, tmp_
   import os
 
   from asgml_jax import checkpointing, teachers, train
-  from asgml_jax.config_schema import effective_config, validate
   from asgml_jax.models import model_from_config
-  root = tmp_path / "teachers"
-  config = effective_config(validate(_umt_config(tfds_dir, root)))
-  teachers.ensure(config, [42, 0])
-  dirs = {m: teachers.teacher_dir(str(root), m, 42) for m in ("audio", "visual")}
+  config, root = trained_teachers
+  dirs = {m: teachers.teacher_dir(root, m, 42) for m in ("audio", "visual")}
   stamps = {m: os.path.getmtime(os.path.join(d, "summary.json")) for m, d in dirs.items()}
   teachers.ensure(config, [42, 0])                     # finished: nothing retrained
   assert stamps == {m: os.path.getmtime(os.path.join(d, "summary.json"))
                     for m, d in dirs.items()}
   for m in ("audio", "visual"):
     for seed in (42, 0):
-      with open(os.path.join(teachers.teacher_dir(str(root), m, seed), "summary.json")) as f:
+      with open(os.path.join(teachers.teacher_dir(root, m, seed), "summary.json")) as f:
         assert json.load(f)["label"] == f"unimodal_{m}"
 
   state, step, batch = jitted_step(config)
@@ -634,3 +642,36 @@ def test_umt_sweep_trains_each_seeds_teachers_in_one_program_and_each_student_ho
       assert param_mismatch(held[seed][m]["params"], best.params) == 0
   assert largest_change(held[42]["audio"]["params"], held[0]["audio"]["params"]) > 1e-3
   assert sorted(os.listdir(root)) == ["unimodal_audio", "unimodal_visual"]
+
+
+# ------------------------------------------------------------------ UME
+
+
+def test_ume_trains_nothing_and_predicts_with_the_mean_of_its_teachers_logits(trained_teachers):
+  from asgml_jax import checkpointing, steps, teachers, train
+  from asgml_jax.methods import stack
+  from asgml_jax.models import model_from_config
+  from asgml_jax.probes import probe_config_from
+  from configs.variants import apply_variant
+  umt_config, root = trained_teachers
+  config = apply_variant(tiny_mlp_config(umt_config.dataset.data_dir, num_epochs=1), "ume")
+  config.method.teachers.dir = root
+  config = train.run_config(config)
+  state, step, batch = jitted_step(config)
+  after = state
+  for _ in range(2):
+    after, _ = step(after, batch)
+  assert largest_change(after.params, state.params) == 0.0
+  got = steps.eval_step(after, batch, model=model_from_config(config, 4),
+                        probe_cfg=probe_config_from(config, 4),
+                        eval_logits=stack.eval_logits(config, 6, 4))
+  logits = {}
+  for m in ("audio", "visual"):
+    setup = train.setup_run(teachers.teacher_config(config, m))
+    best, _ = checkpointing.restore_best(teachers.teacher_dir(root, m, 42),
+                                         train.fresh_state(setup, 42))
+    logits[m] = np.asarray(setup.model.apply({"params": best.params}, {m: batch[m]},
+                                             train=False)["logits"])
+    np.testing.assert_allclose(np.asarray(got[f"logits_{m}"]), logits[m], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(got["logits"]), (logits["audio"] + logits["visual"]) / 2,
+                             rtol=1e-5, atol=1e-6)

@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 import pytest
 
-from asgml_jax import methods
+from asgml_jax import methods, teachers
 from asgml_jax.config_schema import ConfigError, effective_config, validate
 from asgml_jax.methods import stack as method_stack
 from conftest import jitted_step, tiny_mlp_config, two_healthy_steps, with_stack
@@ -55,8 +55,13 @@ def test_there_are_pairs_of_both_kinds():
   assert ("ogm_ge", "boost") in COMPATIBLE and ("mmpareto", "pcgrad") in INCOMPATIBLE
 
 
-def _train_pair(pair):
+def _train_pair(pair, tfds_dir, tmp_path):
   config = effective_config(validate(stack_config(",".join(pair))))
+  if teachers.needs_teachers(config):      # a two-stage method: its teachers first (1 epoch)
+    config.dataset.data_dir = tfds_dir
+    config.num_epochs = 1
+    config.method.teachers.dir = str(tmp_path / "teachers")
+    teachers.ensure(config, [config.seed])
   metrics = two_healthy_steps(config, pair)
   for name in pair:
     method = methods.get(name)
@@ -65,14 +70,14 @@ def _train_pair(pair):
 
 
 @pytest.mark.parametrize("pair", SAMPLED, ids="+".join)
-def test_sampled_compatible_pairs_train_and_log_each_parts_signals(pair):
-  _train_pair(pair)
+def test_sampled_compatible_pairs_train_and_log_each_parts_signals(pair, tfds_dir, tmp_path):
+  _train_pair(pair, tfds_dir, tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pair", [p for p in COMPATIBLE if p not in SAMPLED], ids="+".join)
-def test_every_compatible_pair_trains_and_logs_each_parts_signals(pair):
-  _train_pair(pair)
+def test_every_compatible_pair_trains_and_logs_each_parts_signals(pair, tfds_dir, tmp_path):
+  _train_pair(pair, tfds_dir, tmp_path)
 
 
 @pytest.mark.parametrize("pair", INCOMPATIBLE, ids="+".join)

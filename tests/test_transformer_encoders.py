@@ -232,11 +232,14 @@ def test_bfloat16_features_are_the_float32_features(kind):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [m.name for m in methods.all_methods() if not m.alone])
+@pytest.mark.parametrize("name", [m.name for m in methods.all_methods()
+                                  if not m.alone and not m.teachers])
 def test_every_method_steps_on_transformer_encoders(name):
   """Each multimodal method alone, 2 jitted steps on a vit + a sequence
   transformer: healthy, finite metrics (what test_method_stacks checks on
-  MLPs). `unimodal` (one modality, nothing to balance) is left out."""
+  MLPs). `unimodal` (one modality, nothing to balance) and the ensemble `ume`
+  are left out, and so is `umt`, whose teachers are trained runs
+  (tests/test_balancebenchmark_methods.py trains and checks them)."""
   from asgml_jax.config_schema import effective_config
   from conftest import two_healthy_steps, with_stack
   c = tiny_config("/tmp/unused")

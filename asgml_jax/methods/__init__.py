@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from asgml_jax.methods import (adaptive, agm, arl, boost, cggm, cml, dwa, frequency, gblend,
                                gradnorm, inforeg, mbsd, miles, mla, mmcosine, mmpareto, mslr,
-                               ogm_ge, opm, pcgrad, pmr, relearning, staleness, umt, unimodal)
+                               ogm_ge, opm, pcgrad, pmr, relearning, staleness, ume, umt, unimodal)
 from asgml_jax.methods.base import Method
 
 REGISTRY: tuple[Method, ...] = (
@@ -42,6 +42,7 @@ REGISTRY: tuple[Method, ...] = (
     relearning.RELEARNING,
     mla.MLA,
     umt.UMT,
+    ume.UME,
 )
 
 # Named stacks: a `method.name` that means several methods, and the settings

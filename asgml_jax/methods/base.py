@@ -169,7 +169,7 @@ class Method:
       shared head) runs them itself, each through the run's whole optax chain
       (`SubStepContext.update`); it replaces the step's loss and gradient, so
       it stacks only with methods made of transformations;
-    eval_logits(ctx) -> ((variables, outputs) -> outputs with the "logits" and
+    eval_logits(ctx) -> ((state, batch, outputs) -> outputs with the "logits" and
       "unimodal_logits" evaluation reads), for a method whose predictions are not
       the model's plain heads (MMCosine's cosine logits);
     epoch_hook(setup) -> object with prepare(state, data_key) and

@@ -196,7 +196,7 @@ def entropy_weights(unimodal_logits: dict, names) -> dict:
 def eval_logits(ctx):
   names = ctx.names
 
-  def replace(variables, outputs):
+  def replace(state, batch, outputs):
     w = entropy_weights(outputs["unimodal_logits"], names)
     fused = sum(w[m] * outputs["unimodal_logits"][m] for m in names)
     return {**outputs, "logits": fused}

@@ -105,8 +105,8 @@ def eval_logits(ctx):
   the unimodal accuracies with each modality's cosine logits (both protocols)."""
   plain = ctx.config.method.mmcosine.eval_logits == "plain"
 
-  def replace(variables, outputs):
-    logits = _logits(ctx, variables["params"], outputs)
+  def replace(state, batch, outputs):
+    logits = _logits(ctx, state.params, outputs)
     fused = outputs["logits"] if plain else sum(logits[m] for m in ctx.names)
     return {**outputs, "logits": fused, "unimodal_logits": logits}
   return replace

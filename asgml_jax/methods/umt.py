@@ -85,6 +85,13 @@ def teacher_features(model, variables, batch, modality, mode, key):
   return jax.lax.stop_gradient(out["features"][modality])
 
 
+def teacher_logits(model, variables, batch, modality):
+  """The teacher's class logits in inference mode (UME's ensemble)."""
+  variables = {k: v for k, v in variables.items() if k == "params" or v}
+  out = model.apply(variables, {modality: batch[modality]}, train=False)
+  return jax.lax.stop_gradient(out["logits"])
+
+
 def loss_term(ctx):
   from asgml_jax import teachers
   cfg = ctx.config.method.umt
