@@ -675,3 +675,103 @@ def test_ume_trains_nothing_and_predicts_with_the_mean_of_its_teachers_logits(tr
     np.testing.assert_allclose(np.asarray(got[f"logits_{m}"]), logits[m], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(np.asarray(got["logits"]), (logits["audio"] + logits["visual"]) / 2,
                              rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ LFM
+
+
+def _kl_div_batchmean(inp, target):
+  """torch.nn.functional.kl_div(input, target, reduction="batchmean")."""
+  return float(np.sum(target * (np.log(target) - inp)) / inp.shape[0])
+
+
+def reference_lfm_alignment(p, q):
+  """BalanceBenchmark LFM_trainer.py `Alignment`."""
+  p, q = _softmax(p), _softmax(q)
+  m = 0.5 * p + 0.5 * q
+  return 0.5 * (_kl_div_batchmean(np.log(p), m) + _kl_div_batchmean(np.log(q), m))
+
+
+def reference_lfm_alpha_schedule(grads, lr_alpha=1e-4):
+  """`fit` + `getAlpha_Learnable`: α = {1: 0.05, 0: 0.95}; before each epoch:
+  if epoch % 20 == 0 and epoch != 0: lr /= 2; α1 -= lr·g; clip; α0 = 1 − α1."""
+  alpha, out = {1: 0.05, 0: 0.95}, []
+  for epoch, g in enumerate(grads):
+    if epoch % 20 == 0 and epoch != 0:
+      lr_alpha = lr_alpha / 2
+    alpha[1] -= lr_alpha * g
+    alpha[1] = max(0.05, min(0.95, alpha[1]))
+    alpha[0] = 1.0 - alpha[1]
+    out.append((alpha[0], alpha[1]))
+  return out
+
+
+@pytest.mark.parametrize("three", [False, True])
+def test_lfm_step_loss_is_the_references_mix(three):
+  config = _config("lfm", three=three)
+  state, step, batch = jitted_step(config)
+  _, metrics = step(state, batch)
+  names, _, out, unimodal, _, _, labels = _outputs(config, state, batch)
+  pairs = list(itertools.combinations(names, 2))
+  align = sum(reference_lfm_alignment(unimodal[j], unimodal[k]) for j, k in pairs) / len(pairs)
+  assert float(metrics["lfm/alignment"]) == pytest.approx(align, rel=1e-4)
+  assert float(metrics["loss"]) == pytest.approx(2 * (0.95 * _ce(out, labels) + 0.05 * align),
+                                                 rel=1e-5)
+
+
+def test_lfm_alpha_follows_the_references_schedule_and_clip():
+  from asgml_jax.methods.lfm import ALPHA_INIT, next_alpha
+  grads = [300.0, -50.0] + [2000.0] * 10 + [-1e5] * 30 + [1e5] * 5
+  want = reference_lfm_alpha_schedule(grads)
+  alpha = np.asarray(ALPHA_INIT)
+  for epoch, g in enumerate(grads):
+    alpha = next_alpha(alpha, g, epoch, 1e-4)
+    np.testing.assert_allclose(alpha, want[epoch], rtol=1e-6)
+  assert want[41][1] == pytest.approx(0.95) and want[-1][1] == pytest.approx(0.05)
+
+
+def test_lfm_hypergradient_is_torchs_hessian_vector_product(tfds_dir):
+  """getAlpha_Learnable: torch.autograd.grad(∇L_total, θ, grad_outputs=∇CE) — written
+  here as reverse over reverse, grad_θ ⟨∇L_total(θ), stop_gradient(∇CE)⟩ — then the
+  mean of the first parameter's entries; the hook writes next_alpha of it."""
+  from asgml_jax import train
+  from asgml_jax.epoch_hooks import EpochHooks
+  from asgml_jax.methods.lfm import first_kernel, next_alpha
+  from asgml_jax.steps import cross_entropy
+  from configs.variants import apply_variant
+  import optax
+  config = apply_variant(tiny_mlp_config(tfds_dir), "lfm")
+  for m in config.modalities:
+    config.modalities[m].dropout = 0.0
+  config.method.lfm.lr_alpha = 200.0           # so that α moves visibly
+  setup = train.setup_run(config)
+  state = train.fresh_state(setup, 42)
+  alpha = jnp.asarray([0.5, 0.5])              # away from the clip
+  state = state.replace(opt_state=optax.tree_utils.tree_set(state.opt_state, lfm_alpha=alpha))
+  hooks = EpochHooks(setup, [train.run_keys(42)[1]], stacked=False)
+  batch = jax.tree.map(lambda x: jnp.asarray(x[:8]), setup.data.eval_splits["validation"])
+  names = setup.names
+
+  def losses(p):
+    out = setup.model.apply({"params": p}, {m: batch[m] for m in names}, train=True)
+    pairs = list(itertools.combinations(names, 2))
+    from asgml_jax.methods.lfm import alignment
+    align = sum(alignment(out["unimodal_logits"][j], out["unimodal_logits"][k])
+                for j, k in pairs) / len(pairs)
+    return cross_entropy(out["logits"], batch["label"]), align
+
+  g_cls = jax.grad(lambda p: losses(p)[0])(state.params)
+  total_grad = jax.grad(lambda p: alpha[0] * losses(p)[0] + alpha[1] * losses(p)[1])
+  hvp = jax.grad(lambda p: sum(jnp.vdot(a, jax.lax.stop_gradient(b)) for a, b in zip(
+      jax.tree.leaves(total_grad(p)), jax.tree.leaves(g_cls))))(state.params)
+  want_grad = float(jnp.mean(first_kernel(hvp["encoders"]["audio"])))
+  assert abs(want_grad) > 1e-6
+  after = hooks.epoch_end(state, [{}], next_epoch=21)
+  got = np.asarray(optax_get(after.opt_state, "lfm_alpha"))
+  np.testing.assert_allclose(got, next_alpha(np.asarray(alpha), want_grad, 21, 200.0), rtol=1e-4)
+  assert abs(got[1] - 0.5) > 1e-3
+
+
+def optax_get(tree, field):
+  import optax
+  return optax.tree_utils.tree_get(tree, field)

@@ -10,7 +10,7 @@ know it, and for `method.stack` to compose it with the others
 from __future__ import annotations
 
 from asgml_jax.methods import (adaptive, agm, arl, boost, cggm, cml, dwa, frequency, gblend,
-                               gradnorm, inforeg, mbsd, miles, mla, mmcosine, mmpareto, mslr,
+                               gradnorm, inforeg, lfm, mbsd, miles, mla, mmcosine, mmpareto, mslr,
                                ogm_ge, opm, pcgrad, pmr, relearning, staleness, ume, umt, unimodal)
 from asgml_jax.methods.base import Method
 
@@ -43,6 +43,7 @@ REGISTRY: tuple[Method, ...] = (
     mla.MLA,
     umt.UMT,
     ume.UME,
+    lfm.LFM,
 )
 
 # Named stacks: a `method.name` that means several methods, and the settings
