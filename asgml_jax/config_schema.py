@@ -25,7 +25,7 @@ from asgml_jax.config_checks import (ConfigError, modality_names, parse_named_fl
 from asgml_jax.methods import stack as method_stack
 
 ENCODERS = ("resnet18", "small_cnn", "mlp", "vit", "ast", "transformer")
-FUSIONS = ("concat", "sum", "film", "gated", "shared")
+FUSIONS = ("concat", "sum", "film", "gated", "shared", "shared_boost")
 DATASETS = ("synthetic", "av_digits", "cremad", "ave", "kinetics_sounds", "mmsa", "npz")
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
 

@@ -775,3 +775,75 @@ def test_lfm_hypergradient_is_torchs_hessian_vector_product(tfds_dir):
 def optax_get(tree, field):
   import optax
   return optax.tree_utils.tree_get(tree, field)
+
+
+# ------------------------------------------------------------------ ReconBoost
+
+
+def reference_reconboost_passes(num_bb_epochs, modalities, t_epochs):
+  """ReconBoost_trainer.py `fit` / `train_loop`: every epoch, for each modality:
+  T passes of training_step1(modality), then T passes of training_step2."""
+  out = []
+  for _ in range(num_bb_epochs):
+    for m in modalities:
+      out += [(1, m)] * t_epochs + [(2, None)] * t_epochs
+  return out
+
+
+def reference_reconboost_step1_loss(unimodal, rate, label, modality, pre_modality, key,
+                                    weight1, weight2, alpha, first_epoch):
+  """`training_step1`: out_join = boost_rate · Σ_{n≠m} fc_out(f_n) (no grad);
+  boosting_loss = −w1·(y·log_softmax(o_m)).mean(-1) + w2·(y·softmax(out_join)·
+  log_softmax(o_m)).mean(-1); + α·MSE(softmax(o_m), softmax(o_pre)) after epoch 0;
+  loss.mean()."""
+  out_join = rate * sum(unimodal[n] for n in key if n != modality)
+  target = np.eye(unimodal[modality].shape[1])[label]
+  log_p = np.log(_softmax(unimodal[modality]))
+  boosting = (-weight1 * (target * log_p).mean(-1)
+              + weight2 * (target * _softmax(out_join) * log_p).mean(-1))
+  if first_epoch:
+    return float(boosting.mean())
+  ga = float(np.mean((_softmax(unimodal[modality]) - _softmax(unimodal[pre_modality])) ** 2))
+  return float((boosting + alpha * ga).mean())
+
+
+@pytest.mark.parametrize("num,t_epochs", [(2, 1), (3, 1), (2, 2)])
+def test_reconboost_stages_follow_the_references_order(num, t_epochs):
+  from asgml_jax.methods.reconboost import stage_of
+  names = [f"m{i}" for i in range(num)]
+  want = reference_reconboost_passes(3, names, t_epochs)
+  got = []
+  for epoch in range(len(want)):
+    stage, index = stage_of(epoch, t_epochs, num)
+    got.append((int(stage), names[int(index)] if int(stage) == 1 else None))
+  assert got == want
+
+
+def test_reconboost_losses_and_skipped_parameters_equal_the_reference():
+  """One step per epoch: epoch 0 stage 1 audio, 1 stage 2, 2 stage 1 visual (with the
+  reconcilement term), 3 stage 2. In stage 1 the other encoder and the boost rate do
+  not move at all (no momentum, no weight decay: PyTorch skips them)."""
+  config = _config("reconboost")
+  r = config.method.reconboost
+  state, step, batch = jitted_step(config, steps_per_epoch=1)
+  names = ("audio", "visual")
+  for epoch in range(4):
+    _, _, out, unimodal, _, _, labels = _outputs(config, state, batch)
+    rate = float(state.params["fusion"]["boost_rate"])
+    new, metrics = step(state, batch)
+    if epoch in (0, 2):
+      m = names[epoch // 2]
+      want = reference_reconboost_step1_loss(unimodal, rate, labels, m, names[1 - names.index(m)],
+                                             names, r.weight1, r.weight2, r.alpha, epoch == 0)
+      assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5)
+      other = names[1 - names.index(m)]
+      assert largest_change(new.params["encoders"][other], state.params["encoders"][other]) == 0
+      assert float(new.params["fusion"]["boost_rate"]) == rate
+      assert largest_change(new.params["encoders"][m], state.params["encoders"][m]) > 0
+      assert largest_change(new.params["fusion"]["kernel"], state.params["fusion"]["kernel"]) > 0
+    else:
+      assert float(metrics["loss"]) == pytest.approx(_ce(out, labels), rel=1e-5)
+      np.testing.assert_allclose(out, rate * (unimodal["audio"] + unimodal["visual"]), rtol=1e-5,
+                                 atol=1e-6)
+      assert float(new.params["fusion"]["boost_rate"]) != rate
+    state = new

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from asgml_jax.methods import (adaptive, agm, arl, boost, cggm, cml, dwa, frequency, gblend,
                                gradnorm, inforeg, lfm, mbsd, miles, mla, mmcosine, mmpareto, mslr,
-                               ogm_ge, opm, pcgrad, pmr, relearning, staleness, ume, umt, unimodal)
+                               ogm_ge, opm, pcgrad, pmr, reconboost, relearning, staleness, ume, umt,
+                               unimodal)
 from asgml_jax.methods.base import Method
 
 REGISTRY: tuple[Method, ...] = (
@@ -44,6 +45,7 @@ REGISTRY: tuple[Method, ...] = (
     umt.UMT,
     ume.UME,
     lfm.LFM,
+    reconboost.RECONBOOST,
 )
 
 # Named stacks: a `method.name` that means several methods, and the settings

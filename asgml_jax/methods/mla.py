@@ -208,7 +208,9 @@ MLA = Method(
     summary="MLA: modalities take turns through a shared head, projected; entropy-fused",
     block="mla", defaults=defaults, check_block=check_block, check=check, preset=preset,
     requires=(Requirement("model.fusion", "shared", "mla trains every modality through one "
-                          "shared head"),),
+                          "shared head"),
+              Requirement("model.unimodal_heads", "split",
+                          "mla's unimodal predictions are the shared head on each modality")),
     reference=(("method.mla.projection", "none"),),
     stage="edit", rank=5, transform=transform, sub_steps=sub_steps, eval_logits=eval_logits,
     signals=(Signal("mla_turn_loss", "mla/turn_loss", "MLA: each modality's turn loss"),))

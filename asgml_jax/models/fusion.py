@@ -19,6 +19,8 @@ modality (concat, sum), else None.
 - shared: one linear head for every modality (MLA's shared head, all features
   of one width): split_m = f_m W + b, out = mean_m split_m (MLA predicts with
   an entropy-weighted sum instead: its method module's evaluation hook).
+- shared_boost: the shared head and a learned scale (ReconBoost's boost rate,
+  initialised at 0.01): out = rate · Σ_m split_m.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class GatedFusion(nn.Module):
 class SharedFusion(nn.Module):
   out_dim: int
   dtype: Any = jnp.float32
+  boost_rate_init: float | None = None   # shared_boost: out = rate · Σ_m split_m
 
   @nn.compact
   def __call__(self, feats: Sequence[jnp.ndarray]):
@@ -116,7 +119,12 @@ class SharedFusion(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (self.out_dim,), jnp.float32)
     kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
     split = tuple(f.astype(self.dtype) @ kernel + bias for f in feats)
-    return sum(split[1:], split[0]) / len(split), split
+    total = sum(split[1:], split[0])
+    if self.boost_rate_init is None:
+      return total / len(split), split
+    rate = self.param("boost_rate", nn.initializers.constant(self.boost_rate_init), (),
+                      jnp.float32)
+    return rate.astype(self.dtype) * total, split
 
 
 def make_fusion(kind: str, out_dim: int, names: Sequence[str], condition: str | None,
@@ -132,4 +140,6 @@ def make_fusion(kind: str, out_dim: int, names: Sequence[str], condition: str | 
     return GatedFusion(out_dim, tuple(names), condition, dtype, name="fusion")
   if kind == "shared":
     return SharedFusion(out_dim, dtype, name="fusion")
+  if kind == "shared_boost":
+    return SharedFusion(out_dim, dtype, 0.01, name="fusion")
   raise ValueError(f"unknown fusion {kind!r}")

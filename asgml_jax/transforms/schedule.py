@@ -33,7 +33,9 @@ step to gate the unimodal loss terms (SPEC §2). For adaptive, the next τ is
 not known before the next gradient; the prediction uses the current τ.
 
 Extra args read: `step` (global step); `encoder_mask` ({m: bool}, optional:
-encoders outside it are skipped this update, e.g. in MLA's per-modality sub-steps); frequency with probes and adaptive
+encoders outside it are skipped this update, e.g. in MLA's per-modality sub-steps);
+`shared_keep` (a tree of bools shaped like the shared parameters, optional:
+the False ones are skipped the same way); frequency with probes and adaptive
 also `probe_scores`, `probe_refreshes`; adaptive `encoder_grad_norms`
 (raw, before any intervention) and `unimodal_losses`.
 """
@@ -292,6 +294,17 @@ def modality_schedule(inner: optax.GradientTransformation, mode: str = "joint", 
     shared_params = {k: v for k, v in params.items() if k != "encoders"}
     shared_out, shared_state = inner.update(shared_updates, state.inner["shared"], shared_params,
                                             **extra)
+    shared_keep = extra.get("shared_keep")
+    if shared_keep is not None:
+      # A method that leaves some shared parameters out of an update (ReconBoost's
+      # boost rate in its per-modality stage): skipped like an encoder.
+      state_keep = optax.tree_utils.tree_map_params(
+          inner, lambda _, keep: keep, shared_state, shared_keep,
+          transform_non_params=lambda _: jnp.bool_(True))
+      shared_state = jax.tree.map(lambda k, n, o: jnp.where(k, n, o), state_keep, shared_state,
+                                  state.inner["shared"])
+      shared_out = jax.tree.map(lambda u, k: jnp.where(k, u, jnp.zeros_like(u)), shared_out,
+                                shared_keep)
     count = state.count + 1
     flag_f = {m: flags[m].astype(jnp.float32) for m in names}
     ratio = {m: (state.update_ratio[m] * state.count.astype(jnp.float32) + flag_f[m])
