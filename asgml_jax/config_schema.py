@@ -172,6 +172,8 @@ def base_config() -> ml_collections.ConfigDict:
       # split: unimodal logits from the split fusion weight (concat) or the
       # per-modality fusion layers (sum); separate: Linear(D -> C) heads.
       unimodal_heads="split",
+      # A learned Linear(C -> C) on the fused logits (AMCo's `linear_star`).
+      logit_mixer=False,
       # Activations' dtype; params, optimizer state, loss, softmax, OGM scores and
       # probe signals stay float32. auto: bfloat16 on GPU/TPU, float32 on CPU.
       compute_dtype="float32",
@@ -309,6 +311,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _positive(config, "model.fusion_dim", integer=True)
   _one_of(config.model.unimodal_heads, ("split", "separate"), "model.unimodal_heads")
   _one_of(config.model.fusion_activation, ("relu", "none"), "model.fusion_activation")
+  _one_of(config.model.logit_mixer, (True, False), "model.logit_mixer")
   _one_of(config.probes.kind, ("linear", "mlp_1layer"), "probes.kind")
   _one_of(config.probes.ema_init, ("first", "zero"), "probes.ema_init")
   for key in ("probes.hidden_dim", "probes.eval_freq", "probes.train_steps"):

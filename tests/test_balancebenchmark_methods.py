@@ -847,3 +847,64 @@ def test_reconboost_losses_and_skipped_parameters_equal_the_reference():
                                  atol=1e-6)
       assert float(new.params["fusion"]["boost_rate"]) != rate
     state = new
+
+
+# ------------------------------------------------------------------ AMCo
+
+
+def reference_amco_mask_sizes(epoch, num_batches, num_classes, eps=0.3):
+  """AMCo_trainer.py `train_loop`: l_t = 0 at the epoch's start; per batch
+  pt = sin(π/2·min(eps, l_t)/eps), N = int(pt·C) zeros, then l_t += epoch/10."""
+  out, l_t = [], 0.0
+  for _ in range(num_batches):
+    pt = np.sin(np.pi / 2 * (min(eps, l_t) / eps))
+    out.append(int(pt * num_classes))
+    l_t += epoch / 10
+  return out
+
+
+def reference_amco_step(unimodal, dependent, mask, mixer_kernel, mixer_bias, label, key, sigma):
+  """`BaseClassifierAMCoModel.forward` + `training_step`: ũ_m = u_m·mask for the
+  dependent; out = linear_star(Σ ũ); loss = CE(out) + Σ CE(ũ_m) (each backward'ed);
+  next dependent = share of softmax(cat ũ) > σ. (The mask broadcast over the batch.)"""
+  masked = {m: unimodal[m] * mask if dependent[m] else unimodal[m] for m in key}
+  out = sum(masked.values()) @ mixer_kernel + mixer_bias
+  loss = _ce(out, label) + sum(_ce(masked[m], label) for m in key)
+  sft = _softmax(np.concatenate([masked[m] for m in key], 1))
+  c = unimodal[key[0]].shape[1]
+  nxt = {m: bool(np.sum(sft[:, i * c:(i + 1) * c]) / len(label) > sigma)
+         for i, m in enumerate(key)}
+  return loss, nxt
+
+
+@pytest.mark.parametrize("epoch", [0, 1, 2, 5])
+def test_amco_mask_grows_as_in_the_reference(epoch):
+  from asgml_jax.methods.amco import class_mask
+  want = reference_amco_mask_sizes(epoch, 12, 10)
+  got = []
+  for b in range(12):
+    mask, _ = class_mask(jax.random.PRNGKey(0), jnp.int32(epoch * 12 + b), 12, 10, 0.3)
+    got.append(int(10 - np.asarray(mask).sum()))
+  assert got == want
+
+
+def test_amco_step_equals_the_reference_with_a_dependent_modality():
+  import optax
+
+  from asgml_jax.methods.amco import class_mask
+  config = _config("amco")
+  state, step, batch = jitted_step(config, steps_per_epoch=4)
+  for _ in range(6):                            # into epoch 1, batch 2: a partial mask
+    state, _ = step(state, batch)
+  state = state.replace(opt_state=optax.tree_utils.tree_set(
+      state.opt_state, amco_dependent={"audio": jnp.float32(1.0), "visual": jnp.float32(0.0)}))
+  names, _, _, unimodal, _, _, labels = _outputs(config, state, batch)
+  mask, p = class_mask(state.rng, state.step, 4, 4, 0.3)
+  assert 0 < float(np.asarray(mask).sum()) < 4
+  mixer = jax.tree.map(lambda x: np.asarray(x, np.float64), state.params["logit_mixer"])
+  want, nxt = reference_amco_step(unimodal, {"audio": True, "visual": False}, np.asarray(mask),
+                                  mixer["kernel"], mixer["bias"], labels, names, 0.5)
+  new, metrics = step(state, batch)
+  assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5)
+  got = optax.tree_utils.tree_get(new.opt_state, "amco_dependent")
+  assert {m: bool(got[m]) for m in names} == nxt

@@ -9,7 +9,7 @@ know it, and for `method.stack` to compose it with the others
 
 from __future__ import annotations
 
-from asgml_jax.methods import (adaptive, agm, arl, boost, cggm, cml, dwa, frequency, gblend,
+from asgml_jax.methods import (adaptive, agm, amco, arl, boost, cggm, cml, dwa, frequency, gblend,
                                gradnorm, inforeg, lfm, mbsd, miles, mla, mmcosine, mmpareto, mslr,
                                ogm_ge, opm, pcgrad, pmr, reconboost, relearning, staleness, ume, umt,
                                unimodal)
@@ -46,6 +46,7 @@ REGISTRY: tuple[Method, ...] = (
     ume.UME,
     lfm.LFM,
     reconboost.RECONBOOST,
+    amco.AMCO,
 )
 
 # Named stacks: a `method.name` that means several methods, and the settings

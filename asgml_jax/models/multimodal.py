@@ -2,13 +2,14 @@
 
 Parameter tree (the contract every per-modality intervention relies on):
 
-    {"encoders": {<modality>: ...}, "fusion": ..., "heads": ...}
+    {"encoders": {<modality>: ...}, "fusion": ..., "heads": ..., "logit_mixer": ...}
 
 `heads` holds the classifier after a `fusion_dim` layer and the per-modality
 unimodal heads, and exists only when the model needs one of them: for concat
 or sum fusion straight to classes, the unimodal logits are read off the fusion
 layer itself (split weight, SPEC §2), so there is nothing to put in `heads`
-(unless `unimodal_heads="separate"`, the seeds' code).
+(unless `unimodal_heads="separate"`, the seeds' code). `logit_mixer` (only
+with `logit_mixer=True`, AMCo) is a Linear(C -> C) on the fused logits.
 
 Outputs a dict: `logits` (B, C) fused, `unimodal_logits` {m: (B, C)} and
 `features` {m: (B, D)}, all float32.
@@ -92,6 +93,7 @@ class MultimodalClassifier(nn.Module):
   # "split": unimodal logits from the fusion layer where it is linear per
   # modality (OGM-GE); "separate": always Linear(D -> C) heads (seeds' code).
   unimodal_heads: str = "split"
+  logit_mixer: bool = False
   dtype: Any = jnp.float32
 
   @property
@@ -131,6 +133,9 @@ class MultimodalClassifier(nn.Module):
       logits = out
       if self.fusion_dim is not None:
         logits, _ = heads(out, feats)
+    if self.logit_mixer:
+      logits = nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype,
+                        name="logit_mixer")(logits)
     outputs["logits"] = as_f32(logits)
     return outputs
 
@@ -155,5 +160,5 @@ def model_from_config(config, num_classes: int) -> MultimodalClassifier:
       fusion_activation=config.model.fusion_activation,
       condition_modality=config.model.condition_modality,
       unimodal_head_stop_gradient=config.model.unimodal_head_stop_gradient,
-      unimodal_heads=config.model.unimodal_heads,
+      unimodal_heads=config.model.unimodal_heads, logit_mixer=config.model.logit_mixer,
       dtype=jnp.dtype(resolve_compute_dtype(config.model.compute_dtype)))
