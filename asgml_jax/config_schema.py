@@ -220,7 +220,7 @@ def base_config() -> ml_collections.ConfigDict:
       seed_code=False,   # the older switch for protocol=seed_code (kept for old runs)
       # Unimodal teachers of two-stage methods (UMT; asgml_jax/teachers.py):
       # the folder holding unimodal_<m>/seed_<s>/ runs; empty: the launcher's
-      # default (<workdir>/teachers, or <sweep workdir>/teachers).
+      # default (<workdir>/teachers, or the sweep's folder: its unimodal_<m> rows).
       teachers=ml_collections.ConfigDict(dict(dir="")),
       **method_registry.blocks(),
   ))

@@ -7,9 +7,12 @@ same schedule, kept as an ordinary run directory:
     <teachers root>/unimodal_<m>/seed_<seed>/
 
 `method.teachers.dir` names the root. Left empty, the launchers fill it in:
-`launch.train` with `<workdir>/teachers`, `launch.sweep` with
-`<sweep workdir>/teachers` (so every variant of a sweep that needs teachers
-shares one set per seed). `ensure` trains whatever is missing before the
+`launch.train` with `<workdir>/teachers`, `launch.sweep` with the sweep's
+own folder, so the teachers are the sweep's `unimodal_<m>` rows (trained
+once, whichever variant comes first) and every variant that needs them
+shares one set per seed. A stack whose settings change the unimodal model
+(e.g. a shared head) needs teachers of that model: give it its own
+`method.teachers.dir`. `ensure` trains whatever is missing before the
 student starts — all seeds of a sweep in one compiled program, resuming a
 teacher run that was stopped, and doing nothing for one that finished — and
 `load` reads a teacher's best-by-validation checkpoint (verified) for the
@@ -44,7 +47,6 @@ def teacher_config(config, modality: str):
   with cfg.unlocked():
     cfg.method.name = "baseline"
     cfg.method.stack = ""
-    cfg.method.protocol = "design"
     cfg.method.teachers.dir = ""
   return unimodal.only_modality(cfg, modality)
 

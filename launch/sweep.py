@@ -80,8 +80,9 @@ def main(argv):
   from asgml_jax import teachers
   for variant, config in configs:
     seeds = _parse_seeds(config)
-    # Every variant that needs unimodal teachers shares one set per seed.
-    config = teachers.with_root(config, os.path.join(workdir, "teachers"))
+    # The variants that need unimodal teachers use the sweep's unimodal_<m> runs.
+    if teachers.needs_teachers(config):
+      config = teachers.with_root(config, workdir)
     summaries = sweep.train_sweep(config, seeds,
                                   [run_dir_for(workdir, variant, s) for s in seeds],
                                   seed_axis=_SEED_AXIS.value)

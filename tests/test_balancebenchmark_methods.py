@@ -618,17 +618,19 @@ def test_umt_without_its_teachers_says_where_they_should_be(tmp_path):
 
 def test_umt_sweep_trains_each_seeds_teachers_in_one_program_and_each_student_holds_its_own(
     tfds_dir, tmp_path):
+  """launch.sweep's layout: the teachers are the sweep's own unimodal_<m> rows, so
+  the variant unimodal_<m> of the same sweep finds them trained (same config)."""
   import os
 
   import optax
 
   from asgml_jax import checkpointing, sweep, teachers, train
   from configs.variants import apply_variant
+  root = tmp_path / "sweep"
   config = apply_variant(tiny_mlp_config(tfds_dir, num_epochs=1), "umt")
-  workdirs = [str(tmp_path / "umt" / f"seed_{s}") for s in (42, 0)]
+  config = teachers.with_root(config, str(root))        # what launch.sweep does
+  workdirs = [str(root / "umt" / f"seed_{s}") for s in (42, 0)]
   sweep.train_sweep(config, [42, 0], workdirs)
-  root = str(tmp_path / "umt" / "teachers")           # the sweep's default: beside the seeds
-  config.method.teachers.dir = root
   held = {}
   for seed, workdir in zip((42, 0), workdirs):
     seeded = train.with_seed(config, seed)
@@ -637,11 +639,21 @@ def test_umt_sweep_trains_each_seeds_teachers_in_one_program_and_each_student_ho
     held[seed] = optax.tree_utils.tree_get(student.opt_state, "umt_teachers")
     for m in ("audio", "visual"):
       tsetup = train.setup_run(teachers.teacher_config(seeded, m))
-      best, _ = checkpointing.restore_best(teachers.teacher_dir(root, m, seed),
+      best, _ = checkpointing.restore_best(teachers.teacher_dir(str(root), m, seed),
                                            train.fresh_state(tsetup, seed))
       assert param_mismatch(held[seed][m]["params"], best.params) == 0
   assert largest_change(held[42]["audio"]["params"], held[0]["audio"]["params"]) > 1e-3
-  assert sorted(os.listdir(root)) == ["unimodal_audio", "unimodal_visual"]
+  assert sorted(os.listdir(root)) == ["umt", "unimodal_audio", "unimodal_visual"]
+  # The sweep's variant unimodal_audio: the same runs, already trained.
+  summary = root / "unimodal_audio" / "seed_42" / "summary.json"
+  stamp = os.path.getmtime(summary)
+  rows = sweep.train_sweep(apply_variant(tiny_mlp_config(tfds_dir, num_epochs=1),
+                                         "unimodal_audio"), [42, 0],
+                           [str(root / "unimodal_audio" / f"seed_{s}") for s in (42, 0)])
+  assert all("error" not in r for r in rows)
+  assert os.path.getmtime(summary) >= stamp
+  with open(summary) as f:
+    assert '"num_epochs": 1' in f.read()
 
 
 # ------------------------------------------------------------------ UME
