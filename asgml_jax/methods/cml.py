@@ -105,4 +105,4 @@ CML = Method(
                           "cml reads each modality's share off the fusion layer")),
     reference=(("loss.unimodal_weight", 0.0),),
     fused_loss=fused_loss,
-    plots=(Plot("cml/penalty", "CML confidence penalty when the modality is removed"),))
+    plots=(Plot("cml/penalty", "CML penalty, modality removed"),))
