@@ -120,6 +120,9 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
     from one forward and 1 + N backward passes; `grads` is then their weighted
     sum (weights 1 and γ·gate_m), the same total as one backward pass. The
     "fused" task is the fused loss plus every loss term.
+  - sub_steps: a method that makes its own updates within the step (MLA: one
+    per modality); it gets the forward pass, the probe refresh and `tx.update`
+    with the usual signals, and returns the new params and states.
   Loss hooks may return metrics (logged) and tx args (handed to `tx.update`).
 
   A non-finite loss or gradient leaves the state untouched and records the step
