@@ -22,6 +22,7 @@ run one after another on the same state; each writes its own fields.
 
 from __future__ import annotations
 
+import contextvars
 from typing import Sequence
 
 import jax
@@ -33,15 +34,26 @@ from asgml_jax.methods import stack as method_stack
 # The key under which a hook returns new parameters instead of an opt-state field.
 PARAMS = "params"
 
+# "seed <s>: " while a sweep's hook runs for seed s ("" for one run): hooks that
+# log a line put it first, so a sweep's log says which seed it is about.
+_SEED_PREFIX = contextvars.ContextVar("epoch_hook_seed_prefix", default="")
+
+
+def seed_prefix() -> str:
+  return _SEED_PREFIX.get()
+
 
 class EpochHooks:
   """Between-epoch updates of the method state of one run or of a sweep."""
 
-  def __init__(self, setup, data_keys: Sequence, stacked: bool):
+  def __init__(self, setup, data_keys: Sequence, stacked: bool,
+               seeds: Sequence[int] | None = None):
     self.setup = setup
     self.config = setup.config
     self.data_keys = list(data_keys)
     self.stacked = stacked
+    self.prefixes = ([f"seed {s}: " for s in seeds] if seeds is not None and stacked
+                     else [""] * len(self.data_keys))
     self.hooks = method_stack.epoch_hooks(self.config, setup)
 
   def _seed_state(self, states, s: int):
@@ -65,8 +77,14 @@ class EpochHooks:
 
   def _run(self, states, call) -> object:
     for hook in self.hooks:
-      states = self._write(states, [call(hook, self._seed_state(states, s), s, key)
-                                    for s, key in enumerate(self.data_keys)])
+      per_seed = []
+      for s, key in enumerate(self.data_keys):
+        token = _SEED_PREFIX.set(self.prefixes[s])
+        try:
+          per_seed.append(call(hook, self._seed_state(states, s), s, key))
+        finally:
+          _SEED_PREFIX.reset(token)
+      states = self._write(states, per_seed)
     return states
 
   def prepare(self, states):

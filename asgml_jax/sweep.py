@@ -228,7 +228,7 @@ def _sweep_in(runs, config, seeds, seed_axis) -> list[dict]:
                                eval_splits=parallel.replicate(data.eval_splits, mesh))
   states = parallel.shard_seeds(stack(seed_states), mesh)
   data_keys = [train.run_keys(s)[1] for s in seeds]
-  hooks = EpochHooks(setup, data_keys, stacked=True)
+  hooks = EpochHooks(setup, data_keys, stacked=True, seeds=seeds)
   if start_step == 0:
     states = parallel.shard_seeds(hooks.prepare(states), mesh)
   train_fn, eval_fn, collection, empty_metrics = make_sweep_fns(setup, seed_states[0], num_seeds,

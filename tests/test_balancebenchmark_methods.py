@@ -367,7 +367,8 @@ def _relearning_setup(tfds_dir):
   return train.setup_run(config)
 
 
-def test_relearning_hook_moves_each_encoder_toward_its_init_by_the_references_alpha(tfds_dir):
+def test_relearning_hook_moves_each_encoder_toward_its_init_by_the_references_alpha(tfds_dir,
+                                                                                    capsys):
   """ours.py `reinit_score` + `reinit`: α_m = tanh(λ·|purity_train − purity_val|) of
   k-means on MinMax-scaled features of the whole train and validation splits;
   θ_m ← α_m·θ_init + (1 − α_m)·θ_m for encoder m only."""
@@ -410,8 +411,12 @@ def test_relearning_hook_moves_each_encoder_toward_its_init_by_the_references_al
     np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
   # A sweep's stacked states: each seed gets its own result, the same as alone.
   two = jax.tree.map(lambda x: jnp.stack([x, x]), state)
-  swept = EpochHooks(setup, [train.run_keys(42)[1]] * 2, stacked=True).epoch_end(
+  capsys.readouterr()
+  swept = EpochHooks(setup, [train.run_keys(42)[1]] * 2, stacked=True, seeds=[42, 7]).epoch_end(
       two, [{}, {}], next_epoch=9)
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split(":")[0] for line in lines] == ["seed 42", "seed 7"]
+  assert all("relearning after epoch 9: purity train/val audio" in line for line in lines)
   for s in range(2):
     assert param_mismatch(jax.tree.map(lambda x: x[s], swept.params), after.params) <= 1
 

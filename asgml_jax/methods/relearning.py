@@ -132,7 +132,7 @@ class Relearning:
 
   def epoch_end(self, state, validation, data_key, next_epoch: int) -> dict:
     from asgml_jax import clustering, run_dir
-    from asgml_jax.epoch_hooks import PARAMS
+    from asgml_jax.epoch_hooks import PARAMS, seed_prefix
     epoch, b = next_epoch - 1, self.block
     if not reinit_due(epoch, b.reinit_epoch, b.reinit_num):
       return {}
@@ -148,7 +148,7 @@ class Relearning:
     init = optax.tree_utils.tree_get(state.opt_state, "relearning_init")
     params = dict(state.params)
     params["encoders"] = move_toward_init(params["encoders"], init, alpha)
-    run_dir.log(f"relearning after epoch {epoch + 1}: purity train/val "
+    run_dir.log(f"{seed_prefix()}relearning after epoch {epoch + 1}: purity train/val "
                 + ", ".join(f"{m} {p_train[m]:.3f}/{p_val[m]:.3f} -> alpha {alpha[m]:.3f}"
                             for m in names))
     f32 = lambda d: {m: np.float32(v) for m, v in d.items()}
