@@ -18,7 +18,9 @@ logits, the logits the model was trained on; that is this module's default
 ICASSP repository does (`eval_logits="plain"`).
 
 N modalities: the sum runs over every modality (the reference has 2; its
-BalanceBenchmark port writes out 3). Needs concat fusion straight to the
+BalanceBenchmark port writes out 3). In a stack, the signals other methods
+read (OGM-GE's scores, the probes) still come from the model's plain split
+heads and features; the cosine logits are the loss's and the prediction's. Needs concat fusion straight to the
 classes: the logits are read off the fusion kernel's per-modality rows.
 """
 
