@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from asgml_jax import augment
+from asgml_jax import augment, input_pipeline
 from asgml_jax.steps import FUSED_TASK, loss_terms
 from asgml_jax.transforms.gblend import blending_weights
 
@@ -38,12 +38,6 @@ def split_train(num_train: int, key, holdout_fraction: float) -> tuple[np.ndarra
   perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, 0x6B1), num_train))
   holdout = max(1, int(round(num_train * holdout_fraction)))
   return np.sort(perm[:-holdout]), np.sort(perm[-holdout:])
-
-
-def _take(data, on_device: bool, idx: np.ndarray) -> dict:
-  if on_device:
-    return jax.tree.map(lambda x: jnp.take(x, jnp.asarray(idx), axis=0), data)
-  return jax.device_put({k: v[idx] for k, v in data.items()})
 
 
 class BranchTrainer:
@@ -90,7 +84,8 @@ def mean_losses(trainer: BranchTrainer, variables, data, on_device, idx, batch_s
   total, count = None, 0
   for start in range(0, len(idx), batch_size):
     part = idx[start:start + batch_size]
-    losses = np.asarray(trainer.eval_losses(variables, _take(data, on_device, part)))
+    rows = input_pipeline.take_rows(data, on_device, part)
+    losses = np.asarray(trainer.eval_losses(variables, rows))
     total = losses * len(part) if total is None else total + losses * len(part)
     count += len(part)
   return total / count
@@ -113,9 +108,9 @@ def estimate_weights(trainer: BranchTrainer, variables, data, on_device: bool, t
       for i in range(steps):
         idx = train_idx[order[i * batch_size:(i + 1) * batch_size]]
         step_key = jax.random.fold_in(key, (k * 7919 + epoch) * 104729 + i)
+        rows = input_pipeline.take_rows(data, on_device, idx)
         params, stats, opt_state = trainer.train_step(
-            params, stats, opt_state, _take(data, on_device, idx), jnp.int32(k),
-            jnp.float32(lr), step_key)
+            params, stats, opt_state, rows, jnp.int32(k), jnp.float32(lr), step_key)
     copy = {"params": params, **({"batch_stats": stats} if stats else {})}
     train_losses.append(mean_losses(trainer, copy, data, on_device, train_idx, batch_size)[k])
     holdout_losses.append(mean_losses(trainer, copy, data, on_device, holdout_idx, batch_size)[k])

@@ -268,6 +268,15 @@ def gather_batch(data: dict, perm: jnp.ndarray, batch_index, batch_size: int) ->
   return jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
 
 
+def take_rows(data: dict, on_device: bool, idx) -> dict:
+  """Rows `idx` of every array, on the device: gathered there when the data is
+  device-resident, else sliced on the host and transferred (between-epoch
+  passes of the epoch hooks, not the jitted train loop)."""
+  if on_device:
+    return jax.tree.map(lambda x: jnp.take(x, jnp.asarray(idx), axis=0), data)
+  return jax.device_put({k: v[idx] for k, v in data.items()})
+
+
 def slice_batch(data: dict, start, batch_size: int) -> dict:
   return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, batch_size), data)
 

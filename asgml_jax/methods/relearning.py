@@ -113,13 +113,13 @@ class Relearning:
 
   def _features(self, variables, arrays: dict, count: int) -> tuple[dict, np.ndarray]:
     """Features of the first `count` rows of `arrays`, in fixed-size batches."""
+    from asgml_jax import input_pipeline
     size = self.setup.eval_batch_size
     on_device = self.setup.data.on_device
     parts, labels = {m: [] for m in self.setup.names}, []
     for start in range(0, count, size):
       idx = np.minimum(np.arange(start, start + size), count - 1)
-      rows = (jax.tree.map(lambda x: jnp.take(x, jnp.asarray(idx), axis=0), arrays)
-              if on_device else jax.device_put({k: v[idx] for k, v in arrays.items()}))
+      rows = input_pipeline.take_rows(arrays, on_device, idx)
       feats = self.feature_fn(variables, rows)
       keep = min(size, count - start)
       for m in self.setup.names:
