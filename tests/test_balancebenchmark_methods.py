@@ -458,8 +458,7 @@ def test_mla_projection_equals_the_reference(mode):
     grads = {"encoders": {"audio": {"w": jnp.ones(2)}},
              "fusion": {"kernel": jnp.asarray(grad_w.T, jnp.float32), "bias": jnp.ones(c)}}
     out, state = tx.update(grads, state, params, step=jnp.int32(20 + batch_index),
-                           mla_feature_mean=jnp.asarray(feats.mean(0), jnp.float32),
-                           mla_turn_loss={"audio": jnp.float32(0)})
+                           mla_feature_mean=jnp.asarray(feats.mean(0), jnp.float32))
     np.testing.assert_allclose(np.asarray(out["fusion"]["kernel"]).T, want, rtol=2e-4, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(out["fusion"]["bias"]), np.ones(c))
     np.testing.assert_array_equal(np.asarray(out["encoders"]["audio"]["w"]), np.ones(2))

@@ -48,7 +48,7 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Requirement, Signal, SubStepResult
+from asgml_jax.methods.base import Method, Plot, Requirement, SubStepResult
 
 PROJECTIONS = ("replace", "add", "none")
 
@@ -92,7 +92,6 @@ def project_kernel_grad(grad_kernel, p, mode: str):
 class GradientSearchState(NamedTuple):
   mla_projector: jnp.ndarray      # P (D, D)
   mla_turns: jnp.ndarray          # int32: updates made (the reference's exp_count)
-  mla_turn_loss: dict             # {m: CE of modality m's last turn}
 
 
 def gradient_search(steps_per_epoch: int, mode: str):
@@ -101,15 +100,11 @@ def gradient_search(steps_per_epoch: int, mode: str):
 
   def init_fn(params):
     width = params["fusion"]["kernel"].shape[0]
-    names = sorted(params["encoders"])
-    return GradientSearchState(jnp.eye(width, dtype=jnp.float32), jnp.zeros((), jnp.int32),
-                               {m: jnp.float32(0.0) for m in names})
+    return GradientSearchState(jnp.eye(width, dtype=jnp.float32), jnp.zeros((), jnp.int32))
 
-  def update_fn(updates, state, params=None, *, step=None, mla_feature_mean=None,
-                mla_turn_loss=None, **extra):
+  def update_fn(updates, state, params=None, *, step=None, mla_feature_mean=None, **extra):
     if mla_feature_mean is None or mode == "none":
-      turn_loss = state.mla_turn_loss if mla_turn_loss is None else mla_turn_loss
-      return updates, state._replace(mla_turns=state.mla_turns + 1, mla_turn_loss=turn_loss)
+      return updates, state._replace(mla_turns=state.mla_turns + 1)
     alpha = 0.1 ** ((step % steps_per_epoch).astype(jnp.float32) / steps_per_epoch + 1.0)
     active = state.mla_turns != 0
     new_p = projector_step(state.mla_projector, mla_feature_mean.astype(jnp.float32), alpha)
@@ -117,8 +112,7 @@ def gradient_search(steps_per_epoch: int, mode: str):
     kernel = updates["fusion"]["kernel"]
     projected = project_kernel_grad(kernel.astype(jnp.float32), p, mode).astype(kernel.dtype)
     fusion = {**updates["fusion"], "kernel": jnp.where(active, projected, kernel)}
-    return ({**updates, "fusion": fusion},
-            GradientSearchState(p, state.mla_turns + 1, mla_turn_loss))
+    return {**updates, "fusion": fusion}, GradientSearchState(p, state.mla_turns + 1)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -159,14 +153,15 @@ def sub_steps(ctx):
       updates, opt_state = sub.update(
           grads, opt_state, params, outputs, so_far, probe_state,
           encoder_mask={n: jnp.bool_(n == m) for n in names},
-          mla_feature_mean=jnp.mean(jax.lax.stop_gradient(feats[m]), 0), mla_turn_loss=so_far)
+          mla_feature_mean=jnp.mean(jax.lax.stop_gradient(feats[m]), 0))
       params = optax.apply_updates(params, updates)
       total_grads = jax.tree.map(jnp.add, total_grads, grads)
     fused = cross_entropy(outputs["logits"], labels)
     loss = sum(losses.values()) / len(names)
     return SubStepResult(params=params, batch_stats=new_batch_stats, opt_state=opt_state,
                          probe_state=probe_state, loss=loss, fused_loss=fused, unimodal=losses,
-                         outputs=outputs, grads=total_grads, extras={})
+                         outputs=outputs, grads=total_grads,
+                         extras={"metrics": {f"mla/turn_loss_{m}": v for m, v in losses.items()}})
   return run
 
 
@@ -213,4 +208,4 @@ MLA = Method(
                           "mla's unimodal predictions are the shared head on each modality")),
     reference=(("method.mla.projection", "none"),),
     stage="edit", rank=5, transform=transform, sub_steps=sub_steps, eval_logits=eval_logits,
-    signals=(Signal("mla_turn_loss", "mla/turn_loss", "MLA: each modality's turn loss"),))
+    plots=(Plot("mla/turn_loss", "MLA: each modality's turn loss"),))
