@@ -92,12 +92,16 @@ def per_loss_gradients(losses_fn, params, num_losses: int):
   return [vjp_fn(eye[k])[0] for k in range(num_losses)], losses, aux
 
 
-def _tx_args(step, outputs, labels, probe_state, grads, unimodal) -> dict:
+def encoder_grad_norms(grads) -> dict:
+  return {m: optax.global_norm(g) for m, g in grads["encoders"].items()}
+
+
+def _tx_args(step, outputs, labels, probe_state, grad_norms, unimodal) -> dict:
   """The signals every transformation receives as extra args of `tx.update`."""
   return dict(
       step=step, ogm_scores=batch_scores(outputs["unimodal_logits"], labels),
       probe_scores=probe_state.score, probe_refreshes=probe_state.refreshes,
-      encoder_grad_norms={m: optax.global_norm(g) for m, g in grads["encoders"].items()},
+      encoder_grad_norms=grad_norms,
       unimodal_losses=unimodal, features=jax.lax.stop_gradient(outputs["features"]),
       labels=labels, unimodal_logits=jax.lax.stop_gradient(outputs["unimodal_logits"]))
 
@@ -203,9 +207,10 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
   def refresh_probes(outputs):
     return maybe_refresh(probe_cfg, state.probe_state, state.step, outputs["features"], labels)
 
-  def update(grads, opt_state, params, outputs, unimodal, probe_state, **more):
+  def update(grads, opt_state, params, outputs, unimodal, probe_state, grad_norms=None, **more):
+    norms = encoder_grad_norms(grads) if grad_norms is None else grad_norms
     return tx.update(grads, opt_state, params,
-                     **_tx_args(state.step, outputs, labels, probe_state, grads, unimodal),
+                     **_tx_args(state.step, outputs, labels, probe_state, norms, unimodal),
                      **more)
 
   if hooks.sub_steps is not None:
@@ -220,13 +225,14 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
     probe_state, loss, fused_loss, unimodal = (result.probe_state, result.loss,
                                                result.fused_loss, result.unimodal)
     outputs, grads, hook_extras = result.outputs, result.grads, result.extras
+    grad_norms = encoder_grad_norms(grads)
   else:
     extra.update(hook_extras.get("tx_args", {}))
     probe_state = refresh_probes(outputs)
+    grad_norms = encoder_grad_norms(grads)
     updates, new_opt_state = update(grads, state.opt_state, state.params, outputs, unimodal,
-                                    probe_state, **extra)
+                                    probe_state, grad_norms=grad_norms, **extra)
     new_params = optax.apply_updates(state.params, updates)
-  grad_norms = {m: optax.global_norm(grads["encoders"][m]) for m in names}
 
   culprit = _first_nonfinite(loss, grads, grad_norms)
   already_bad = state.health[0] >= 0
