@@ -109,8 +109,9 @@ def fused_loss(ctx):
     second = cross_entropy(outputs["logits"], step_ctx.labels)
     in_two = stage == 2
     mask = {n: in_two | (m_index == i) for i, n in enumerate(names)}
-    keep = {"fusion": {"kernel": jnp.bool_(True), "bias": jnp.bool_(True),
-                       "boost_rate": in_two}}
+    shared = {k: v for k, v in variables["params"].items() if k != "encoders"}
+    keep = jax.tree_util.tree_map_with_path(   # ρ only in stage 2; the head (and the rest) always
+        lambda path, _: in_two if path[-1].key == "boost_rate" else jnp.bool_(True), shared)
     metrics = {"reconboost/stage": stage.astype(jnp.float32),
                "reconboost/boost_rate": rate, "reconboost/reconcilement": ga}
     metrics.update({f"reconboost/turn_{n}": (~in_two & (m_index == i)).astype(jnp.float32)
