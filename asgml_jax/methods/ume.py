@@ -30,8 +30,8 @@ from asgml_jax.methods.base import Method
 
 
 def transform(ctx):
-  from asgml_jax.methods.umt import transform as hold_teachers
-  return hold_teachers(ctx) + [optax.set_to_zero()]
+  from asgml_jax.methods import umt
+  return umt.transform(ctx) + [optax.set_to_zero()]   # UMT's held teachers, then no update
 
 
 def eval_logits(ctx):

@@ -73,10 +73,15 @@ def transform(ctx):
                          for m in ctx.names})]
 
 
+def _apply_variables(variables: dict) -> dict:
+  """A held teacher's variables for `apply` (no empty batch_stats collection)."""
+  return {k: v for k, v in variables.items() if k == "params" or v}
+
+
 def teacher_features(model, variables, batch, modality, mode, key):
   """The teacher's features of `modality` (no gradient)."""
   inputs = {modality: batch[modality]}
-  variables = {k: v for k, v in variables.items() if k == "params" or v}
+  variables = _apply_variables(variables)
   if mode == "train":
     out, _ = model.apply(variables, inputs, train=True, mutable=["batch_stats"],
                          rngs={"dropout": key})
@@ -87,8 +92,7 @@ def teacher_features(model, variables, batch, modality, mode, key):
 
 def teacher_logits(model, variables, batch, modality):
   """The teacher's class logits in inference mode (UME's ensemble)."""
-  variables = {k: v for k, v in variables.items() if k == "params" or v}
-  out = model.apply(variables, {modality: batch[modality]}, train=False)
+  out = model.apply(_apply_variables(variables), {modality: batch[modality]}, train=False)
   return jax.lax.stop_gradient(out["logits"])
 
 
