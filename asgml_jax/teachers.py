@@ -102,10 +102,10 @@ def _finished(workdir: str, num_epochs: int) -> bool:
 
 
 def _example_batch(config) -> dict:
-  from asgml_jax import augment
-  batch = {m: jnp.zeros((1,) + tuple(config.modalities[m].input_shape), jnp.float32)
-           for m in cc.modality_names(config)}
-  return augment.eval_inputs(batch, augment.frame_modalities(config))
+  """Zeros of the model's input shapes (`input_shape` is what the model sees,
+  after any frame cropping), for initialising the teacher's state."""
+  return {m: jnp.zeros((1,) + tuple(config.modalities[m].input_shape), jnp.float32)
+          for m in cc.modality_names(config)}
 
 
 def teacher_model(config, modality: str, num_classes: int):
