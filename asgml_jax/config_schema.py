@@ -174,6 +174,12 @@ def base_config() -> ml_collections.ConfigDict:
       unimodal_heads="split",
       # A learned Linear(C -> C) on the fused logits (AMCo's `linear_star`).
       logit_mixer=False,
+      # none | mmtm: MMTM blocks between the encoders' stages (Greedy's
+      # mid-fusion model; resnet18 / small_cnn / mlp encoders with the same
+      # number of stages), after "all" stages or "all_but_first".
+      mid_fusion="none",
+      mmtm_after="all",
+      mmtm_ratio=4,
       # Activations' dtype; params, optimizer state, loss, softmax, OGM scores and
       # probe signals stay float32. auto: bfloat16 on GPU/TPU, float32 on CPU.
       compute_dtype="float32",
@@ -312,6 +318,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of(config.model.unimodal_heads, ("split", "separate"), "model.unimodal_heads")
   _one_of(config.model.fusion_activation, ("relu", "none"), "model.fusion_activation")
   _one_of(config.model.logit_mixer, (True, False), "model.logit_mixer")
+  _one_of(config.model.mid_fusion, ("none", "mmtm"), "model.mid_fusion")
+  _one_of(config.model.mmtm_after, ("all", "all_but_first"), "model.mmtm_after")
+  _positive(config, "model.mmtm_ratio", integer=True)
   _one_of(config.probes.kind, ("linear", "mlp_1layer"), "probes.kind")
   _one_of(config.probes.ema_init, ("first", "zero"), "probes.ema_init")
   for key in ("probes.hidden_dim", "probes.eval_freq", "probes.train_steps"):
@@ -358,6 +367,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _validate_pretrained(config, key, mod, shape)
     _require(isinstance(mod.lr_scale, (int, float)) and mod.lr_scale >= 0, f"{key}.lr_scale",
              f"must be >= 0 (0 freezes the encoder), got {mod.lr_scale!r}")
+  if config.model.mid_fusion == "mmtm":
+    from asgml_jax.models.encoders import stage_count
+    encoders = [config.modalities[n].encoder for n in names]
+    try:
+      stage_count([type("Spec", (), {"encoder": e})() for e in encoders])
+    except ValueError:
+      _require(False, "model.mid_fusion",
+               "mmtm runs the encoders stage by stage in lockstep: it needs resnet18, small_cnn "
+               f"or mlp encoders with the same number of stages, got {encoders}")
+    _require(len(names) >= 2, "model.mid_fusion", "mmtm needs at least 2 modalities")
   cond = config.model.condition_modality
   if cond is not None:
     _one_of(cond, names, "model.condition_modality")

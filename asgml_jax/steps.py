@@ -102,6 +102,7 @@ def _tx_args(step, outputs, labels, probe_state, grad_norms, unimodal) -> dict:
       step=step, ogm_scores=batch_scores(outputs["unimodal_logits"], labels),
       probe_scores=probe_state.score, probe_refreshes=probe_state.refreshes,
       encoder_grad_norms=grad_norms,
+      mid_fusion=jax.lax.stop_gradient(outputs.get("mid_fusion", {})),
       unimodal_losses=unimodal, features=jax.lax.stop_gradient(outputs["features"]),
       labels=labels, unimodal_logits=jax.lax.stop_gradient(outputs["unimodal_logits"]))
 
@@ -143,6 +144,8 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
   ctx = StepContext(model=model, batch=batch, labels=labels, names=names, state=state,
                     dropout_key=dropout_key)
   feature_gate = hooks.feature_gate(ctx) if hooks.feature_gate is not None else None
+  mid_fusion_control = (hooks.mid_fusion_control(ctx) if hooks.mid_fusion_control is not None
+                        else None)
 
   def forward(params):
     """Outputs, new batch stats, the fused loss (with the terms) and the hooks' extras."""
@@ -151,7 +154,8 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
       variables["batch_stats"] = state.batch_stats
     outputs, new_vars = model.apply(variables, _inputs(batch, names), train=True,
                                     mutable=["batch_stats"], rngs={"dropout": dropout_key},
-                                    feature_gate=feature_gate)
+                                    feature_gate=feature_gate,
+                                    mid_fusion_control=mid_fusion_control)
     extras = {}
     fused = None
     if hooks.fused_loss is not None:

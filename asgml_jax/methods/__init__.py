@@ -10,7 +10,7 @@ know it, and for `method.stack` to compose it with the others
 from __future__ import annotations
 
 from asgml_jax.methods import (adaptive, agm, amco, arl, boost, cggm, cml, dwa, frequency, gblend,
-                               gradnorm, inforeg, lfm, mbsd, miles, mla, mmcosine, mmpareto, mslr,
+                               greedy, gradnorm, inforeg, lfm, mbsd, miles, mla, mmcosine, mmpareto, mslr,
                                ogm_ge, opm, pcgrad, pmr, reconboost, relearning, staleness, ume, umt,
                                unimodal)
 from asgml_jax.methods.base import Method
@@ -47,6 +47,7 @@ REGISTRY: tuple[Method, ...] = (
     lfm.LFM,
     reconboost.RECONBOOST,
     amco.AMCO,
+    greedy.GREEDY,
 )
 
 # Named stacks: a `method.name` that means several methods, and the settings

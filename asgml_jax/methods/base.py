@@ -9,7 +9,8 @@ the methods of the run's stack (`asgml_jax/methods/stack.py`) for their parts.
 Where a method acts, and in which order the parts of a stack run:
 
 - **loss** (in the train step, inside the differentiated function): a
-  `feature_gate` between the encoders and the fusion; a `fused_loss` that
+  `feature_gate` between the encoders and the fusion; a `mid_fusion_control`
+  of the MMTM blocks between the encoders' stages; a `fused_loss` that
   replaces CE(fused); `unimodal_logits` that replace the logits of the
   unimodal CE terms; a `loss_term` added to the total; a `unimodal_weight`
   schedule for γ of SPEC §2. A stack may hold one of each but loss terms,
@@ -160,6 +161,8 @@ class Method:
     stage, rank, transform(ctx) -> [optax transformations] (combine/edit/post),
     schedule(ctx, inner) -> transformation (schedule);
     feature_gate(ctx) -> (StepContext -> gate for `model.apply`),
+    mid_fusion_control(ctx) -> (StepContext -> control of the MMTM blocks'
+      excitations in training, `models/mid_fusion.py`; Greedy's curation),
     fused_loss(ctx) -> ((StepContext, variables, outputs) -> (loss, extras)),
     unimodal_logits(ctx) -> ((StepContext, params, outputs) -> {m: logits}),
     loss_term(ctx) -> ((StepContext, params, outputs) -> (term, extras)),
@@ -200,6 +203,7 @@ class Method:
   transform: Callable[[BuildContext], list] | None = None
   schedule: Callable[[BuildContext, Any], Any] | None = None
   feature_gate: Callable[[BuildContext], Callable] | None = None
+  mid_fusion_control: Callable[[BuildContext], Callable] | None = None
   fused_loss: Callable[[BuildContext], Callable] | None = None
   unimodal_logits: Callable[[BuildContext], Callable] | None = None
   loss_term: Callable[[BuildContext], Callable] | None = None

@@ -95,6 +95,7 @@ def _has(method: Method, part: str) -> bool:
 # (part, why two methods cannot both have it)
 _SINGLE_PARTS = (
     ("feature_gate", "both gate the features between the encoders and the fusion"),
+    ("mid_fusion_control", "both control the MMTM blocks between the encoders"),
     ("fused_loss", "both replace the fused loss"),
     ("unimodal_logits", "both replace the logits of the unimodal losses"),
     ("unimodal_weight", "both schedule the unimodal-loss weight"),
@@ -233,6 +234,7 @@ class StepHooks:
 
   per_loss_grads: one backward pass per loss (a combiner is in the stack).
   feature_gate: StepContext -> the model's `feature_gate`.
+  mid_fusion_control: StepContext -> the model's `mid_fusion_control`.
   fused_loss: (StepContext, variables, outputs) -> (loss, extras), replacing CE(fused).
   unimodal_logits: (StepContext, params, outputs) -> {m: logits} of the unimodal CE terms.
   loss_terms: [(StepContext, params, outputs) -> (term, extras)], added to the loss.
@@ -242,6 +244,7 @@ class StepHooks:
   """
   per_loss_grads: bool = False
   feature_gate: Callable | None = None
+  mid_fusion_control: Callable | None = None
   fused_loss: Callable | None = None
   unimodal_logits: Callable | None = None
   loss_terms: tuple[Callable, ...] = ()
@@ -267,6 +270,7 @@ def step_hooks(config, steps_per_epoch: int, num_classes: int | None = None) -> 
   return StepHooks(
       per_loss_grads=any(m.per_loss_grads for m in methods),
       feature_gate=_single(methods, "feature_gate", ctx),
+      mid_fusion_control=_single(methods, "mid_fusion_control", ctx),
       fused_loss=_single(methods, "fused_loss", ctx),
       unimodal_logits=_single(methods, "unimodal_logits", ctx),
       loss_terms=tuple(m.loss_term(ctx) for m in methods if _has(m, "loss_term")),

@@ -11,6 +11,14 @@ ReLU gain, untruncated), Linear xavier-normal with zero bias, BatchNorm (1, 0).
 BatchNorm uses PyTorch's momentum 0.1 (Flax momentum 0.9) and eps 1e-5.
 Max pooling is `pooling.max_pool` (same values as `nn.max_pool`; its gradient
 is elementwise instead of XLA:CPU's argmax + scatter, see that module).
+
+Stages (mid-fusion, `model.mid_fusion="mmtm"`): the ResNet-18, the small CNN
+and the MLP can also run one stage at a time, `encoder(x, train, stage=k)`,
+with the same parameters as the whole network: stage 0 takes the input,
+stages 1..S-1 the previous stage's maps (frames folded into the batch), and
+stage S (`stage_count`) turns the last maps into the features. A model runs
+every modality's stage k before any stage k+1, so blocks between the
+encoders (MMTM, Greedy) see all modalities at the same depth.
 """
 
 from __future__ import annotations
@@ -78,19 +86,25 @@ class ResNet18(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    x, frames = _fold_frames(x)
+  def __call__(self, x, train: bool = False, stage: int | None = None, frames: int = 1):
     width = self.feature_dim // 8
-    x = nn.Conv(width, (7, 7), 2, padding=((3, 3), (3, 3)), use_bias=False,
-                kernel_init=conv_init, dtype=self.dtype, name="stem_conv")(x.astype(self.dtype))
-    x = nn.relu(_batch_norm(train, self.dtype, name="stem_bn")(x))
-    x = max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
-    for stage, multiplier in enumerate((1, 2, 4, 8)):
-      for block in range(2):
-        strides = 2 if (stage > 0 and block == 0) else 1
-        x = BasicBlock(width * multiplier, strides, self.dtype,
-                       name=f"stage{stage + 1}_block{block + 1}")(x, train)
-    return _pool_over_time_and_space(x, frames)
+    run = range(5) if stage is None else (stage,)
+    for k in run:
+      if k == 0:
+        x, frames = _fold_frames(x)
+        x = nn.Conv(width, (7, 7), 2, padding=((3, 3), (3, 3)), use_bias=False,
+                    kernel_init=conv_init, dtype=self.dtype,
+                    name="stem_conv")(x.astype(self.dtype))
+        x = nn.relu(_batch_norm(train, self.dtype, name="stem_bn")(x))
+        x = max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+      if k < 4:
+        for block in range(2):
+          strides = 2 if (k > 0 and block == 0) else 1
+          x = BasicBlock(width * 2 ** k, strides, self.dtype,
+                         name=f"stage{k + 1}_block{block + 1}")(x, train)
+      else:
+        x = _pool_over_time_and_space(x, frames)
+    return x
 
 
 class SmallCNN(nn.Module):
@@ -101,18 +115,24 @@ class SmallCNN(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    x, frames = _fold_frames(x)
-    x = x.astype(self.dtype)
-    for stage, multiplier in enumerate((1, 2, 4)):
-      x = nn.Conv(self.width * multiplier, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                  kernel_init=conv_init, dtype=self.dtype, name=f"conv{stage + 1}")(x)
-      x = nn.relu(_batch_norm(train, self.dtype, name=f"bn{stage + 1}")(x))
-      if stage < 2:
-        x = max_pool(x, (2, 2), (2, 2))
-    pooled = _pool_over_time_and_space(x, frames)
-    out = nn.Dense(self.feature_dim, kernel_init=dense_init, dtype=self.dtype, name="proj")(pooled)
-    return nn.relu(out).astype(jnp.float32)
+  def __call__(self, x, train: bool = False, stage: int | None = None, frames: int = 1):
+    run = range(4) if stage is None else (stage,)
+    for k in run:
+      if k == 0:
+        x, frames = _fold_frames(x)
+        x = x.astype(self.dtype)
+      if k < 3:
+        x = nn.Conv(self.width * 2 ** k, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                    kernel_init=conv_init, dtype=self.dtype, name=f"conv{k + 1}")(x)
+        x = nn.relu(_batch_norm(train, self.dtype, name=f"bn{k + 1}")(x))
+        if k < 2:
+          x = max_pool(x, (2, 2), (2, 2))
+      else:
+        pooled = _pool_over_time_and_space(x, frames)
+        out = nn.Dense(self.feature_dim, kernel_init=dense_init, dtype=self.dtype,
+                       name="proj")(pooled)
+        x = nn.relu(out).astype(jnp.float32)
+    return x
 
 
 class MLPEncoder(nn.Module):
@@ -123,11 +143,31 @@ class MLPEncoder(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = nn.Dense(self.hidden_dim, kernel_init=dense_init, dtype=self.dtype, name="fc1")(x)
-    x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
-    x = nn.Dense(self.feature_dim, kernel_init=dense_init, dtype=self.dtype, name="fc2")(x)
-    return nn.relu(x).astype(jnp.float32)
+  def __call__(self, x, train: bool = False, stage: int | None = None, frames: int = 1):
+    run = range(3) if stage is None else (stage,)
+    for k in run:
+      if k == 0:
+        x = nn.Dense(self.hidden_dim, kernel_init=dense_init, dtype=self.dtype, name="fc1")(x)
+        x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
+      elif k == 1:
+        x = nn.Dense(self.feature_dim, kernel_init=dense_init, dtype=self.dtype, name="fc2")(x)
+        x = nn.relu(x)
+      else:
+        x = x.astype(jnp.float32)
+    return x
+
+
+_STAGES = {"resnet18": 4, "small_cnn": 3, "mlp": 2}
+
+
+def stage_count(specs) -> int:
+  """The number of stages every encoder of `specs` has (mid fusion runs them in
+  lockstep, so they must agree)."""
+  counts = {_STAGES.get(s.encoder) for s in specs}
+  if None in counts or len(counts) != 1:
+    raise ValueError("mid fusion needs encoders that run in stages, all with the same number "
+                     f"of stages ({_STAGES}); got {[s.encoder for s in specs]}")
+  return counts.pop()
 
 
 def make_encoder(spec, feature_dim: int, dtype: Any, name: str) -> nn.Module:

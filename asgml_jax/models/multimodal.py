@@ -2,7 +2,8 @@
 
 Parameter tree (the contract every per-modality intervention relies on):
 
-    {"encoders": {<modality>: ...}, "fusion": ..., "heads": ..., "logit_mixer": ...}
+    {"encoders": {<modality>: ...}, "fusion": ..., "heads": ..., "logit_mixer": ...,
+     "mid_fusion": ...}
 
 `heads` holds the classifier after a `fusion_dim` layer and the per-modality
 unimodal heads, and exists only when the model needs one of them: for concat
@@ -10,6 +11,8 @@ or sum fusion straight to classes, the unimodal logits are read off the fusion
 layer itself (split weight, SPEC §2), so there is nothing to put in `heads`
 (unless `unimodal_heads="separate"`, the seeds' code). `logit_mixer` (only
 with `logit_mixer=True`, AMCo) is a Linear(C -> C) on the fused logits.
+`mid_fusion` (only with `mid_fusion="mmtm"`, Greedy) holds the MMTM blocks
+between the encoders' stages (`mid_fusion.py`).
 
 Outputs a dict: `logits` (B, C) fused, `unimodal_logits` {m: (B, C)} and
 `features` {m: (B, D)}, all float32.
@@ -51,9 +54,14 @@ class Encoders(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs: Mapping[str, jnp.ndarray], train: bool):
-    return {s.name: make_encoder(s, self.feature_dim, self.dtype, s.name)(inputs[s.name], train)
-            for s in self.specs}
+  def __call__(self, inputs: Mapping[str, jnp.ndarray], train: bool, stage: int | None = None,
+               frames: Mapping[str, int] | None = None):
+    """Every encoder on its input, or (mid fusion) only their stage `stage`."""
+    if stage is None:
+      return {s.name: make_encoder(s, self.feature_dim, self.dtype, s.name)(inputs[s.name], train)
+              for s in self.specs}
+    return {s.name: make_encoder(s, self.feature_dim, self.dtype, s.name)(
+        inputs[s.name], train, stage=stage, frames=frames[s.name]) for s in self.specs}
 
 
 class Heads(nn.Module):
@@ -94,6 +102,10 @@ class MultimodalClassifier(nn.Module):
   # modality (OGM-GE); "separate": always Linear(D -> C) heads (seeds' code).
   unimodal_heads: str = "split"
   logit_mixer: bool = False
+  # "none" | "mmtm": MMTM blocks between the encoders' stages (mid_fusion.py)
+  mid_fusion: str = "none"
+  mmtm_after: str = "all"
+  mmtm_ratio: int = 4
   dtype: Any = jnp.float32
 
   @property
@@ -101,14 +113,23 @@ class MultimodalClassifier(nn.Module):
     return tuple(s.name for s in self.specs)
 
   @nn.compact
-  def __call__(self, inputs: Mapping[str, jnp.ndarray], train: bool = False, feature_gate=None):
-    """feature_gate: optional `(features, unimodal_logits) -> (gated features, info)`
+  def __call__(self, inputs: Mapping[str, jnp.ndarray], train: bool = False, feature_gate=None,
+               mid_fusion_control=None):
+    """mid_fusion_control: a method's hook on the MMTM blocks' excitations
+    (`mid_fusion.py`); what it returns is outputs["mid_fusion"].
+
+    feature_gate: optional `(features, unimodal_logits) -> (gated features, info)`
     applied between the encoders and the fusion (OPM's feature dropping). The
     fused logits then come from the gated features, a second pass through the
     same fusion parameters; unimodal logits and features stay ungated, and
     `info` is returned as outputs["gate"]."""
     names = self.modality_names
-    feats = Encoders(self.specs, self.feature_dim, self.dtype, name="encoders")(inputs, train)
+    encoders = Encoders(self.specs, self.feature_dim, self.dtype, name="encoders")
+    mid_info = None
+    if self.mid_fusion == "none":
+      feats = encoders(inputs, train)
+    else:
+      feats, mid_info = self._staged(encoders, inputs, train, mid_fusion_control)
     out_dim = self.fusion_dim or self.num_classes
     fusion = make_fusion(self.fusion, out_dim, names, self.condition_modality, self.dtype)
     out, split = fusion(tuple(feats[n] for n in names))
@@ -137,7 +158,28 @@ class MultimodalClassifier(nn.Module):
       logits = nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype,
                         name="logit_mixer")(logits)
     outputs["logits"] = as_f32(logits)
+    if mid_info:
+      outputs["mid_fusion"] = mid_info
     return outputs
+
+  def _staged(self, encoders, inputs, train, control):
+    """The encoders stage by stage in lockstep, an MMTM block after the chosen stages."""
+    from asgml_jax.models.encoders import stage_count
+    from asgml_jax.models.mid_fusion import MidFusion, block_stages
+    names = self.modality_names
+    num_stages = stage_count(self.specs)
+    blocks = block_stages(num_stages, self.mmtm_after)
+    mid = MidFusion(names, self.mmtm_ratio, self.dtype, name="mid_fusion")
+    batch = inputs[names[0]].shape[0]
+    frames = {m: (inputs[m].shape[1] if inputs[m].ndim == 5 else 1) for m in names}
+    maps, infos = dict(inputs), {}
+    for k in range(num_stages):
+      maps = encoders(maps, train, stage=k, frames=frames)
+      if k + 1 in blocks:
+        maps, info = mid(maps, batch, k + 1, control)
+        if info is not None:
+          infos[f"mmtm{k + 1}"] = info
+    return encoders(maps, train, stage=num_stages, frames=frames), infos
 
 
 def encoder_spec(name: str, mod) -> EncoderSpec:
@@ -161,4 +203,6 @@ def model_from_config(config, num_classes: int) -> MultimodalClassifier:
       condition_modality=config.model.condition_modality,
       unimodal_head_stop_gradient=config.model.unimodal_head_stop_gradient,
       unimodal_heads=config.model.unimodal_heads, logit_mixer=config.model.logit_mixer,
+      mid_fusion=config.model.mid_fusion, mmtm_after=config.model.mmtm_after,
+      mmtm_ratio=config.model.mmtm_ratio,
       dtype=jnp.dtype(resolve_compute_dtype(config.model.compute_dtype)))
