@@ -27,6 +27,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from asgml_jax.methods import stack as method_stack
@@ -90,6 +91,23 @@ class EpochHooks:
   def prepare(self, states):
     """Before the first epoch of a fresh run."""
     return self._run(states, lambda hook, state, s, key: hook.prepare(state, key))
+
+  def epoch_rows(self, states, perms):
+    """The epoch's order: the pipeline's permutation `perms` ((N,) or (S, N) for a
+    sweep), or the order a re-sampling method's hook keeps in its state
+    (`hook.epoch_rows(state, perm)` per seed; see `Method.resamples`)."""
+    hooks = [h for h in self.hooks if hasattr(h, "epoch_rows")]
+    if not hooks:
+      return perms
+    host = isinstance(perms, np.ndarray)
+    rows = []
+    for s in range(len(self.data_keys)):
+      perm = perms[s] if self.stacked else perms
+      for hook in hooks:
+        perm = hook.epoch_rows(self._seed_state(states, s), perm)
+      rows.append(np.asarray(perm) if host else jnp.asarray(perm))
+    stack_ = np.stack if host else jnp.stack
+    return stack_(rows) if self.stacked else rows[0]
 
   def epoch_end(self, states, validation: Sequence[dict], next_epoch: int):
     """After epoch `next_epoch − 1`'s evaluation (one validation dict per seed)."""

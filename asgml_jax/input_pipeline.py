@@ -262,10 +262,30 @@ def epoch_permutation(data_key: jnp.ndarray, epoch: int, num_examples: int) -> j
   return jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
 
 
-def gather_batch(data: dict, perm: jnp.ndarray, batch_index, batch_size: int) -> dict:
-  """Batch `batch_index` of the permutation, gathered on the device (jit-safe)."""
+# A batch key added when an epoch's order carries row codes (`split_row_codes`).
+ROW_CODE = "row_code"
+
+
+def split_row_codes(idx, num_rows: int):
+  """Coded order entries -> (rows, codes): an entry is row + num_rows · code.
+
+  A method that re-samples the training set (valuation) orders an epoch with
+  coded entries, so one row can appear several times with different codes
+  (e.g. "only audio kept"); the code reaches the train step as
+  batch["row_code"]. Plain permutations have code 0 everywhere."""
+  return idx % num_rows, idx // num_rows
+
+
+def gather_batch(data: dict, perm: jnp.ndarray, batch_index, batch_size: int,
+                 coded: bool = False) -> dict:
+  """Batch `batch_index` of the permutation, gathered on the device (jit-safe);
+  coded: the entries carry row codes (batch["row_code"])."""
   idx = jax.lax.dynamic_slice_in_dim(perm, batch_index * batch_size, batch_size)
-  return jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
+  if not coded:
+    return jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
+  rows, codes = split_row_codes(idx, data["label"].shape[0])
+  batch = jax.tree.map(lambda x: jnp.take(x, rows, axis=0), data)
+  return {**batch, ROW_CODE: codes.astype(jnp.int32)}
 
 
 def take_rows(data: dict, on_device: bool, idx) -> dict:
@@ -291,16 +311,26 @@ def epoch_order(data: LoadedData, data_keys, epoch: int):
   return perm if data.on_device else np.asarray(perm)
 
 
-def train_args(data: LoadedData, perm, batch_index: int, batch_size: int) -> tuple:
+def train_args(data: LoadedData, perm, batch_index: int, batch_size: int,
+               coded: bool = False) -> tuple:
   """What the train fn takes after (state, metrics): the device data, the
   permutation and the batch index; or, for host-held data, the batch itself
-  (gathered on the host, (S, B, ...) for an (S, N) permutation)."""
+  (gathered on the host, (S, B, ...) for an (S, N) permutation). coded: the
+  order's entries carry row codes (`split_row_codes`)."""
   if data.on_device:
     return (data.train, perm, batch_index)
-  idx = perm[..., batch_index * batch_size:(batch_index + 1) * batch_size]
+  idx = np.asarray(perm)[..., batch_index * batch_size:(batch_index + 1) * batch_size]
+  codes = None
+  if coded:
+    idx, codes = split_row_codes(idx, data.num_train)
   if jax.process_count() > 1:
+    if coded:
+      raise ValueError("a re-sampling method (row codes) does not run over several processes")
     return (_process_batch(data.train, idx),)
-  return (jax.device_put({k: v[idx] for k, v in data.train.items()}),)
+  batch = {k: v[idx] for k, v in data.train.items()}
+  if coded:
+    batch[ROW_CODE] = codes.astype(np.int32)
+  return (jax.device_put(batch),)
 
 
 def _process_batch(arrays: dict, rows: np.ndarray) -> dict:

@@ -229,6 +229,7 @@ def _sweep_in(runs, config, seeds, seed_axis) -> list[dict]:
   states = parallel.shard_seeds(stack(seed_states), mesh)
   data_keys = [train.run_keys(s)[1] for s in seeds]
   hooks = EpochHooks(setup, data_keys, stacked=True, seeds=seeds)
+  coded = method_stack.resamples(config)
   if start_step == 0:
     states = parallel.shard_seeds(hooks.prepare(states), mesh)
   train_fn, eval_fn, collection, empty_metrics = make_sweep_fns(setup, seed_states[0], num_seeds,
@@ -266,14 +267,14 @@ def _sweep_in(runs, config, seeds, seed_axis) -> list[dict]:
 
   for epoch in range(start_step // steps_per_epoch, config.num_epochs):
     epoch_start = time.time()
-    perms = input_pipeline.epoch_order(data, data_keys, epoch)
+    perms = hooks.epoch_rows(states, input_pipeline.epoch_order(data, data_keys, epoch))
     if data.on_device:
       perms = parallel.shard_seeds(perms, mesh)
     metrics_acc = parallel.shard_seeds(empty_metrics(), mesh)
     pending = None
     for batch_index in range(steps_per_epoch):
       states, metrics_acc = train_fn(states, metrics_acc, *input_pipeline.train_args(
-          data, perms, batch_index, config.batch_size))
+          data, perms, batch_index, config.batch_size, coded))
       step += 1
       if compiling is not None:
         train.log_first_step(compiling, states.step)

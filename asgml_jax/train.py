@@ -86,9 +86,12 @@ def make_train_body(model, tx, config, steps_per_epoch: int, state, example_batc
     fields = {_field(k): v for k, v in metrics.items()}
     return state, metrics_acc.merge(collection.single_from_model_output(**fields))
 
+  coded = method_stack.resamples(config)
+
   def gather_body(state, metrics_acc, data, perm, batch_index):
     return batch_body(state, metrics_acc,
-                      input_pipeline.gather_batch(data, perm, batch_index, config.batch_size))
+                      input_pipeline.gather_batch(data, perm, batch_index, config.batch_size,
+                                                  coded))
 
   return (gather_body if on_device else batch_body), collection
 
@@ -325,6 +328,7 @@ def _train_in(run, config) -> dict:
     run.discard_stale_summary()
   run.training = True
   hooks = EpochHooks(setup, [data_key], stacked=False)
+  coded = method_stack.resamples(config)
   if start_step == 0:
     run.write_hparams()
     state = parallel.replicate(hooks.prepare(state), mesh)
@@ -359,12 +363,12 @@ def _train_in(run, config) -> dict:
 
   for epoch in range(start_step // steps_per_epoch, config.num_epochs):
     epoch_start = time.time()
-    perm = input_pipeline.epoch_order(data, data_key, epoch)
+    perm = hooks.epoch_rows(state, input_pipeline.epoch_order(data, data_key, epoch))
     metrics_acc = fresh_metrics(collection)
     pending = None
     for batch_index in range(steps_per_epoch):
       state, metrics_acc = train_fn(state, metrics_acc, *input_pipeline.train_args(
-          data, perm, batch_index, config.batch_size))
+          data, perm, batch_index, config.batch_size, coded))
       step += 1
       if compiling is not None:
         log_first_step(compiling, state.step)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from asgml_jax.methods import (adaptive, agm, amco, arl, boost, cggm, cml, dwa, frequency, gblend,
                                greedy, gradnorm, inforeg, lfm, mbsd, miles, mla, mmcosine, mmpareto, mslr,
                                ogm_ge, opm, pcgrad, pmr, reconboost, relearning, staleness, ume, umt,
-                               unimodal)
+                               unimodal, valuation)
 from asgml_jax.methods.base import Method
 
 REGISTRY: tuple[Method, ...] = (
@@ -48,6 +48,7 @@ REGISTRY: tuple[Method, ...] = (
     reconboost.RECONBOOST,
     amco.AMCO,
     greedy.GREEDY,
+    valuation.VALUATION,
 )
 
 # Named stacks: a `method.name` that means several methods, and the settings

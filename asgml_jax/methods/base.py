@@ -182,6 +182,9 @@ class Method:
     signals, plots, label(config dict) -> run label (default: the name),
     teachers: True if the method needs unimodal teachers trained first
       (`asgml_jax/teachers.py`: the launchers train them before the run);
+    resamples: True if its epoch hook orders the epochs itself (`epoch_rows`):
+      the order's entries carry row codes, which reach the train step as
+      batch["row_code"] (`input_pipeline.split_row_codes`; valuation);
     excludes: {other method: why the two cannot stack},
     alone: True if the method stacks with nothing (why in `summary`).
   """
@@ -215,6 +218,7 @@ class Method:
   plots: Sequence[Plot] = ()
   label: Callable[[Mapping], str] | None = None
   teachers: bool = False
+  resamples: bool = False
   excludes: Mapping[str, str] = dataclasses.field(default_factory=dict)
   alone: bool = False
 

@@ -89,7 +89,9 @@ def resolve(method_cfg: Mapping) -> tuple[Method, ...]:
 
 
 def _has(method: Method, part: str) -> bool:
-  return getattr(method, part) is not None
+  """Whether `method` has the part (a hook, or a flag such as `resamples`)."""
+  value = getattr(method, part)
+  return value is not None and value is not False
 
 
 # (part, why two methods cannot both have it)
@@ -101,6 +103,7 @@ _SINGLE_PARTS = (
     ("unimodal_weight", "both schedule the unimodal-loss weight"),
     ("eval_logits", "both replace the logits evaluation predicts with"),
     ("sub_steps", "both run their own updates within a step"),
+    ("resamples", "both re-sample the training epochs"),
 )
 # Parts a `sub_steps` method does not run (it owns the loss and the gradient).
 _LOSS_PARTS = ("feature_gate", "fused_loss", "unimodal_logits", "loss_term", "unimodal_weight")
@@ -300,6 +303,11 @@ def transformations(config, steps_per_epoch: int, num_classes: int | None,
     if m.stage == "post":
       parts += m.transform(ctx)
   return parts
+
+
+def resamples(config) -> bool:
+  """Whether the stack orders the training epochs itself (coded rows)."""
+  return any(m.resamples for m in resolve(config.method))
 
 
 def epoch_hooks(config, setup) -> list:
