@@ -9,7 +9,7 @@ know it, and for `method.stack` to compose it with the others
 
 from __future__ import annotations
 
-from asgml_jax.methods import (adaptive, agm, amco, arl, boost, cggm, cml, dwa, frequency, gblend,
+from asgml_jax.methods import (adaptive, agm, amco, arl, boost, cggm, cml, dgl, dwa, frequency, gblend,
                                greedy, gradnorm, inforeg, lfm, mbsd, miles, mla, mmcosine, mmpareto, mslr,
                                ogm_ge, opm, pcgrad, pmr, reconboost, relearning, staleness, ume, umt,
                                unimodal, valuation)
@@ -49,6 +49,7 @@ REGISTRY: tuple[Method, ...] = (
     amco.AMCO,
     greedy.GREEDY,
     valuation.VALUATION,
+    dgl.DGL,
 )
 
 # Named stacks: a `method.name` that means several methods, and the settings

@@ -1,0 +1,99 @@
+"""DGL, decoupled gradient learning (ICCV 2025, shicaiwei123/ICCV2025-GDL): the
+fused loss trains only the fusion layer, the encoders learn only from their
+unimodal losses.
+
+One step of the reference (`main_dgl.py` `train_epoch`, `ConcatFusion_DGL`):
+
+    fused = fc(cat(sg(x_1), …, sg(x_N)))        sg: no gradient to the encoders
+    u_m   = fc(cat(0, …, x_m, …, 0)) = W_m x_m + b
+    α·Σ_m CE(u_m) is back-propagated first and its gradient on the fusion
+    layer is dropped; then CE(fused) is back-propagated (fusion layer only);
+    the global gradient norm is clipped to 40; SGD (momentum, weight decay).
+
+Here that is one backward pass of CE(fc(sg(x))) + α·Σ_m CE(sg(W_m) x_m + sg(b)):
+the same gradient on every parameter. The stop-gradient on the features is a
+feature gate (so it composes like OPM's, and the probes and unimodal heads
+still read the plain features); α is `loss.unimodal_weight` (the reference's
+`--alpha 4`, the variant's preset); the clip is the last gradient edit (after
+boost when stacked). N modalities: every u_m with the others zeroed, as the
+reference's two. Needs the concat fusion (the reference's CREMA-D runs; its
+sum/FiLM/gated variants are not ported).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from asgml_jax import config_checks as cc
+from asgml_jax.methods.base import Method, Requirement
+
+
+def defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      clip_norm=40.0,       # global gradient-norm clip (the reference's clip_grad_norm_)
+  ))
+
+
+def check_block(config) -> None:
+  cc.positive(config, "method.dgl.clip_norm")
+
+
+def check(config) -> None:
+  cc.require(config.model.fusion_dim is None, "model.fusion_dim",
+             "dgl's unimodal logits are the fusion layer on one modality's features, which "
+             "must map straight to the classes: use None")
+
+
+def preset(config) -> None:
+  config.loss.unimodal_weight = 4.0         # α of the reference's runs (cramed_dgl.sh)
+
+
+def feature_gate(ctx):
+  """The fused logits see the features without their gradient."""
+  def gate_for(step_ctx):
+    def gate(features, unimodal_logits):
+      return {m: jax.lax.stop_gradient(f) for m, f in features.items()}, None
+    return gate
+  return gate_for
+
+
+def decoupled_unimodal_logits(features: dict, kernel, bias, names) -> dict:
+  """{m: x_m · sg(W_m) + sg(b)}: the concat layer on modality m alone, with no
+  gradient into the layer (W_m: the kernel's rows of modality m)."""
+  kernel, bias = jax.lax.stop_gradient(kernel), jax.lax.stop_gradient(bias)
+  out, start = {}, 0
+  for m in names:
+    width = features[m].shape[-1]
+    rows = kernel[start:start + width].astype(jnp.float32)
+    out[m] = features[m].astype(jnp.float32) @ rows + bias.astype(jnp.float32)
+    start += width
+  return out
+
+
+def unimodal_logits(ctx):
+  names = ctx.names
+
+  def logits(step_ctx, params, outputs):
+    fusion = params["fusion"]
+    return decoupled_unimodal_logits(outputs["features"], fusion["kernel"], fusion["bias"],
+                                     names)
+  return logits
+
+
+def transform(ctx):
+  return [optax.clip_by_global_norm(ctx.config.method.dgl.clip_norm)]
+
+
+DGL = Method(
+    name="dgl",
+    summary="DGL: the fused loss trains the fusion layer only; the encoders learn from their "
+            "unimodal losses (fusion layer on one modality, no gradient into it)",
+    block="dgl", defaults=defaults, check_block=check_block, check=check, preset=preset,
+    requires=(Requirement("model.fusion", "concat",
+                          "dgl's unimodal logits are the concat layer on one modality"),),
+    reference=(("loss.unimodal_weight", 4.0),),
+    stage="edit", rank=80, transform=transform, feature_gate=feature_gate,
+    unimodal_logits=unimodal_logits)
