@@ -287,8 +287,10 @@ def write_tables(rows: list[dict], out_dir: str, sources, modalities) -> None:
   seeds = sorted({s for row in rows for s in row["seeds"]})
   lines += [f"Seeds: {', '.join(map(str, seeds))}.", "", "## Plots", "",
             "Lines: mean over seeds; bands: min–max over seeds.", ""]
+  if os.path.exists(os.path.join(out_dir, RANKING_PNG)):
+    lines.append(f"![ranking]({RANKING_PNG})")
   for name in sorted(os.listdir(out_dir)):
-    if name.endswith(".png"):
+    if name.endswith(".png") and name != RANKING_PNG:
       lines.append(f"![{name[:-4]}]({name})")
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
@@ -421,6 +423,60 @@ def plot_all(runs: list[dict], out_dir: str) -> list[str]:
   return written
 
 
+RANKING_PNG = "ranking.png"
+
+
+def ranked(rows: list[dict]) -> list[dict]:
+  """The variants with results, best test accuracy at best validation first."""
+  return sorted((r for r in rows if r["seeds"] and not np.isnan(r[SIGNIFICANCE_COLUMN])),
+                key=lambda r: -r[SIGNIFICANCE_COLUMN])
+
+
+def plot_ranking(rows: list[dict], runs: list[dict], out_dir: str) -> str | None:
+  """Every variant's test accuracy at best validation, best first: the mean as a
+  bar, ± std as a whisker, each seed as a dot, the compared-with variant's mean
+  as a dashed line, and * where the paired difference from it is significant.
+  The one figure that stays readable with dozens of variants."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  path = dict((c, p) for c, p, _ in columns_for(modalities_of(runs)))[SIGNIFICANCE_COLUMN]
+  ranked_rows = ranked(rows)[::-1]       # barh draws bottom-up: best on top
+  if len(ranked_rows) < 2:
+    return None
+  against = next((r["against"] for r in rows if "against" in r), None)
+  fig, ax = plt.subplots(figsize=(7, 0.3 * len(ranked_rows) + 1.2))
+  y = np.arange(len(ranked_rows))
+  means = [100 * r[SIGNIFICANCE_COLUMN] for r in ranked_rows]
+  stds = [100 * (r[SIGNIFICANCE_COLUMN + "_std"] or 0.0) for r in ranked_rows]
+  colors = ["tab:orange" if r["variant"] == against else
+            ("tab:gray" if r["variant"].startswith("unimodal_") else "tab:blue")
+            for r in ranked_rows]
+  ax.barh(y, means, xerr=stds, color=colors, alpha=0.75, error_kw={"lw": 1, "capsize": 2})
+  for i, r in enumerate(ranked_rows):
+    seeds = [_get_or_none(run["summary"], path) for run in runs
+             if run["variant"] == r["variant"] and run["summary"]
+             and "error" not in run["summary"]]
+    seeds = [100 * v for v in seeds if v is not None]
+    ax.plot(seeds, [i] * len(seeds), "k.", markersize=3)
+    diff = r.get("difference")
+    if diff and diff.get("significant"):
+      ax.text(max(seeds + [means[i] + stds[i]]) + 0.8, i, "*", va="center", fontsize=9)
+  if against is not None:
+    base = next(r for r in ranked_rows if r["variant"] == against)
+    ax.axvline(100 * base[SIGNIFICANCE_COLUMN], color="tab:orange", ls="--", lw=1)
+  ax.set_yticks(y, [r["variant"] for r in ranked_rows], fontsize=8)
+  ax.set(xlabel="test accuracy at best validation (%)",
+         title="mean ± std over seeds, dots: seeds"
+               + (f"; * paired difference from {against} significant (5 %)" if against else ""))
+  ax.title.set_fontsize(8)
+  ax.grid(axis="x", alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, RANKING_PNG), dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  return RANKING_PNG
+
+
 def write_report(directories, out_dir: str, against: str | None = None) -> list[dict]:
   """Tables and plots of every run under `directories` into `out_dir`; returns
   the rows. `against`: the variant every other is compared with (default
@@ -430,5 +486,6 @@ def write_report(directories, out_dir: str, against: str | None = None) -> list[
   modalities = modalities_of(runs)
   rows = table(runs, against, modalities)
   plot_all(runs, out_dir)
+  plot_ranking(rows, runs, out_dir)
   write_tables(rows, out_dir, directories, modalities)
   return rows

@@ -103,3 +103,18 @@ def test_every_variant_keeps_one_colour_and_none_is_reused_beyond_ten():
   assert len(set(colors.values())) == 17
   assert report.variant_colors(reversed(names)) == colors  # independent of order
   assert len(set(report.variant_colors([f"x{i}" for i in range(25)]).values())) == 25
+
+
+def test_the_ranking_puts_the_best_variant_first_and_leads_the_plots(tmp_path):
+  root = str(tmp_path / "grid")
+  for seed in (0, 1, 2):
+    _run(root, "baseline", seed, 0.50 + 0.01 * seed)
+    _run(root, "boost", seed, 0.60 + 0.01 * seed)
+    _run(root, "ogm_ge", seed, 0.40 + 0.01 * seed)
+  out = str(tmp_path / "report")
+  rows = report.write_report([root], out)
+  assert [r["variant"] for r in report.ranked(rows)] == ["boost", "baseline", "ogm_ge"]
+  assert os.path.getsize(os.path.join(out, report.RANKING_PNG)) > 5000
+  plots = open(os.path.join(out, "report.md")).read().split("## Plots")[1]
+  images = [line for line in plots.splitlines() if line.startswith("![")]
+  assert images[0] == "![ranking](ranking.png)" and len(images) == len(set(images))
