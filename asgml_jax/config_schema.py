@@ -319,7 +319,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of(config.model.fusion_activation, ("relu", "none"), "model.fusion_activation")
   _one_of(config.model.logit_mixer, (True, False), "model.logit_mixer")
   _one_of(config.model.mid_fusion, ("none", "mmtm"), "model.mid_fusion")
-  _one_of(config.model.mmtm_after, ("all", "all_but_first"), "model.mmtm_after")
+  from asgml_jax.models.mid_fusion import POSITIONS as mmtm_positions
+  _one_of(config.model.mmtm_after, mmtm_positions, "model.mmtm_after")
   _positive(config, "model.mmtm_ratio", integer=True)
   _one_of(config.probes.kind, ("linear", "mlp_1layer"), "probes.kind")
   _one_of(config.probes.ema_init, ("first", "zero"), "probes.ema_init")
@@ -370,12 +371,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.model.mid_fusion == "mmtm":
     from asgml_jax.models.encoders import stage_count
     encoders = [config.modalities[n].encoder for n in names]
-    try:
-      stage_count([type("Spec", (), {"encoder": e})() for e in encoders])
-    except ValueError:
-      _require(False, "model.mid_fusion",
-               "mmtm runs the encoders stage by stage in lockstep: it needs resnet18, small_cnn "
-               f"or mlp encoders with the same number of stages, got {encoders}")
+    _require(stage_count(encoders) is not None, "model.mid_fusion",
+             "mmtm runs the encoders stage by stage in lockstep: it needs resnet18, small_cnn "
+             f"or mlp encoders with the same number of stages, got {encoders}")
     _require(len(names) >= 2, "model.mid_fusion", "mmtm needs at least 2 modalities")
   cond = config.model.condition_modality
   if cond is not None:

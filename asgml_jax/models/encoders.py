@@ -84,11 +84,12 @@ class ResNet18(nn.Module):
   """
   feature_dim: int = 512
   dtype: Any = jnp.float32
+  stages = 4            # residual stages (the stem runs with the first); mid fusion
 
   @nn.compact
   def __call__(self, x, train: bool = False, stage: int | None = None, frames: int = 1):
     width = self.feature_dim // 8
-    run = range(5) if stage is None else (stage,)
+    run = range(self.stages + 1) if stage is None else (stage,)
     for k in run:
       if k == 0:
         x, frames = _fold_frames(x)
@@ -97,7 +98,7 @@ class ResNet18(nn.Module):
                     name="stem_conv")(x.astype(self.dtype))
         x = nn.relu(_batch_norm(train, self.dtype, name="stem_bn")(x))
         x = max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
-      if k < 4:
+      if k < self.stages:
         for block in range(2):
           strides = 2 if (k > 0 and block == 0) else 1
           x = BasicBlock(width * 2 ** k, strides, self.dtype,
@@ -114,18 +115,20 @@ class SmallCNN(nn.Module):
   width: int = 32
   dtype: Any = jnp.float32
 
+  stages = 3
+
   @nn.compact
   def __call__(self, x, train: bool = False, stage: int | None = None, frames: int = 1):
-    run = range(4) if stage is None else (stage,)
+    run = range(self.stages + 1) if stage is None else (stage,)
     for k in run:
       if k == 0:
         x, frames = _fold_frames(x)
         x = x.astype(self.dtype)
-      if k < 3:
+      if k < self.stages:
         x = nn.Conv(self.width * 2 ** k, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                     kernel_init=conv_init, dtype=self.dtype, name=f"conv{k + 1}")(x)
         x = nn.relu(_batch_norm(train, self.dtype, name=f"bn{k + 1}")(x))
-        if k < 2:
+        if k < self.stages - 1:
           x = max_pool(x, (2, 2), (2, 2))
       else:
         pooled = _pool_over_time_and_space(x, frames)
@@ -142,9 +145,11 @@ class MLPEncoder(nn.Module):
   dropout: float = 0.1
   dtype: Any = jnp.float32
 
+  stages = 2
+
   @nn.compact
   def __call__(self, x, train: bool = False, stage: int | None = None, frames: int = 1):
-    run = range(3) if stage is None else (stage,)
+    run = range(self.stages + 1) if stage is None else (stage,)
     for k in run:
       if k == 0:
         x = nn.Dense(self.hidden_dim, kernel_init=dense_init, dtype=self.dtype, name="fc1")(x)
@@ -157,17 +162,14 @@ class MLPEncoder(nn.Module):
     return x
 
 
-_STAGES = {"resnet18": 4, "small_cnn": 3, "mlp": 2}
+STAGED = {"resnet18": ResNet18, "small_cnn": SmallCNN, "mlp": MLPEncoder}
 
 
-def stage_count(specs) -> int:
-  """The number of stages every encoder of `specs` has (mid fusion runs them in
-  lockstep, so they must agree)."""
-  counts = {_STAGES.get(s.encoder) for s in specs}
-  if None in counts or len(counts) != 1:
-    raise ValueError("mid fusion needs encoders that run in stages, all with the same number "
-                     f"of stages ({_STAGES}); got {[s.encoder for s in specs]}")
-  return counts.pop()
+def stage_count(kinds) -> int | None:
+  """The number of stages every encoder kind of `kinds` has, or None when one
+  does not run in stages or they disagree (mid fusion runs them in lockstep)."""
+  counts = {STAGED[k].stages if k in STAGED else None for k in kinds}
+  return counts.pop() if len(counts) == 1 else None
 
 
 def make_encoder(spec, feature_dim: int, dtype: Any, name: str) -> nn.Module:

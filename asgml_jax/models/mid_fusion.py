@@ -26,7 +26,7 @@ control (evaluation) every block applies its own e_m.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -48,10 +48,10 @@ def _per_example(maps, batch: int):
 
 
 class MMTM(nn.Module):
-  """One MMTM block over every modality's maps (channels last)."""
+  """One MMTM block over every modality's maps (channels last); the squeeze and
+  excitation compute in float32 (small), the rescaled maps keep their dtype."""
   names: tuple[str, ...]
   ratio: int = 4
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, maps: Mapping[str, jnp.ndarray], batch: int,
@@ -81,9 +81,8 @@ class MidFusion(nn.Module):
   block, after every modality's stage k, by `multimodal.MultimodalClassifier`."""
   names: tuple[str, ...]
   ratio: int = 4
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, maps, batch: int, stage: int, control=None):
     name = f"mmtm{stage}"
-    return MMTM(self.names, self.ratio, self.dtype, name=name)(maps, batch, control, name)
+    return MMTM(self.names, self.ratio, name=name)(maps, batch, control, name)

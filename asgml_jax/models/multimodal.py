@@ -167,9 +167,9 @@ class MultimodalClassifier(nn.Module):
     from asgml_jax.models.encoders import stage_count
     from asgml_jax.models.mid_fusion import MidFusion, block_stages
     names = self.modality_names
-    num_stages = stage_count(self.specs)
+    num_stages = stage_count([s.encoder for s in self.specs])   # validated: not None
     blocks = block_stages(num_stages, self.mmtm_after)
-    mid = MidFusion(names, self.mmtm_ratio, self.dtype, name="mid_fusion")
+    mid = MidFusion(names, self.mmtm_ratio, name="mid_fusion")
     batch = inputs[names[0]].shape[0]
     frames = {m: (inputs[m].shape[1] if inputs[m].ndim == 5 else 1) for m in names}
     maps, infos = dict(inputs), {}
