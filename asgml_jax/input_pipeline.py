@@ -297,6 +297,16 @@ def take_rows(data: dict, on_device: bool, idx) -> dict:
   return jax.device_put({k: v[idx] for k, v in data.items()})
 
 
+def fixed_size_batches(arrays: dict, on_device: bool, count: int, size: int):
+  """Yields (rows, real) over the first `count` rows of `arrays` in batches of
+  `size`: the last batch is padded by repeating row count − 1, so one compiled
+  shape serves every batch; `real` rows of each batch are data (between-epoch
+  passes of the epoch hooks)."""
+  for start in range(0, count, size):
+    idx = np.minimum(np.arange(start, start + size), count - 1)
+    yield take_rows(arrays, on_device, idx), min(size, count - start)
+
+
 def slice_batch(data: dict, start, batch_size: int) -> dict:
   return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, batch_size), data)
 

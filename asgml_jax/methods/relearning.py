@@ -114,14 +114,10 @@ class Relearning:
   def _features(self, variables, arrays: dict, count: int) -> tuple[dict, np.ndarray]:
     """Features of the first `count` rows of `arrays`, in fixed-size batches."""
     from asgml_jax import input_pipeline
-    size = self.setup.eval_batch_size
-    on_device = self.setup.data.on_device
     parts, labels = {m: [] for m in self.setup.names}, []
-    for start in range(0, count, size):
-      idx = np.minimum(np.arange(start, start + size), count - 1)
-      rows = input_pipeline.take_rows(arrays, on_device, idx)
+    for rows, keep in input_pipeline.fixed_size_batches(arrays, self.setup.data.on_device, count,
+                                                        self.setup.eval_batch_size):
       feats = self.feature_fn(variables, rows)
-      keep = min(size, count - start)
       for m in self.setup.names:
         parts[m].append(np.asarray(feats[m])[:keep])
       labels.append(np.asarray(rows["label"])[:keep])

@@ -138,14 +138,14 @@ def sample_copies(phi) -> np.ndarray:
 
 
 def modality_share(phi: dict, names, alpha: float, part_ratio: float, rng) -> tuple:
-  """(d, weakest modality, {m: mean φ_m}) of the modality level."""
+  """(d, the weakest modality) of the modality level."""
   length = len(phi[names[0]])
   num = int(length * part_ratio)
   choice = rng.choice(length, num)
   mean = {m: float(np.mean(phi[m][choice])) for m in names}
   gap = {m: 1.0 - mean[m] for m in names}
   d = sum(abs(gap[a] - gap[b]) for a, b in combinations(names, 2)) / (len(names) - 1)
-  return d / 3 * 2 * alpha, max(names, key=lambda m: gap[m]), mean
+  return d / 3 * 2 * alpha, max(names, key=lambda m: gap[m])
 
 
 def pool(phi: dict, names, level: str, alpha: float, part_ratio: float, rng) -> np.ndarray:
@@ -158,7 +158,7 @@ def pool(phi: dict, names, level: str, alpha: float, part_ratio: float, rng) -> 
       copies = sample_copies(phi[m])
       rows.append(np.repeat(np.arange(length), copies) + length * (1 + i))
   else:
-    d, weakest, _ = modality_share(phi, names, alpha, part_ratio, rng)
+    d, weakest = modality_share(phi, names, alpha, part_ratio, rng)
     drawn = rng.choice(length, int(d * length))
     rows.append(drawn + length * (1 + names.index(weakest)))
   return np.concatenate(rows).astype(np.int64)
@@ -227,17 +227,14 @@ class Valuation:
     self.size = setup.steps_per_epoch * setup.config.batch_size
     self.correct_fn = _make_correct_fn(setup.model, setup.frame_sizes)
 
-  def correct(self, variables) -> tuple[dict, np.ndarray]:
+  def correct(self, variables) -> dict:
     """{frozenset S: (L,) 0/1} for every non-empty S, over the training set in order."""
     from asgml_jax import input_pipeline
     data, names = self.setup.data, self.names
-    size = self.setup.eval_batch_size
     subsets = [s for k in range(1, len(names) + 1) for s in combinations(names, k)]
     out = {frozenset(s): [] for s in subsets}
-    for start in range(0, data.num_train, size):
-      idx = np.minimum(np.arange(start, start + size), data.num_train - 1)
-      rows = input_pipeline.take_rows(data.train, data.on_device, idx)
-      keep = min(size, data.num_train - start)
+    for rows, keep in input_pipeline.fixed_size_batches(data.train, data.on_device,
+                                                        data.num_train, self.setup.eval_batch_size):
       for s in subsets:
         mask = jnp.asarray([float(m in s) for m in names], jnp.float32)
         out[frozenset(s)].append(np.asarray(self.correct_fn(variables, rows, mask))[:keep])
@@ -277,11 +274,9 @@ class Valuation:
   def epoch_rows(self, state, perm):
     """This epoch's order: the re-sampled one once active, else the pipeline's
     permutation cut to the epoch's length (the same shape either way)."""
-    active = float(np.asarray(optax.tree_utils.tree_get(state.opt_state, "valuation_active")))
-    if active > 0:
-      order = optax.tree_utils.tree_get(state.opt_state, "valuation_order")
-      return np.asarray(order) if isinstance(perm, np.ndarray) else jnp.asarray(order)
-    return perm[:self.size].astype(np.int32 if isinstance(perm, np.ndarray) else jnp.int32)
+    if float(optax.tree_utils.tree_get(state.opt_state, "valuation_active")) > 0:
+      return optax.tree_utils.tree_get(state.opt_state, "valuation_order")
+    return perm[:self.size]
 
 
 def _make_correct_fn(model, frame_sizes):
