@@ -206,7 +206,8 @@ def table(runs: list[dict], against: str | None = None,
   for variant, members in by_variant.items():
     done = done_of[variant]
     row = {"variant": variant, "seeds": sorted(r["seed"] for r in done),
-           "incomplete": sorted(r["dir"] for r in members if r not in done)}
+           "incomplete": sorted(r["dir"] for r in members if r not in done),
+           "seed_values": {s: v for s, v in sorted(per_seed[variant].items()) if v is not None}}
     for column, path, _ in columns:
       row[column], row[column + "_std"] = mean_std([_get_or_none(r["summary"], path)
                                                     for r in done])
@@ -432,7 +433,7 @@ def ranked(rows: list[dict]) -> list[dict]:
                 key=lambda r: -r[SIGNIFICANCE_COLUMN])
 
 
-def plot_ranking(rows: list[dict], runs: list[dict], out_dir: str) -> str | None:
+def plot_ranking(rows: list[dict], out_dir: str) -> str | None:
   """Every variant's test accuracy at best validation, best first: the mean as a
   bar, ± std as a whisker, each seed as a dot, the compared-with variant's mean
   as a dashed line, and * where the paired difference from it is significant.
@@ -440,32 +441,28 @@ def plot_ranking(rows: list[dict], runs: list[dict], out_dir: str) -> str | None
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  path = dict((c, p) for c, p, _ in columns_for(modalities_of(runs)))[SIGNIFICANCE_COLUMN]
-  ranked_rows = ranked(rows)[::-1]       # barh draws bottom-up: best on top
-  if len(ranked_rows) < 2:
+  bars = ranked(rows)[::-1]       # barh draws bottom-up: best on top
+  if len(bars) < 2:
     return None
   against = next((r["against"] for r in rows if "against" in r), None)
-  fig, ax = plt.subplots(figsize=(7, 0.3 * len(ranked_rows) + 1.2))
-  y = np.arange(len(ranked_rows))
-  means = [100 * r[SIGNIFICANCE_COLUMN] for r in ranked_rows]
-  stds = [100 * (r[SIGNIFICANCE_COLUMN + "_std"] or 0.0) for r in ranked_rows]
+  fig, ax = plt.subplots(figsize=(7, 0.3 * len(bars) + 1.2))
+  y = np.arange(len(bars))
+  means = [100 * r[SIGNIFICANCE_COLUMN] for r in bars]
+  stds = [100 * (r[SIGNIFICANCE_COLUMN + "_std"] or 0.0) for r in bars]
   colors = ["tab:orange" if r["variant"] == against else
             ("tab:gray" if r["variant"].startswith("unimodal_") else "tab:blue")
-            for r in ranked_rows]
+            for r in bars]
   ax.barh(y, means, xerr=stds, color=colors, alpha=0.75, error_kw={"lw": 1, "capsize": 2})
-  for i, r in enumerate(ranked_rows):
-    seeds = [_get_or_none(run["summary"], path) for run in runs
-             if run["variant"] == r["variant"] and run["summary"]
-             and "error" not in run["summary"]]
-    seeds = [100 * v for v in seeds if v is not None]
+  for i, r in enumerate(bars):
+    seeds = [100 * v for v in r["seed_values"].values()]
     ax.plot(seeds, [i] * len(seeds), "k.", markersize=3)
     diff = r.get("difference")
     if diff and diff.get("significant"):
       ax.text(max(seeds + [means[i] + stds[i]]) + 0.8, i, "*", va="center", fontsize=9)
   if against is not None:
-    base = next(r for r in ranked_rows if r["variant"] == against)
+    base = next(r for r in bars if r["variant"] == against)
     ax.axvline(100 * base[SIGNIFICANCE_COLUMN], color="tab:orange", ls="--", lw=1)
-  ax.set_yticks(y, [r["variant"] for r in ranked_rows], fontsize=8)
+  ax.set_yticks(y, [r["variant"] for r in bars], fontsize=8)
   ax.set(xlabel="test accuracy at best validation (%)",
          title="mean ± std over seeds, dots: seeds"
                + (f"; * paired difference from {against} significant (5 %)" if against else ""))
@@ -486,6 +483,6 @@ def write_report(directories, out_dir: str, against: str | None = None) -> list[
   modalities = modalities_of(runs)
   rows = table(runs, against, modalities)
   plot_all(runs, out_dir)
-  plot_ranking(rows, runs, out_dir)
+  plot_ranking(rows, out_dir)
   write_tables(rows, out_dir, directories, modalities)
   return rows
