@@ -87,6 +87,25 @@ def tiny_mlp_config(data_dir: str, *, num_epochs: int = 2):
   return c
 
 
+def variant_config(variant: str, *, data_dir: str = "/tmp/unused", three: bool = False,
+                   **settings):
+  """tiny_mlp_config (+ a third, "text" modality) running `variant`, dropout off
+  (so a test can recompute the step), dotted `settings` applied, validated."""
+  from asgml_jax.config_checks import set_dotted
+  from asgml_jax.config_schema import effective_config, validate
+  from configs.variants import apply_variant
+  config = tiny_mlp_config(data_dir)
+  if three:
+    config.modalities.text = modality_config("mlp", (10,), mlp_hidden_dim=16)
+    config.dataset.synthetic.signal.text = 0.3
+  config = apply_variant(config, variant)
+  for m in config.modalities:
+    config.modalities[m].dropout = 0.0
+  for key, value in settings.items():
+    set_dotted(config, key, value)
+  return effective_config(validate(config))
+
+
 def jitted_step(config, *, steps_per_epoch: int = 6, lr_fn=None):
   """(state, jitted train step, first batch of 32) for a config, without TFDS or a workdir."""
   import functools

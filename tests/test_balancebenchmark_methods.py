@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import jitted_step, largest_change, param_mismatch, tiny_mlp_config
+from conftest import variant_config as _config
 
 
 def _softmax(z):
@@ -27,23 +28,6 @@ def _softmax(z):
 
 def _ce(logits, labels):
   return float(-np.mean(np.log(_softmax(logits)[np.arange(len(labels)), labels])))
-
-
-def _config(variant, *, three=False, **settings):
-  from asgml_jax.config_checks import set_dotted
-  from asgml_jax.config_schema import effective_config, validate
-  from asgml_jax.config_schema import modality_config
-  from configs.variants import apply_variant
-  config = tiny_mlp_config("/tmp/unused")
-  if three:
-    config.modalities.text = modality_config("mlp", (10,), mlp_hidden_dim=16, dropout=0.0)
-    config.dataset.synthetic.signal.text = 0.3
-  config = apply_variant(config, variant)
-  for m in config.modalities:
-    config.modalities[m].dropout = 0.0
-  for key, value in settings.items():
-    set_dotted(config, key, value)
-  return effective_config(validate(config))
 
 
 def _outputs(config, state, batch):

@@ -11,25 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import jitted_step, tiny_mlp_config
+from conftest import jitted_step, variant_config
 
 
 def _config(three=False, **settings):
-  from asgml_jax.config_checks import set_dotted
-  from asgml_jax.config_schema import effective_config, modality_config, validate
-  from configs.variants import apply_variant
-  config = tiny_mlp_config("/tmp/unused")
-  if three:
-    config.modalities.text = modality_config("mlp", (10,), mlp_hidden_dim=16)
-    config.dataset.synthetic.signal.text = 0.3
-  config = apply_variant(config, "dgl")
-  for m in config.modalities:
-    config.modalities[m].dropout = 0.0
-  config.optimizer.momentum = 0.0
-  config.optimizer.weight_decay = 0.0
-  for key, value in settings.items():
-    set_dotted(config, key, value)
-  return effective_config(validate(config))
+  """dgl with plain SGD (no momentum, no weight decay): an update is −lr · gradient."""
+  return variant_config("dgl", three=three, **{"optimizer.momentum": 0.0,
+                                               "optimizer.weight_decay": 0.0, **settings})
 
 
 def _ce(logits, labels):

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import jitted_step, tiny_mlp_config
+from conftest import jitted_step, tiny_mlp_config, variant_config
 
 
 def _sigmoid(x):
@@ -111,7 +111,7 @@ def test_staged_encoder_equals_the_whole_encoder(encoder):
   def both(x):
     variables = net.init(jax.random.PRNGKey(1), x, False)
     y = x
-    for k in range(stage_count([spec]) + 1):
+    for k in range(stage_count([encoder]) + 1):
       y = net.apply(variables, y, False, stage=k, frames=frames)
     return net.apply(variables, x, False), y
 
@@ -264,18 +264,6 @@ def test_three_modalities_curate_the_largest_bdr_and_nothing_before_start_epoch(
 # ------------------------------------------------------------------ in the train step
 
 
-def _greedy_config(**settings):
-  from asgml_jax.config_checks import set_dotted
-  from asgml_jax.config_schema import effective_config, validate
-  from configs.variants import apply_variant
-  config = apply_variant(tiny_mlp_config("/tmp/unused"), "greedy")
-  for m in config.modalities:
-    config.modalities[m].dropout = 0.0
-  for key, value in settings.items():
-    set_dotted(config, key, value)
-  return effective_config(validate(config))
-
-
 def test_a_curated_modality_takes_no_gradient_through_its_excitation():
   """In a curation step of audio, audio's MMTM scales are the (stop-gradient)
   running average, as the reference's detached `running_avg_weight`: its
@@ -285,7 +273,7 @@ def test_a_curated_modality_takes_no_gradient_through_its_excitation():
   from asgml_jax.methods.base import BuildContext, StepContext
   from asgml_jax.models import model_from_config
   from asgml_jax.steps import cross_entropy
-  config = _greedy_config()
+  config = variant_config("greedy")
   state, _, batch = jitted_step(config)
   model = model_from_config(config, 4)
   names = model.modality_names
@@ -320,7 +308,7 @@ def test_train_steps_keep_the_running_average_of_the_excitations():
   """Three jitted steps: the state's averages are the mean over the three
   batches' batch-mean excitations (recomputed from each step's params)."""
   from asgml_jax.models import model_from_config
-  config = _greedy_config(**{"method.greedy.alpha": 1e9})     # no curation window
+  config = variant_config("greedy", **{"method.greedy.alpha": 1e9})     # no curation window
   state, step, batch = jitted_step(config, lr_fn=lambda s: 0.05)
   model = model_from_config(config, 4)
   names = model.modality_names

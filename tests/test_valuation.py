@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import jitted_step, tiny_mlp_config
+from conftest import jitted_step, variant_config
 
 
 def reference_shapley_sample(modalitys, res_cache, batch_size):
@@ -151,24 +151,12 @@ def test_modality_level_pool_has_the_references_rows(skew):
 # ------------------------------------------------------------------ in the step and the epochs
 
 
-def _config(tfds_dir=None, **settings):
-  from asgml_jax.config_checks import set_dotted
-  from asgml_jax.config_schema import effective_config, validate
-  from configs.variants import apply_variant
-  config = apply_variant(tiny_mlp_config(tfds_dir or "/tmp/unused"), "valuation")
-  for m in config.modalities:
-    config.modalities[m].dropout = 0.0
-  for key, value in settings.items():
-    set_dotted(config, key, value)
-  return effective_config(validate(config))
-
-
 def test_a_coded_row_trains_the_fused_loss_on_the_kept_modality_alone():
   """Rows coded "only audio" / "only visual" / all: the step's loss is the CE of
   concat(f_m · keep_m) W + b, recomputed in NumPy from the model's features."""
   from asgml_jax.input_pipeline import ROW_CODE
   from asgml_jax.models import model_from_config
-  config = _config()
+  config = variant_config("valuation")
   state, step, batch = jitted_step(config, lr_fn=lambda s: 0.0)
   codes = np.arange(32) % 3
   coded = {**batch, ROW_CODE: jnp.asarray(codes, jnp.int32)}
@@ -200,7 +188,7 @@ def test_the_epoch_order_is_a_draw_from_the_references_pool(tfds_dir):
   from asgml_jax.epoch_hooks import EpochHooks
   from asgml_jax.input_pipeline import epoch_order
   from asgml_jax.methods.valuation import pool, shapley_values
-  config = _config(tfds_dir, **{"method.valuation.start_epoch": 2})
+  config = variant_config("valuation", data_dir=tfds_dir, **{"method.valuation.start_epoch": 2})
   setup = train.setup_run(config)
   state = train.fresh_state(setup, 42)
   key = train.run_keys(42)[1]
@@ -249,11 +237,13 @@ def test_valuation_trains_in_a_seed_sweep_and_resumes_exactly(tmp_path, tfds_dir
   resumed to 3 ends with the parameters of one uninterrupted device-fed run:
   the re-sampled orders (from epoch 1 on) live in the state, per seed."""
   from asgml_jax import checkpointing, sweep, train
-  config = _config(tfds_dir, **{"num_epochs": 3, "method.valuation.start_epoch": 1})
+  config = variant_config("valuation", data_dir=tfds_dir,
+                          **{"num_epochs": 3, "method.valuation.start_epoch": 1})
   train.train_and_evaluate(train.with_seed(config, 42), str(tmp_path / "one"))
   dirs = [str(tmp_path / f"sweep_{s}") for s in (42, 7)]
-  short = _config(tfds_dir, **{"num_epochs": 2, "method.valuation.start_epoch": 1,
-                               "dataset.placement": "host"})
+  short = variant_config("valuation", data_dir=tfds_dir,
+                         **{"num_epochs": 2, "method.valuation.start_epoch": 1,
+                            "dataset.placement": "host"})
   sweep.train_sweep(short, (42, 7), dirs, seed_axis="vmap")
   config.dataset.placement = "host"
   sweep.train_sweep(config, (42, 7), dirs, seed_axis="vmap")
@@ -272,7 +262,7 @@ def test_valuation_trains_in_a_seed_sweep_and_resumes_exactly(tmp_path, tfds_dir
 def test_start_epoch_0_resamples_the_first_epoch_from_the_initial_model(tfds_dir):
   from asgml_jax import train
   from asgml_jax.epoch_hooks import EpochHooks
-  config = _config(tfds_dir, **{"method.valuation.start_epoch": 0})
+  config = variant_config("valuation", data_dir=tfds_dir, **{"method.valuation.start_epoch": 0})
   setup = train.setup_run(config)
   state = train.fresh_state(setup, 42)
   ready = EpochHooks(setup, [train.run_keys(42)[1]], stacked=False).prepare(state)
