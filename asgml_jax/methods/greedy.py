@@ -123,9 +123,8 @@ def conditional_speed(alpha: float, window_size: int, start_step: int):
   def update_fn(updates, state, params=None, *, step=None, mid_fusion=None, **extra):
     names = sorted(updates["encoders"])
     average, count = state.greedy_average, state.greedy_average_count
-    if mid_fusion:
-      average = {b: {m: mid_fusion[b][m] for m in names} for b in average}
-      count = count + 1.0
+    if mid_fusion:   # the step's new averages, {block: {m: (C_m,)}} as the control made them
+      average, count = mid_fusion, count + 1.0
     grad_main, grad_bypass = path_sizes(updates, names)
     weight_main, weight_bypass = path_sizes(params, names)
     curating = sum(state.greedy_curated.values()) > 0
