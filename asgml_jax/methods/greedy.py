@@ -188,5 +188,5 @@ GREEDY = Method(
                ("loss.unimodal_weight", 0.0)),
     stage="edit", rank=1, transform=transform, mid_fusion_control=mid_fusion_control,
     signals=(Signal("greedy_curated", "greedy/curated",
-                    "Greedy: modality curated (its MMTM excitation = running average)"),
-             Signal("greedy_bdr", "greedy/bdr", "Greedy: BDR = log10(bypass / main speed)")))
+                    "Greedy: curated (excitation = average)"),
+             Signal("greedy_bdr", "greedy/bdr", "Greedy: BDR")))

@@ -306,4 +306,4 @@ VALUATION = Method(
     signals=(Signal("valuation_contribution", "valuation/contribution",
                     "Valuation: mean Shapley contribution"),
              Signal("valuation_extra", "valuation/extra",
-                    "Valuation: share of the epoch's rows keeping only this modality")))
+                    "Valuation: share of rows with only it")))
