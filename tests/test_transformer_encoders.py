@@ -107,7 +107,7 @@ def test_ogm_conv_leaves_are_the_patch_embeddings(tfds_dir):
   Dense/attention kernel, the position/CLS embeddings and the query/key/value
   biases (2-D in Flax), not the other biases or LayerNorm."""
   from asgml_jax.models import model_from_config
-  from asgml_jax.transforms.ogm_ge import _modulated
+  from asgml_jax.transforms.ogm_ge import is_modulated_leaf
   c = _tiny_transformers(tfds_dir)
   del c.modalities["text"]
   del c.dataset.synthetic.signal["text"]
@@ -117,9 +117,9 @@ def test_ogm_conv_leaves_are_the_patch_embeddings(tfds_dir):
                                               "visual": jnp.zeros((1, 8, 8, 3))})["params"]
   flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in
           jax.tree_util.tree_flatten_with_path(params["encoders"])[0]}
-  conv = sorted(k for k, v in flat.items() if _modulated(v, "conv"))
+  conv = sorted(k for k, v in flat.items() if is_modulated_leaf(v, "conv"))
   assert conv == ["audio/patch_embed/kernel", "visual/patch_embed/kernel"]
-  min_2d = {k for k, v in flat.items() if _modulated(v, "min_2d")}
+  min_2d = {k for k, v in flat.items() if is_modulated_leaf(v, "min_2d")}
   assert "audio/encoder/block1/attention/query/kernel" in min_2d
   assert "visual/encoder/position" in min_2d and "visual/encoder/cls" in min_2d
   assert not any("/ln_" in k for k in min_2d)

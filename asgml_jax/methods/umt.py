@@ -92,8 +92,14 @@ def teacher_features(model, variables, batch, modality, mode, key):
 
 def teacher_logits(model, variables, batch, modality):
   """The teacher's class logits in inference mode (UME's ensemble)."""
+  return teacher_outputs(model, variables, batch, modality)[1]
+
+
+def teacher_outputs(model, variables, batch, modality):
+  """(features, logits) of the teacher in inference mode, no gradient (G2D)."""
   out = model.apply(_apply_variables(variables), {modality: batch[modality]}, train=False)
-  return jax.lax.stop_gradient(out["logits"])
+  return (jax.lax.stop_gradient(out["features"][modality]),
+          jax.lax.stop_gradient(out["logits"]))
 
 
 def loss_term(ctx):

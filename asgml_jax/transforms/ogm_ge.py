@@ -87,7 +87,9 @@ def _coefficients_from_ratios(ratios: Mapping[str, jnp.ndarray], alpha: float,
   return {m: jnp.where(ratios[m] > 1.0, throttle(ratios[m]), 1.0) for m in names}
 
 
-def _modulated(leaf: jnp.ndarray, leaves: str) -> bool:
+def is_modulated_leaf(leaf: jnp.ndarray, leaves: str) -> bool:
+  """Whether a gradient leaf is one `leaves` selects: every leaf (all), 4-D conv
+  kernels (conv, the reference's `len(grad.size()) == 4`) or ≥ 2-D (min_2d)."""
   if leaves == "conv":
     return leaf.ndim == 4
   if leaves == "min_2d":
@@ -137,7 +139,7 @@ def ogm_ge(alpha: float, *, steps_per_epoch: int, gradient_noise: bool = True,
       keys = jax.random.split(jax.random.fold_in(noise_key, i), max(len(leaves_flat), 1))
       out = []
       for g, k in zip(leaves_flat, keys):
-        if not _modulated(g, leaves):
+        if not is_modulated_leaf(g, leaves):
           out.append(g)
           continue
         new = g * coeff.astype(g.dtype)
