@@ -172,6 +172,12 @@ class Method:
       shared head) runs them itself, each through the run's whole optax chain
       (`SubStepContext.update`); it replaces the step's loss and gradient, so
       it stacks only with methods made of transformations;
+    layers(config, num_classes) -> a Flax module: the method's own trainable
+      layers (IPRM's mixup heads), created with the model under
+      params["method_layers"][<name>] (so the optimizer, checkpoints, sweeps and
+      sharding treat them as any parameter) by one call on the features dict
+      {m: (B, D)} at init; the method's hooks apply them
+      (`module.apply({"params": params["method_layers"][<name>]}, ...)`);
     eval_logits(ctx) -> ((state, batch, outputs) -> outputs with the "logits" and
       "unimodal_logits" evaluation reads), for a method whose predictions are not
       the model's plain heads (MMCosine's cosine logits);
@@ -206,6 +212,7 @@ class Method:
   transform: Callable[[BuildContext], list] | None = None
   schedule: Callable[[BuildContext, Any], Any] | None = None
   feature_gate: Callable[[BuildContext], Callable] | None = None
+  layers: Callable[[Any, int], Any] | None = None
   mid_fusion_control: Callable[[BuildContext], Callable] | None = None
   fused_loss: Callable[[BuildContext], Callable] | None = None
   unimodal_logits: Callable[[BuildContext], Callable] | None = None

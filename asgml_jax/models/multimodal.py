@@ -3,7 +3,7 @@
 Parameter tree (the contract every per-modality intervention relies on):
 
     {"encoders": {<modality>: ...}, "fusion": ..., "heads": ..., "logit_mixer": ...,
-     "mid_fusion": ...}
+     "mid_fusion": ..., "method_layers": {<method>: ...}}
 
 `heads` holds the classifier after a `fusion_dim` layer and the per-modality
 unimodal heads, and exists only when the model needs one of them: for concat
@@ -12,7 +12,9 @@ layer itself (split weight, SPEC §2), so there is nothing to put in `heads`
 (unless `unimodal_heads="separate"`, the seeds' code). `logit_mixer` (only
 with `logit_mixer=True`, AMCo) is a Linear(C -> C) on the fused logits.
 `mid_fusion` (only with `mid_fusion="mmtm"`, Greedy) holds the MMTM blocks
-between the encoders' stages (`mid_fusion.py`).
+between the encoders' stages (`mid_fusion.py`). `method_layers` holds the
+layers a method brings (`Method.layers`, e.g. IPRM's mixup heads): the model
+only creates them (one call on the features at init); the method's hooks use them.
 
 Outputs a dict: `logits` (B, C) fused, `unimodal_logits` {m: (B, C)} and
 `features` {m: (B, D)}, all float32.
@@ -106,6 +108,8 @@ class MultimodalClassifier(nn.Module):
   mid_fusion: str = "none"
   mmtm_after: str = "all"
   mmtm_ratio: int = 4
+  # ((method name, Flax module), ...): created under params["method_layers"]
+  method_layers: tuple = ()
   dtype: Any = jnp.float32
 
   @property
@@ -160,6 +164,8 @@ class MultimodalClassifier(nn.Module):
     outputs["logits"] = as_f32(logits)
     if mid_info:
       outputs["mid_fusion"] = mid_info
+    if self.method_layers and self.is_initializing():
+      MethodLayers(self.method_layers, name="method_layers")(outputs["features"])
     return outputs
 
   def _staged(self, encoders, inputs, train, control):
@@ -180,6 +186,23 @@ class MultimodalClassifier(nn.Module):
         if info is not None:
           infos[f"mmtm{k + 1}"] = info
     return encoders(maps, train, stage=num_stages, frames=frames), infos
+
+
+class MethodLayers(nn.Module):
+  """The methods' own layers, each under its method's name (created at init only)."""
+  layers: tuple
+
+  @nn.compact
+  def __call__(self, features: Mapping[str, jnp.ndarray]):
+    for name, layer in self.layers:
+      layer.clone(parent=self, name=name)(features)
+
+
+def method_layers(config, num_classes: int) -> tuple:
+  """((name, module), ...) of the config's methods that bring layers."""
+  from asgml_jax.methods import stack
+  return tuple((m.name, m.layers(config, num_classes)) for m in stack.resolve(config.method)
+               if m.layers is not None)
 
 
 def encoder_spec(name: str, mod) -> EncoderSpec:
@@ -204,5 +227,5 @@ def model_from_config(config, num_classes: int) -> MultimodalClassifier:
       unimodal_head_stop_gradient=config.model.unimodal_head_stop_gradient,
       unimodal_heads=config.model.unimodal_heads, logit_mixer=config.model.logit_mixer,
       mid_fusion=config.model.mid_fusion, mmtm_after=config.model.mmtm_after,
-      mmtm_ratio=config.model.mmtm_ratio,
+      mmtm_ratio=config.model.mmtm_ratio, method_layers=method_layers(config, num_classes),
       dtype=jnp.dtype(resolve_compute_dtype(config.model.compute_dtype)))
