@@ -1,0 +1,290 @@
+"""DI-MML, detached and interactive multimodal learning (ACM MM 2024,
+fanyunfeng-bit/DI-MML): each modality is trained as its own unimodal model
+(no fused loss reaches the encoders), a classifier shared by the modalities
+aligns their feature spaces, a contrastive term transfers each modality's
+"own" feature dimensions to the other, and a fusion layer is trained last
+on the frozen encoders.
+
+The reference's two scripts, one run here (epochs counted over the whole run):
+
+Stage 1 (`main_CFT.py` `train_epoch`), epochs [0, S):
+
+    loss = Σ_m CE(u_m) + w · Σ_m CE(g(f_m)) + [epoch ≥ E] · L_con
+
+u_m = head_m(f_m): each modality's own classifier (`model.unimodal_heads=separate`,
+the reference's AClassifier/VClassifier `fc`); g: one Linear(D → C) shared by
+the modalities (this method's layer, params["method_layers"]["di_mml"]),
+w = `align_weight`. At the start of epoch E (`get_indices`) every training
+example's features are computed in inference mode, and for each modality the
+dimensions d where "the nearest class centroid along d is the true class" more
+often than on average over all dimensions are its top dimensions T_m. With
+O_m,n = T_m \\ T_n (the reference's `audio_only_indices` for m = audio):
+
+    L_con = Σ_{m ≠ n} mean_i −log softmax_k( f_n,i[O_m,n] · sg(f_m,k[O_m,n]) / τ )_i
+
+(`SupConLoss`: modality n's features on m's own dimensions are pulled toward
+modality m's, the same example being the positive; τ = 50 in the reference's
+runs). For two modalities this is the reference's v_loss + a_loss; N ≥ 3
+sums the ordered pairs.
+
+Stage 2 (`main_CFT_stage2.py`), epochs [S, num_epochs): the encoders (inference
+mode) and every other layer are frozen, the concat fusion layer is trained on
+CE(fusion(f_1, …, f_N)) alone (its updates are zero in stage 1, the others'
+in stage 2).
+
+Prediction (`valid_combine_classifier`): with c_k = max softmax of the logits
+of u_1 … u_N and the fusion, per example, w = softmax_k(c_k / τ₂) (τ₂ = 1) and
+logits = Σ_k w_k · logits_k (also before stage 2, when the fusion layer is
+still at its init).
+
+Schedule: the reference trains 150 + 20 epochs and starts L_con at epoch 20;
+here `fusion_epochs=-1` gives round(num_epochs · 20/170) fusion epochs and
+`contrast_epoch=-1` round(S · 20/150). The run keeps one learning-rate schedule
+(the reference restarts lr 1e-3 for stage 2). BatchNorm running statistics
+still follow the train-mode forward of the step in stage 2 (the reference's
+encoders are in eval mode there); the features the fusion layer learns from are
+inference-mode ones.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from asgml_jax import config_checks as cc
+from asgml_jax.methods.base import Method, Plot, Requirement, Signal
+
+
+def defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      align_weight=1.0,         # w of the shared-classifier CE (`--weight`)
+      temperature=50.0,         # τ of the contrastive term (run.sh: 50)
+      fusion_temperature=1.0,   # τ₂ of the prediction's confidence weights (stage 2's 1)
+      fusion_epochs=-1,         # stage 2 length; -1: round(num_epochs · 20/170)
+      contrast_epoch=-1,        # first epoch with L_con; -1: round(stage-1 epochs · 20/150)
+  ))
+
+
+def check_block(config) -> None:
+  d = config.method.di_mml
+  cc.at_least(config, "method.di_mml.align_weight", 0)
+  cc.positive(config, "method.di_mml.temperature")
+  cc.positive(config, "method.di_mml.fusion_temperature")
+  cc.require(d.fusion_epochs == -1 or 0 <= d.fusion_epochs <= config.num_epochs,
+             "method.di_mml.fusion_epochs",
+             f"must be -1 or in [0, num_epochs={config.num_epochs}], got {d.fusion_epochs}")
+  cc.require(d.contrast_epoch >= -1, "method.di_mml.contrast_epoch",
+             f"must be -1 or an epoch, got {d.contrast_epoch}")
+
+
+def check(config) -> None:
+  cc.require(config.model.fusion_dim is None, "model.fusion_dim",
+             "di_mml's stage 2 trains the concat layer straight to the classes: use None")
+
+
+def preset(config) -> None:
+  config.model.unimodal_heads = "separate"   # each unimodal model's own classifier
+  config.loss.unimodal_weight = 0.0          # the fused-loss hook holds the whole loss
+
+
+def schedule(config) -> tuple[int, int]:
+  """(S, E): the first fusion-stage epoch and the first epoch with L_con."""
+  d = config.method.di_mml
+  fusion = round(config.num_epochs * 20 / 170) if d.fusion_epochs == -1 else d.fusion_epochs
+  first_fusion = config.num_epochs - fusion
+  contrast = round(first_fusion * 20 / 150) if d.contrast_epoch == -1 else d.contrast_epoch
+  return first_fusion, contrast
+
+
+class SharedClassifier(nn.Module):
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, features):
+    """{m: g(f_m)} (a dict of features) or g(x) (one array)."""
+    from asgml_jax.models.encoders import dense_init
+    dense = nn.Dense(self.num_classes, kernel_init=dense_init, name="shared")
+    if isinstance(features, dict):
+      return {m: dense(f.astype(jnp.float32)) for m, f in features.items()}
+    return dense(features.astype(jnp.float32))
+
+
+def layers(config, num_classes: int):
+  return SharedClassifier(num_classes)
+
+
+def top_dimensions(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                   chunk: int = 1024) -> np.ndarray:
+  """(D,) bool: dimensions where the nearest class centroid is the true class
+  more often than on average over all dimensions (`get_indices`)."""
+  features = np.asarray(features, np.float64)
+  centroids = np.stack([features[labels == c].mean(0) for c in range(num_classes)])
+  hits = np.zeros(features.shape[1])
+  for start in range(0, len(features), chunk):
+    f = features[start:start + chunk]
+    nearest = np.argmin(np.abs(f[:, None, :] - centroids[None]), axis=1)    # (n, D)
+    hits += np.sum(nearest == labels[start:start + chunk, None], axis=0)
+  rate = hits / len(features)
+  return rate > rate.mean()
+
+
+def own_dimensions(top: dict, m: str, n: str):
+  """O_m,n = T_m \\ T_n as a float mask."""
+  return top[m] * (1.0 - top[n])
+
+
+def contrastive_loss(features: dict, top: dict, temperature: float):
+  """Σ over ordered pairs (m, n), m ≠ n, of SupConLoss's term for n pulled toward m."""
+  total = 0.0
+  for m in features:
+    for n in features:
+      if m == n:
+        continue
+      mask = own_dimensions(top, m, n)
+      x = features[n].astype(jnp.float32) * mask
+      y = jax.lax.stop_gradient(features[m].astype(jnp.float32)) * mask
+      logits = x @ y.T / temperature
+      total = total + jnp.mean(-jnp.diagonal(jax.nn.log_softmax(logits, axis=1)))
+  return total
+
+
+class DIMMLState(NamedTuple):
+  di_mml_top: dict          # {m: (D,) float 0/1}, T_m (all 0 before epoch E)
+  di_mml_own_dims: dict     # {m: |T_m \\ ∪_n T_n|} (logged)
+
+
+def stage_masks(names, first_fusion: int, steps_per_epoch: int):
+  """Holds T_m; zeroes the fusion layer's updates in stage 1 and every other in stage 2."""
+  def init_fn(params):
+    width = params["fusion"]["kernel"].shape[0] // len(names)   # D, every modality's
+    dims = {m: jnp.zeros((width,), jnp.float32) for m in names}
+    return DIMMLState(dims, {m: jnp.zeros((), jnp.float32) for m in names})
+
+  def update_fn(updates, state, params=None, *, step, **extra):
+    fusion_stage = step // steps_per_epoch >= first_fusion
+    out = {k: jax.tree.map(lambda u: jnp.where(fusion_stage == (k == "fusion"), u, 0.0), v)
+           for k, v in updates.items()}
+    return out, state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def transform(ctx):
+  first_fusion, _ = schedule(ctx.config)
+  return [stage_masks(ctx.names, first_fusion, ctx.steps_per_epoch)]
+
+
+def _ce(logits, labels):
+  from asgml_jax.steps import cross_entropy
+  return cross_entropy(logits, labels)
+
+
+def fused_loss(ctx):
+  d = ctx.config.method.di_mml
+  first_fusion, contrast_epoch = schedule(ctx.config)
+  shared = layers(ctx.config, ctx.num_classes)
+  names, spe = ctx.names, ctx.steps_per_epoch
+
+  def loss(step_ctx, variables, outputs):
+    epoch = step_ctx.state.step // spe
+    labels = step_ctx.labels
+    params = variables["params"]
+
+    def detached(_):
+      feats = outputs["features"]
+      uni = sum(_ce(outputs["unimodal_logits"][m], labels) for m in names)
+      aligned = shared.apply({"params": params["method_layers"]["di_mml"]}, feats)
+      align = sum(_ce(aligned[m], labels) for m in names)
+      top = optax.tree_utils.tree_get(step_ctx.state.opt_state, "di_mml_top")
+      con = jnp.where(epoch >= contrast_epoch, contrastive_loss(feats, top, d.temperature), 0.0)
+      return uni + d.align_weight * align + con, jnp.stack([align, con])
+
+    def fusion(_):
+      frozen = jax.lax.stop_gradient({k: v for k, v in variables.items()})
+      feats = step_ctx.model.apply(frozen, {m: step_ctx.batch[m] for m in names},
+                                   train=False)["features"]
+      x = jnp.concatenate([feats[m] for m in names], axis=1)
+      logits = x @ params["fusion"]["kernel"] + params["fusion"]["bias"]
+      return _ce(logits, labels), jnp.zeros((2,), jnp.float32)
+
+    total, (align, con) = jax.lax.cond(epoch >= first_fusion, fusion, detached, None)
+    return total, {"metrics": {"di_mml/align": align, "di_mml/contrast": con,
+                               "di_mml/fusion_stage": (epoch >= first_fusion).astype(jnp.float32)}}
+  return loss
+
+
+def prediction(unimodal_logits: dict, fused_logits, temperature: float):
+  """Σ_k w_k logits_k, w = softmax_k(max softmax(logits_k) / τ₂) per example."""
+  heads = [unimodal_logits[m] for m in sorted(unimodal_logits)] + [fused_logits]
+  confidence = jnp.stack([jnp.max(jax.nn.softmax(h, -1), -1) for h in heads])   # (K, B)
+  w = jax.nn.softmax(confidence / temperature, axis=0)
+  return sum(w[k][:, None] * h for k, h in enumerate(heads))
+
+
+def eval_logits(ctx):
+  temperature = ctx.config.method.di_mml.fusion_temperature
+
+  def replace(state, batch, outputs):
+    return {**outputs, "logits": prediction(outputs["unimodal_logits"], outputs["logits"],
+                                            temperature)}
+  return replace
+
+
+class OwnDimensions:
+  """The epoch hook: T_m from the training set's features at the start of epoch E."""
+
+  def __init__(self, setup):
+    from asgml_jax.methods.pmr import make_feature_fn
+    self.setup = setup
+    self.feature_fn = make_feature_fn(setup.model, setup.frame_sizes)
+    self.contrast_epoch = schedule(setup.config)[1]
+
+  def _top(self, state) -> dict:
+    from asgml_jax import input_pipeline, run_dir
+    from asgml_jax.epoch_hooks import seed_prefix
+    data, names = self.setup.data, self.setup.names
+    parts, labels = {m: [] for m in names}, []
+    for rows, keep in input_pipeline.fixed_size_batches(data.train, data.on_device,
+                                                        data.num_train,
+                                                        self.setup.eval_batch_size):
+      feats = self.feature_fn(state.variables(), rows)
+      for m in names:
+        parts[m].append(np.asarray(feats[m])[:keep])
+      labels.append(np.asarray(rows["label"])[:keep])
+    labels = np.concatenate(labels)
+    top = {m: top_dimensions(np.concatenate(parts[m]), labels, data.num_classes) for m in names}
+    own = {m: int(np.sum(top[m] & ~np.any([top[n] for n in names if n != m], axis=0)))
+           for m in names}
+    run_dir.log(f"{seed_prefix()}di_mml: own feature dimensions "
+                + ", ".join(f"{m} {own[m]} of {int(top[m].sum())} top" for m in names))
+    return {"di_mml_top": {m: top[m].astype(np.float32) for m in names},
+            "di_mml_own_dims": {m: np.float32(v) for m, v in own.items()}}
+
+  def prepare(self, state, data_key) -> dict:
+    return self._top(state) if self.contrast_epoch == 0 else {}
+
+  def epoch_end(self, state, validation, data_key, next_epoch: int) -> dict:
+    return self._top(state) if next_epoch == self.contrast_epoch else {}
+
+
+DI_MML = Method(
+    name="di_mml",
+    summary="DI-MML: unimodal models trained apart (own heads, a shared aligning classifier, "
+            "contrast on each modality's own feature dimensions), then a fusion layer on the "
+            "frozen encoders",
+    block="di_mml", defaults=defaults, check_block=check_block, check=check, preset=preset,
+    requires=(Requirement("model.unimodal_heads", "separate",
+                          "di_mml's unimodal models each have their own Linear(D -> C) head"),
+              Requirement("model.fusion", "concat",
+                          "di_mml's stage 2 trains the concat fusion layer")),
+    reference=(("loss.unimodal_weight", 0.0),),
+    stage="post", transform=transform, fused_loss=fused_loss, eval_logits=eval_logits,
+    layers=layers, epoch_hook=OwnDimensions,
+    signals=(Signal("di_mml_own_dims", "di_mml/own_dims", "DI-MML: own feature dimensions"),),
+    plots=(Plot("di_mml/contrast", "DI-MML: contrastive transfer loss"),))
