@@ -161,7 +161,8 @@ def test_di_mml_steps_of_both_stages_are_the_reference():
     want = jax.tree.map(lambda w, g: w - lr * (g + WD * w), s.params, grad)
     want = {**want, "fusion": s.params["fusion"]}          # the fusion module is not trained
     _assert_params(new.params, want)
-    assert (float(metrics["di_mml/contrast"]) > 0) == contrast
+    assert (float(metrics["di_mml/contrast_audio"]) > 0) == contrast
+    assert (float(metrics["di_mml/contrast_visual"]) > 0) == contrast
 
   s = state.replace(step=jnp.asarray(6 * 2, jnp.int32), opt_state=opt_state)   # stage 2
 

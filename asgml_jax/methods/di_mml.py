@@ -139,19 +139,25 @@ def own_dimensions(top: dict, m: str, n: str):
   return top[m] * (1.0 - top[n])
 
 
-def contrastive_loss(features: dict, top: dict, temperature: float):
-  """Σ over ordered pairs (m, n), m ≠ n, of SupConLoss's term for n pulled toward m."""
-  total = 0.0
-  for m in features:
-    for n in features:
+def contrastive_terms(features: dict, top: dict, temperature: float) -> dict:
+  """{n: Σ_{m ≠ n} SupConLoss's term for modality n pulled toward m}."""
+  terms = {}
+  for n in features:
+    terms[n] = jnp.zeros((), jnp.float32)
+    for m in features:
       if m == n:
         continue
       mask = own_dimensions(top, m, n)
       x = features[n].astype(jnp.float32) * mask
       y = jax.lax.stop_gradient(features[m].astype(jnp.float32)) * mask
       logits = x @ y.T / temperature
-      total = total + jnp.mean(-jnp.diagonal(jax.nn.log_softmax(logits, axis=1)))
-  return total
+      terms[n] = terms[n] + jnp.mean(-jnp.diagonal(jax.nn.log_softmax(logits, axis=1)))
+  return terms
+
+
+def contrastive_loss(features: dict, top: dict, temperature: float):
+  """L_con: the sum over ordered pairs (m, n), m ≠ n."""
+  return sum(contrastive_terms(features, top, temperature).values())
 
 
 class DIMMLState(NamedTuple):
@@ -200,10 +206,11 @@ def fused_loss(ctx):
       feats = outputs["features"]
       uni = sum(_ce(outputs["unimodal_logits"][m], labels) for m in names)
       aligned = shared.apply({"params": params["method_layers"]["di_mml"]}, feats)
-      align = sum(_ce(aligned[m], labels) for m in names)
+      align = {m: _ce(aligned[m], labels) for m in names}
       top = optax.tree_utils.tree_get(step_ctx.state.opt_state, "di_mml_top")
-      con = jnp.where(epoch >= contrast_epoch, contrastive_loss(feats, top, d.temperature), 0.0)
-      return uni + d.align_weight * align + con, jnp.stack([align, con])
+      con = {m: jnp.where(epoch >= contrast_epoch, v, 0.0)
+             for m, v in contrastive_terms(feats, top, d.temperature).items()}
+      return uni + d.align_weight * sum(align.values()) + sum(con.values()), (align, con)
 
     def fusion(_):
       frozen = jax.lax.stop_gradient({k: v for k, v in variables.items()})
@@ -211,11 +218,14 @@ def fused_loss(ctx):
                                    train=False)["features"]
       x = jnp.concatenate([feats[m] for m in names], axis=1)
       logits = x @ params["fusion"]["kernel"] + params["fusion"]["bias"]
-      return _ce(logits, labels), jnp.zeros((2,), jnp.float32)
+      zeros = {m: jnp.zeros((), jnp.float32) for m in names}
+      return _ce(logits, labels), (zeros, dict(zeros))
 
     total, (align, con) = jax.lax.cond(epoch >= first_fusion, fusion, detached, None)
-    return total, {"metrics": {"di_mml/align": align, "di_mml/contrast": con,
-                               "di_mml/fusion_stage": (epoch >= first_fusion).astype(jnp.float32)}}
+    metrics = {**{f"di_mml/align_{m}": v for m, v in align.items()},
+               **{f"di_mml/contrast_{m}": v for m, v in con.items()},
+               "di_mml/fusion_stage": (epoch >= first_fusion).astype(jnp.float32)}
+    return total, {"metrics": metrics}
   return loss
 
 
@@ -287,4 +297,5 @@ DI_MML = Method(
     stage="post", transform=transform, fused_loss=fused_loss, eval_logits=eval_logits,
     layers=layers, epoch_hook=OwnDimensions,
     signals=(Signal("di_mml_own_dims", "di_mml/own_dims", "DI-MML: own feature dimensions"),),
-    plots=(Plot("di_mml/contrast", "DI-MML: contrastive transfer loss"),))
+    plots=(Plot("di_mml/contrast", "DI-MML: contrastive loss (modality pulled toward the others)"),
+           Plot("di_mml/align", "DI-MML: shared-classifier CE")))
