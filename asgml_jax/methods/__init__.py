@@ -9,7 +9,7 @@ know it, and for `method.stack` to compose it with the others
 
 from __future__ import annotations
 
-from asgml_jax.methods import (adaptive, agm, amco, arl, boost, cggm, cml, dgl, di_mml, dwa,
+from asgml_jax.methods import (adaptive, agm, amco, arl, aug, boost, cggm, cml, dgl, di_mml, dwa,
                                frequency, g2d, gblend, greedy, gradnorm, inforeg, iprm, lfm, mbsd,
                                miles, mla, mmcosine, mmpareto, mslr, ogm_ge, opm, pcgrad, pmr,
                                reconboost, relearning, staleness, ume, umt, unimodal, valuation)
@@ -53,6 +53,7 @@ REGISTRY: tuple[Method, ...] = (
     g2d.G2D,
     iprm.IPRM,
     di_mml.DI_MML,
+    aug.AUG,
 )
 
 # Named stacks: a `method.name` that means several methods, and the settings
