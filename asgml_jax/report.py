@@ -260,6 +260,13 @@ def write_tables(rows: list[dict], out_dir: str, sources, modalities) -> None:
   lines = ["# Sweep report", "", *[n + "  " for n in NOTES], "",
            "Runs read from: " + ", ".join(f"`{os.path.basename(os.path.normpath(s))}`"
                                           for s in sources), ""]
+  imported = [row for row in rows if row.get("imported_from")]
+  if imported:
+    source = os.path.relpath(imported[0]["imported_from"], out_dir)
+    lines += [f"Rows of an earlier report (`{source}`; in the tables and "
+              "the ranking, not in the curves, whose histories it does not hold; their "
+              "compared-with variant reproduced to the digit by these runs): "
+              + ", ".join(row["variant"] for row in imported) + ".", ""]
   for group in groups:
     if not group:
       continue
@@ -474,14 +481,74 @@ def plot_ranking(rows: list[dict], out_dir: str) -> str | None:
   return RANKING_PNG
 
 
-def write_report(directories, out_dir: str, against: str | None = None) -> list[dict]:
+def rows_from_report(path: str) -> list[dict]:
+  """The rows of an earlier report's report.json (seeds as ints)."""
+  try:
+    with open(path) as f:
+      rows = json.load(f)
+    out = []
+    for row in rows:
+      row = dict(row)
+      row["seeds"] = [int(s) for s in row["seeds"]]
+      row["seed_values"] = {int(s): float(v) for s, v in row["seed_values"].items()}
+      row["incomplete"] = []
+      out.append(row)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"--rows_from {path}: no such file") from None
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+    raise ValueError(f"--rows_from {path}: not a report.json written by launch.report "
+                     f"({type(err).__name__}: {err})") from None
+  return out
+
+
+def merge_rows(run_rows: list[dict], earlier: list[dict], source: str,
+               columns: list[str], against: str | None = None) -> list[dict]:
+  """The earlier report's rows with the runs' rows in place of (and after) them.
+
+  An earlier row is only comparable if its compared-with variant is among the
+  runs with the same per-seed values (the same code and seeds reproduce it to
+  the digit); its paired difference is recomputed against the runs' row."""
+  from asgml_jax.significance import paired_difference
+  fresh = {r["variant"]: r for r in run_rows}
+  against = against or (DEFAULT_NAME if DEFAULT_NAME in fresh else None)
+  if against is None:
+    raise ValueError(f"--rows_from {source}: the runs have no variant to compare with "
+                     "(name one with --against)")
+  old = {r["variant"]: r for r in earlier}
+  if against not in old:
+    raise ValueError(f"--rows_from {source}: it has no {against} row to check the runs against")
+  want, have = old[against]["seed_values"], fresh[against]["seed_values"]
+  if set(want) != set(have) or any(abs(want[s] - have[s]) > 1e-9 for s in want):
+    raise ValueError(f"--rows_from {source}: its {against} ({want}) differs from these runs' "
+                     f"({have}); the rows are not comparable")
+  merged = []
+  for row in earlier:
+    if row["variant"] in fresh:
+      merged.append(fresh.pop(row["variant"]))
+      continue
+    row = {**{c: math.nan for col in columns for c in (col, col + "_std")}, **row,
+           "imported_from": source}
+    if row["variant"] != against:
+      row["against"] = against
+      row["difference"] = paired_difference(row["seed_values"], have)
+    merged.append(row)
+  return merged + list(fresh.values())
+
+
+def write_report(directories, out_dir: str, against: str | None = None,
+                 rows_from: str | None = None) -> list[dict]:
   """Tables and plots of every run under `directories` into `out_dir`; returns
   the rows. `against`: the variant every other is compared with (default
-  `methods.DEFAULT_NAME` when present)."""
+  `methods.DEFAULT_NAME` when present). `rows_from`: an earlier report's
+  report.json whose rows join the table and the ranking (not the curves,
+  whose histories it does not hold), see `merge_rows`."""
   runs = load_runs(directories)
-  os.makedirs(out_dir, exist_ok=True)
   modalities = modalities_of(runs)
   rows = table(runs, against, modalities)
+  if rows_from:
+    columns = [c for group in column_groups(modalities) for c, _ in group]
+    rows = merge_rows(rows, rows_from_report(rows_from), rows_from, columns, against)
+  os.makedirs(out_dir, exist_ok=True)
   plot_all(runs, out_dir)
   plot_ranking(rows, out_dir)
   write_tables(rows, out_dir, directories, modalities)

@@ -6,6 +6,8 @@ probe accuracy per modality, utilization gap, every stacked method's signals),
 variants overlaid in one colour each, min–max band over seeds, and each
 variant's paired difference from `--against` (default: baseline) with a 95 %
 interval and p-value. OUT defaults to the first DIR's `report/`.
+`--rows_from OLD/report.json` adds an earlier report's rows (e.g. a sweep of
+new variants joining an existing table, with the same baseline).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from absl import app, flags
 from launch import cli
 
 _OUT = flags.DEFINE_string("out", None, "Output directory (default: <first DIR>/report).")
+_ROWS_FROM = flags.DEFINE_string(
+    "rows_from", None, "An earlier report's report.json: its rows join the table and the "
+    "ranking (its compared-with variant must be among the runs, with the same per-seed values).")
 _AGAINST = flags.DEFINE_string("against", None, "Variant every other is compared with, paired "
                                "over seeds (default: baseline, when present).")
 
@@ -30,7 +35,7 @@ def main(argv):
   from asgml_jax import report
   out = _OUT.value or os.path.join(directories[0], "report")
   try:
-    rows = report.write_report(directories, out, _AGAINST.value)
+    rows = report.write_report(directories, out, _AGAINST.value, _ROWS_FROM.value)
   except (FileNotFoundError, ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(1)

@@ -97,6 +97,41 @@ def test_report_flags_a_known_difference_and_not_a_zero_one(tmp_path):
     report.write_report([root], out, against="nope")
 
 
+def test_an_earlier_reports_rows_join_the_table_when_its_baseline_is_reproduced(tmp_path):
+  old_root, new_root = str(tmp_path / "old"), str(tmp_path / "new")
+  bases = (0.50, 0.55, 0.52)
+  for seed, base in zip((0, 1, 2), bases):
+    _run(old_root, "baseline", seed, base)
+    _run(old_root, "ogm_ge", seed, base - 0.05 - 0.001 * seed)
+    _run(old_root, "boost", seed, base + 0.01)
+    _run(new_root, "baseline", seed, base)                     # the same baseline, rerun
+    _run(new_root, "boost", seed, base + 0.03)                 # rerun: replaces the old row
+    _run(new_root, "dgl", seed, base + 0.10 + 0.002 * seed)    # new
+  old_out = str(tmp_path / "old_report")
+  report.write_report([old_root], old_out)
+  out = str(tmp_path / "merged")
+  rows = report.write_report([new_root], out, rows_from=os.path.join(old_out, "report.json"))
+  assert [r["variant"] for r in rows] == ["baseline", "boost", "ogm_ge", "dgl"]
+  by = {r["variant"]: r for r in rows}
+  assert by["ogm_ge"]["imported_from"] and "imported_from" not in by["dgl"]
+  assert by["ogm_ge"]["difference"]["mean"] == pytest.approx(-0.051)     # recomputed, paired
+  assert by["boost"]["difference"]["mean"] == pytest.approx(0.03)         # the runs' row
+  assert by["dgl"]["difference"]["significant"]
+  markdown = open(os.path.join(out, "report.md")).read()
+  assert "Rows of an earlier report" in markdown and "| ogm_ge | 3 |" in markdown
+  assert str(tmp_path) not in markdown
+  assert os.path.exists(os.path.join(out, report.RANKING_PNG))
+  # a baseline that is not reproduced: refused in one line
+  other = str(tmp_path / "other")
+  for seed, base in zip((0, 1, 2), (0.50, 0.55, 0.60)):
+    _run(other, "baseline", seed, base)
+  with pytest.raises(ValueError, match="differs from these runs'.*not comparable"):
+    report.write_report([other], out, rows_from=os.path.join(old_out, "report.json"))
+  with pytest.raises(ValueError, match="not a report.json"):
+    report.write_report([new_root], out, rows_from=os.path.join(old_root, "baseline", "seed_0",
+                                                                "summary.json"))
+
+
 def test_every_variant_keeps_one_colour_and_none_is_reused_beyond_ten():
   names = [f"v{i:02d}" for i in range(17)]
   colors = report.variant_colors(names)
