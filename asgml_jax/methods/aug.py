@@ -43,6 +43,7 @@ separate variant of the method, not in the CREMA-D script, and not ported.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -67,13 +68,19 @@ def defaults() -> ml_collections.ConfigDict:
 
 
 def _merge(config) -> dict:
+  """{m: w_m} of the prediction: 1/N each, or every modality named in merge_weights."""
   names = cc.modality_names(config)
   text = config.method.aug.merge_weights
-  return cc.parse_named_floats(text, names, 1.0 / len(names) if not text.strip() else 0.0)
+  if not text.strip():
+    return {m: 1.0 / len(names) for m in names}
+  weights = cc.parse_named_floats(text, names, math.nan)
+  missing = [m for m, w in weights.items() if math.isnan(w)]
+  if missing:
+    raise ValueError(f"name every modality (missing: {', '.join(missing)})")
+  return weights
 
 
 def check_block(config) -> None:
-  a = config.method.aug
   cc.positive(config, "method.aug.hidden")
   cc.at_least(config, "method.aug.residual_weight", 0)
   cc.positive(config, "method.aug.lam")
@@ -82,7 +89,12 @@ def check_block(config) -> None:
     _merge(config)
   except ValueError as err:
     raise cc.ConfigError(f"config.method.aug.merge_weights: {err}") from None
-  del a
+
+
+def drop_modality(config, name: str) -> None:
+  a = config.method.aug
+  a.merge_weights = ",".join(item for item in cc.names_list(a.merge_weights)
+                             if item.partition("=")[0].strip() != name)
 
 
 def preset(config) -> None:
@@ -308,6 +320,7 @@ AUG = Method(
     summary="AUG: a classifier shared by the modalities, each step one update per modality, "
             "and boosting learners assigned to the modality that classifies worse",
     block="aug", defaults=defaults, check_block=check_block, preset=preset,
+    drop_modality=drop_modality,
     stage="post", transform=transform, sub_steps=sub_steps, eval_logits=eval_logits,
     layers=layers, epoch_hook=Learners,
     signals=(Signal("aug_learners", "aug/learners", "AUG: boosting learners per modality"),),
