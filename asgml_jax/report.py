@@ -240,7 +240,8 @@ def _fmt_difference(diff: dict | None) -> str:
           f"p={diff['p']:.3f}{mark}")
 
 
-def write_tables(rows: list[dict], out_dir: str, sources, modalities) -> None:
+def write_tables(rows: list[dict], out_dir: str, sources, modalities,
+                 curves_redrawn: bool = True) -> None:
   groups = column_groups(modalities)
   columns = [c for group in groups for c, _ in group]
   with open(os.path.join(out_dir, "report.json"), "w") as f:
@@ -295,6 +296,9 @@ def write_tables(rows: list[dict], out_dir: str, sources, modalities) -> None:
   seeds = sorted({s for row in rows for s in row["seeds"]})
   lines += [f"Seeds: {', '.join(map(str, seeds))}.", "", "## Plots", "",
             "Lines: mean over seeds; bands: min–max over seeds.", ""]
+  if not curves_redrawn:
+    lines += ["Only the ranking was drawn from the rows above; the other plots in this folder "
+              "were left as an earlier report drew them (its runs only).", ""]
   if os.path.exists(os.path.join(out_dir, RANKING_PNG)):
     lines.append(f"![ranking]({RANKING_PNG})")
   for name in sorted(os.listdir(out_dir)):
@@ -536,12 +540,14 @@ def merge_rows(run_rows: list[dict], earlier: list[dict], source: str,
 
 
 def write_report(directories, out_dir: str, against: str | None = None,
-                 rows_from: str | None = None) -> list[dict]:
+                 rows_from: str | None = None, curves: bool = True) -> list[dict]:
   """Tables and plots of every run under `directories` into `out_dir`; returns
   the rows. `against`: the variant every other is compared with (default
   `methods.DEFAULT_NAME` when present). `rows_from`: an earlier report's
   report.json whose rows join the table and the ranking (not the curves,
-  whose histories it does not hold), see `merge_rows`."""
+  whose histories it does not hold), see `merge_rows`. `curves=False` draws
+  only the ranking and leaves the folder's other plots as they are (adding
+  rows to an earlier report in its own folder keeps its runs' curves)."""
   runs = load_runs(directories)
   modalities = modalities_of(runs)
   rows = table(runs, against, modalities)
@@ -549,7 +555,8 @@ def write_report(directories, out_dir: str, against: str | None = None,
     columns = [c for group in column_groups(modalities) for c, _ in group]
     rows = merge_rows(rows, rows_from_report(rows_from), rows_from, columns, against)
   os.makedirs(out_dir, exist_ok=True)
-  plot_all(runs, out_dir)
+  if curves:
+    plot_all(runs, out_dir)
   plot_ranking(rows, out_dir)
-  write_tables(rows, out_dir, directories, modalities)
+  write_tables(rows, out_dir, directories, modalities, curves_redrawn=curves)
   return rows

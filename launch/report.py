@@ -23,6 +23,9 @@ _OUT = flags.DEFINE_string("out", None, "Output directory (default: <first DIR>/
 _ROWS_FROM = flags.DEFINE_string(
     "rows_from", None, "An earlier report's report.json: its rows join the table and the "
     "ranking (its compared-with variant must be among the runs, with the same per-seed values).")
+_CURVES = flags.DEFINE_bool(
+    "curves", True, "Draw the curves of the runs (--nocurves: only the tables and the ranking; "
+    "the folder's other plots are left as they are).")
 _AGAINST = flags.DEFINE_string("against", None, "Variant every other is compared with, paired "
                                "over seeds (default: baseline, when present).")
 
@@ -35,7 +38,8 @@ def main(argv):
   from asgml_jax import report
   out = _OUT.value or os.path.join(directories[0], "report")
   try:
-    rows = report.write_report(directories, out, _AGAINST.value, _ROWS_FROM.value)
+    rows = report.write_report(directories, out, _AGAINST.value, _ROWS_FROM.value,
+                              _CURVES.value)
   except (FileNotFoundError, ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(1)

@@ -121,6 +121,14 @@ def test_an_earlier_reports_rows_join_the_table_when_its_baseline_is_reproduced(
   assert "Rows of an earlier report" in markdown and "| ogm_ge | 3 |" in markdown
   assert str(tmp_path) not in markdown
   assert os.path.exists(os.path.join(out, report.RANKING_PNG))
+  # into the earlier report's own folder, without redrawing its runs' curves
+  before = {n: os.path.getmtime(os.path.join(old_out, n)) for n in os.listdir(old_out)
+            if n.endswith(".png") and n != report.RANKING_PNG}
+  report.write_report([new_root], old_out, rows_from=os.path.join(old_out, "report.json"),
+                      curves=False)
+  assert before == {n: os.path.getmtime(os.path.join(old_out, n)) for n in before}
+  assert "were left as an earlier report drew them" in open(os.path.join(old_out,
+                                                                         "report.md")).read()
   # a baseline that is not reproduced: refused in one line
   other = str(tmp_path / "other")
   for seed, base in zip((0, 1, 2), (0.50, 0.55, 0.60)):
