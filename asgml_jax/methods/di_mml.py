@@ -297,5 +297,5 @@ DI_MML = Method(
     stage="post", transform=transform, fused_loss=fused_loss, eval_logits=eval_logits,
     layers=layers, epoch_hook=OwnDimensions,
     signals=(Signal("di_mml_own_dims", "di_mml/own_dims", "DI-MML: own feature dimensions"),),
-    plots=(Plot("di_mml/contrast", "DI-MML: contrastive loss (modality pulled toward the others)"),
+    plots=(Plot("di_mml/contrast", "DI-MML: contrastive loss"),
            Plot("di_mml/align", "DI-MML: shared-classifier CE")))
