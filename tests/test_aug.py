@@ -19,9 +19,9 @@ from conftest import jitted_step, variant_config
 LR, MOMENTUM, WD = 0.05, 0.9, 0.01
 
 
-def _config():
+def _config(**settings):
   return variant_config("aug", **{"optimizer.momentum": MOMENTUM, "optimizer.weight_decay": WD,
-                                  "num_epochs": 4})
+                                  "num_epochs": 4, **settings})
 
 
 def reference_classifier(p, x, m, n_added):
@@ -66,13 +66,20 @@ def trained_by(path: str, m: str, n_added: int) -> bool:
   return False
 
 
-def torch_sgd_turn(params, bufs, grads, m, n_added):
+def torch_sgd_turn(params, bufs, grads, m, counts, zeroed=()):
+  """optimizer.step(): parameters with a gradient (modality m's) step; those of
+  `zeroed` modalities hold a zero gradient (PyTorch 1.11's zero_grad) and step too;
+  the rest have None and are skipped."""
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   gflat = jax.tree.leaves(grads)
   new, new_bufs = [], dict(bufs)
   for (path, w), g in zip(flat, gflat):
     key = "/".join(str(getattr(k, "key", k)) for k in path)
-    if not trained_by(key, m, n_added):
+    if trained_by(key, m, counts[m]):
+      pass
+    elif any(trained_by(key, z, counts[z]) for z in zeroed):
+      g = jnp.zeros_like(w)
+    else:
       new.append(w)
       continue
     d = g + WD * w
@@ -82,9 +89,13 @@ def torch_sgd_turn(params, bufs, grads, m, n_added):
   return jax.tree.unflatten(jax.tree.structure(params), new), new_bufs
 
 
-def test_aug_two_batches_are_the_reference_turns_with_torch_sgd():
+@pytest.mark.parametrize("skipped", ["untouched", "zero_grad"])
+def test_aug_two_batches_are_the_reference_turns_with_torch_sgd(skipped):
+  """untouched: PyTorch >= 2 (zero_grad sets None); zero_grad: PyTorch 1.11, the
+  reference's version, where the audio parameters' zeroed gradients make the
+  visual turn's step apply momentum and weight decay to them."""
   from asgml_jax.models import model_from_config
-  config = _config()
+  config = _config(**{"method.aug.skipped": skipped})
   state, step, batch = jitted_step(config, lr_fn=lambda s: LR)
   counts = {"audio": 1, "visual": 2}             # learners already assigned to both
   state = state.replace(opt_state=optax.tree_utils.tree_set(
@@ -95,7 +106,8 @@ def test_aug_two_batches_are_the_reference_turns_with_torch_sgd():
     for m in ("audio", "visual"):
       (loss, out), grads = jax.value_and_grad(reference_turn_loss, has_aux=True)(
           params, model, batch, m, counts[m])
-      params, bufs = torch_sgd_turn(params, bufs, grads, m, counts[m])
+      zeroed = ("audio",) if (skipped == "zero_grad" and m == "visual") else ()
+      params, bufs = torch_sgd_turn(params, bufs, grads, m, counts, zeroed)
       probs = np.asarray(jax.nn.softmax(out, 1), np.float64)
       scores[m] += sum(probs[i][int(batch["label"][i])] for i in range(len(probs)))
     state, metrics = step(state, batch)

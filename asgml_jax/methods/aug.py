@@ -35,9 +35,12 @@ is skipped by the optimizer until it is switched on, so it joins with the
 parameters it was initialised with (the reference draws them when adding).
 The reference runs PyTorch 1.11, where `optimizer.zero_grad()` leaves zero
 gradients (not None) on the first modality's parameters, so the second
-modality's step still applies momentum and weight decay to them; here a
-skipped parameter is not touched (PyTorch ≥ 2.0's behaviour, as MLA and
-ReconBoost here). The KS script's confidence network `w_network` is a
+modality's step still applies momentum and weight decay to them (`del p.grad`
+at the end of the batch makes them None again for the next batch's first
+step). `skipped="untouched"` (default) leaves a parameter without a gradient
+alone (PyTorch ≥ 2.0, as MLA and ReconBoost here); `skipped="zero_grad"`
+(`method.protocol=reference`) gives the parameters of the batch's earlier
+turns a zero-gradient step (momentum and weight decay) in each later turn. The KS script's confidence network `w_network` is a
 separate variant of the method, not in the CREMA-D script, and not ported.
 """
 
@@ -64,6 +67,9 @@ def defaults() -> ml_collections.ConfigDict:
       lam=1.0,               # λ of the score-ratio rule
       checks=10,             # learners are assigned after epoch 0 and every num_epochs/checks
       merge_weights="",      # "<m>=<w>,..." of the prediction; empty: 1/N each
+      # untouched: a parameter without a gradient is skipped (PyTorch >= 2) | zero_grad:
+      # the batch's earlier turns' parameters get a zero-gradient step (PyTorch 1.11)
+      skipped="untouched",
   ))
 
 
@@ -85,6 +91,7 @@ def check_block(config) -> None:
   cc.at_least(config, "method.aug.residual_weight", 0)
   cc.positive(config, "method.aug.lam")
   cc.positive(config, "method.aug.checks")
+  cc.one_of(config.method.aug.skipped, ("untouched", "zero_grad"), "method.aug.skipped")
   try:
     _merge(config)
   except ValueError as err:
@@ -191,18 +198,19 @@ def transform(ctx):
   return [keep_learners(ctx.names)]
 
 
-def _shared_keep(params, m: str, counts: dict, names, slots: int):
-  """Which non-encoder parameters modality m's step trains: fc_out, E_m and m's
-  active learners; everything else (other modalities' heads, unused model layers)
-  is skipped."""
+def _shared_keep(params, stepped: tuple, counts: dict, slots: int):
+  """Which non-encoder parameters a turn steps: fc_out, and the embedding and
+  active learners of the modalities in `stepped`; everything else (other
+  modalities' heads, unused model layers) is skipped."""
   keep = jax.tree.map(lambda _: jnp.bool_(False),
                       {k: v for k, v in params.items() if k != "encoders"})
   own = dict(keep["method_layers"]["aug"])
   for name, sub in own.items():
-    on = jnp.bool_(name == "fc_out" or name == f"embedding_{m}")
-    for k in range(slots):
-      if name == f"learner_{m}_{k}":
-        on = counts[m] > k
+    on = jnp.bool_(name == "fc_out" or any(name == f"embedding_{m}" for m in stepped))
+    for m in stepped:
+      for k in range(slots):
+        if name == f"learner_{m}_{k}":
+          on = counts[m] > k
     own[name] = jax.tree.map(lambda _, on=on: on, sub)
   keep["method_layers"] = {**keep["method_layers"], "aug": own}
   return keep
@@ -213,6 +221,7 @@ def sub_steps(ctx):
   heads = layers(ctx.config, ctx.num_classes)
   names, slots = ctx.names, heads.slots
   residual_weight = ctx.config.method.aug.residual_weight
+  zero_grad = ctx.config.method.aug.skipped == "zero_grad"
 
   def run(sub):
     labels = sub.step.labels
@@ -236,10 +245,13 @@ def sub_steps(ctx):
       losses[m] = loss
       scores[m] = jax.lax.stop_gradient(true_class_score(out, labels))
       so_far = {n: losses.get(n, jnp.float32(0.0)) for n in names}
+      # the turn steps modality m's parameters; with zero_grad also (with their
+      # zero gradient) those of the batch's earlier turns
+      stepped = names[:names.index(m) + 1] if zero_grad else (m,)
       updates, opt_state = sub.update(
           grads, opt_state, params, outputs, so_far, probe_state,
-          encoder_mask={n: jnp.bool_(n == m) for n in names},
-          shared_keep=_shared_keep(params, m, counts, names, slots),
+          encoder_mask={n: jnp.bool_(n in stepped) for n in names},
+          shared_keep=_shared_keep(params, stepped, counts, slots),
           aug_scores={n: (scores[m] if n == m else jnp.float32(0.0)) for n in names})
       params = optax.apply_updates(params, updates)
       total_grads = jax.tree.map(jnp.add, total_grads, grads)
@@ -320,7 +332,7 @@ AUG = Method(
     summary="AUG: a classifier shared by the modalities, each step one update per modality, "
             "and boosting learners assigned to the modality that classifies worse",
     block="aug", defaults=defaults, check_block=check_block, preset=preset,
-    drop_modality=drop_modality,
+    drop_modality=drop_modality, reference=(("method.aug.skipped", "zero_grad"),),
     stage="post", transform=transform, sub_steps=sub_steps, eval_logits=eval_logits,
     layers=layers, epoch_hook=Learners,
     signals=(Signal("aug_learners", "aug/learners", "AUG: boosting learners per modality"),),
