@@ -30,6 +30,13 @@ def cross_entropy(logits_BxC: jnp.ndarray, labels_B: jnp.ndarray) -> jnp.ndarray
       logits_BxC.astype(jnp.float32), labels_B).mean()
 
 
+def kl_divergence(logits_p: jnp.ndarray, logits_q: jnp.ndarray) -> jnp.ndarray:
+  """Mean over the batch of KL(softmax(p) ‖ softmax(q)), computed in float32."""
+  log_p = jax.nn.log_softmax(logits_p.astype(jnp.float32), -1)
+  log_q = jax.nn.log_softmax(logits_q.astype(jnp.float32), -1)
+  return jnp.mean(jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1))
+
+
 def accuracy(logits_BxC: jnp.ndarray, labels_B: jnp.ndarray) -> jnp.ndarray:
   return jnp.mean(jnp.argmax(logits_BxC, -1) == labels_B)
 

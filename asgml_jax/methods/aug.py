@@ -154,22 +154,15 @@ def layers(config, num_classes: int):
                   _slots(config))
 
 
-def _ce(logits, labels):
-  return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels[:, None], 1))
-
-
 def modality_loss(out, previous, newest, count, labels, residual_weight: float):
   """loss_m of the module docstring."""
+  from asgml_jax.steps import cross_entropy
   p = jnp.take_along_axis(jax.nn.softmax(jax.lax.stop_gradient(previous), -1),
                           labels[:, None], 1)[:, 0]
   log_q = jnp.take_along_axis(jax.nn.log_softmax(newest, -1), labels[:, None], 1)[:, 0]
-  boost = _ce(previous, labels) + _ce(newest, labels) - residual_weight * jnp.mean(-p * log_q)
-  return _ce(out, labels) + jnp.where(count >= 1, boost, 0.0)
-
-
-def true_class_score(logits, labels):
-  """Σ_i softmax(logits)_i(y_i), the reference's tmp_a / tmp_v."""
-  return jnp.sum(jnp.take_along_axis(jax.nn.softmax(logits, -1), labels[:, None], 1))
+  boost = (cross_entropy(previous, labels) + cross_entropy(newest, labels)
+           - residual_weight * jnp.mean(-p * log_q))
+  return cross_entropy(out, labels) + jnp.where(count >= 1, boost, 0.0)
 
 
 class AUGState(NamedTuple):
@@ -218,6 +211,8 @@ def _shared_keep(params, stepped: tuple, counts: dict, slots: int):
 
 def sub_steps(ctx):
   from asgml_jax.methods.mla import _forward_with_vjp
+  from asgml_jax.signals import batch_scores
+  from asgml_jax.steps import cross_entropy
   heads = layers(ctx.config, ctx.num_classes)
   names, slots = ctx.names, heads.slots
   residual_weight = ctx.config.method.aug.residual_weight
@@ -243,7 +238,8 @@ def sub_steps(ctx):
       grads = vjp_fn(cotangent)[0]
       grads = {**grads, "method_layers": {**grads["method_layers"], "aug": g_head}}
       losses[m] = loss
-      scores[m] = jax.lax.stop_gradient(true_class_score(out, labels))
+      # the reference's tmp_a / tmp_v: Σ_i softmax(out_m)_i(y_i)
+      scores[m] = jax.lax.stop_gradient(batch_scores({m: out}, labels)[m])
       so_far = {n: losses.get(n, jnp.float32(0.0)) for n in names}
       # the turn steps modality m's parameters; with zero_grad also (with their
       # zero gradient) those of the batch's earlier turns
@@ -255,7 +251,6 @@ def sub_steps(ctx):
           aug_scores={n: (scores[m] if n == m else jnp.float32(0.0)) for n in names})
       params = optax.apply_updates(params, updates)
       total_grads = jax.tree.map(jnp.add, total_grads, grads)
-    from asgml_jax.steps import cross_entropy
     return SubStepResult(
         params=params, batch_stats=new_batch_stats, opt_state=opt_state,
         probe_state=probe_state, loss=sum(losses.values()) / len(names),

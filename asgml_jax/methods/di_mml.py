@@ -186,12 +186,8 @@ def transform(ctx):
   return [stage_masks(ctx.names, first_fusion, ctx.steps_per_epoch)]
 
 
-def _ce(logits, labels):
-  from asgml_jax.steps import cross_entropy
-  return cross_entropy(logits, labels)
-
-
 def fused_loss(ctx):
+  from asgml_jax.steps import cross_entropy
   d = ctx.config.method.di_mml
   first_fusion, contrast_epoch = schedule(ctx.config)
   shared = layers(ctx.config, ctx.num_classes)
@@ -204,22 +200,22 @@ def fused_loss(ctx):
 
     def detached(_):
       feats = outputs["features"]
-      uni = sum(_ce(outputs["unimodal_logits"][m], labels) for m in names)
+      uni = sum(cross_entropy(outputs["unimodal_logits"][m], labels) for m in names)
       aligned = shared.apply({"params": params["method_layers"]["di_mml"]}, feats)
-      align = {m: _ce(aligned[m], labels) for m in names}
+      align = {m: cross_entropy(aligned[m], labels) for m in names}
       top = optax.tree_utils.tree_get(step_ctx.state.opt_state, "di_mml_top")
       con = {m: jnp.where(epoch >= contrast_epoch, v, 0.0)
              for m, v in contrastive_terms(feats, top, d.temperature).items()}
       return uni + d.align_weight * sum(align.values()) + sum(con.values()), (align, con)
 
     def fusion(_):
-      frozen = jax.lax.stop_gradient({k: v for k, v in variables.items()})
+      frozen = jax.lax.stop_gradient(variables)
       feats = step_ctx.model.apply(frozen, {m: step_ctx.batch[m] for m in names},
                                    train=False)["features"]
       x = jnp.concatenate([feats[m] for m in names], axis=1)
       logits = x @ params["fusion"]["kernel"] + params["fusion"]["bias"]
       zeros = {m: jnp.zeros((), jnp.float32) for m in names}
-      return _ce(logits, labels), (zeros, dict(zeros))
+      return cross_entropy(logits, labels), (zeros, dict(zeros))
 
     total, (align, con) = jax.lax.cond(epoch >= first_fusion, fusion, detached, None)
     metrics = {**{f"di_mml/align_{m}": v for m, v in align.items()},

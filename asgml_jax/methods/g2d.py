@@ -85,13 +85,6 @@ def modulation_window(config) -> tuple[int, int]:
   return g.modulation_starts, last
 
 
-def teacher_scores(teacher_logits: dict, labels) -> dict:
-  """{m: Σ_i softmax(t_m)_i[y_i]}, the reference's per-batch teacher score."""
-  return {m: jnp.sum(jnp.take_along_axis(jax.nn.softmax(t.astype(jnp.float32), -1),
-                                         labels[:, None], axis=1))
-          for m, t in teacher_logits.items()}
-
-
 def prioritised(scores: dict) -> dict:
   """{m: 1.0 if modality m's teacher scores lowest (ties: all the tied), else 0.0}."""
   lowest = jnp.min(jnp.stack([scores[m] for m in sorted(scores)]))
@@ -100,9 +93,9 @@ def prioritised(scores: dict) -> dict:
 
 def distillation_kl(student_logits, teacher_logits, temperature: float):
   """T² · KL(softmax(t/T) ‖ softmax(s/T)), summed over classes, mean over the batch."""
-  t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, -1)
-  s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, -1)
-  return jnp.mean(jnp.sum(jnp.exp(t) * (t - s), -1)) * temperature ** 2
+  from asgml_jax.steps import kl_divergence
+  return kl_divergence(teacher_logits / temperature, student_logits / temperature) \
+      * temperature ** 2
 
 
 class G2DState(NamedTuple):
@@ -141,6 +134,7 @@ def transform(ctx):
 def loss_term(ctx):
   from asgml_jax import teachers
   from asgml_jax.methods.umt import teacher_outputs
+  from asgml_jax.signals import batch_scores
   g = ctx.config.method.g2d
   models = {m: teachers.teacher_model(ctx.config, m, ctx.num_classes) for m in ctx.names}
 
@@ -151,7 +145,7 @@ def loss_term(ctx):
       feats, logits[m] = teacher_outputs(models[m], held[m], step_ctx.batch, m)
       kl[m] = distillation_kl(outputs["logits"], logits[m], g.temperature)
       mse[m] = jnp.mean(jnp.square(feats - outputs["features"][m].astype(jnp.float32)))
-    scores = teacher_scores(logits, step_ctx.labels)
+    scores = batch_scores(logits, step_ctx.labels)   # the reference's score_teacher_m
     total = sum(g.logit_weight * kl[m] + g.feature_weight * mse[m] for m in ctx.names)
     metrics = {**{f"g2d/kl_{m}": v for m, v in kl.items()},
                **{f"g2d/mse_{m}": v for m, v in mse.items()},

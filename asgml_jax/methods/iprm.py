@@ -108,12 +108,6 @@ def layers(config, num_classes: int):
   return MixupHeads(tuple(cc.modality_names(config)), num_classes)
 
 
-def kl_to(logits_p, logits_q):
-  """mean over the batch of KL(softmax(p) ‖ softmax(q)) (`compute_kl_divergence`)."""
-  lp = jax.nn.log_softmax(logits_p, -1)
-  return jnp.mean(jnp.sum(jnp.exp(lp) * (lp - jax.nn.log_softmax(logits_q, -1)), -1))
-
-
 class IPRMState(NamedTuple):
   iprm_lambda: dict       # {pair key: (λ_i, λ_j)} of the last step's probe
   iprm_lambda_hat: dict   # {pair key: (λ̂_i, λ̂_j)} it produced
@@ -144,7 +138,7 @@ def transform(ctx):
 
 
 def fused_loss(ctx):
-  from asgml_jax.steps import cross_entropy
+  from asgml_jax.steps import cross_entropy, kl_divergence   # the reference's compute_kl_divergence
   heads = layers(ctx.config, ctx.num_classes)
   alpha = ctx.config.method.iprm.alpha
 
@@ -160,8 +154,8 @@ def fused_loss(ctx):
     lam_hat, metrics = {}, {}
     for pair in pairs(ctx.names):
       k = pair_key(pair)
-      kl_i = kl_to(jax.lax.stop_gradient(uni[pair[0]]), probe[k])
-      kl_j = kl_to(jax.lax.stop_gradient(uni[pair[1]]), probe[k])
+      kl_i = kl_divergence(jax.lax.stop_gradient(uni[pair[0]]), probe[k])
+      kl_j = kl_divergence(jax.lax.stop_gradient(uni[pair[1]]), probe[k])
       lam_hat[k] = jnp.stack([kl_j, kl_i]) / (kl_i + kl_j)
       metrics[f"iprm/kl_{pair[0]}_vs_{pair[1]}"] = kl_i
       metrics[f"iprm/kl_{pair[1]}_vs_{pair[0]}"] = kl_j
