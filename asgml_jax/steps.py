@@ -279,7 +279,7 @@ def state_signals(opt_state, signals) -> dict:
   for signal in signals:
     values = optax.tree_utils.tree_get(opt_state, signal.field)
     if values is not None:
-      out.update({f"{signal.prefix}_{m}": v for m, v in values.items()})
+      out.update({f"{signal.prefix}_{m}": jnp.asarray(v, jnp.float32) for m, v in values.items()})
   return out
 
 

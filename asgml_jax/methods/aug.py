@@ -168,14 +168,12 @@ def modality_loss(out, previous, newest, count, labels, residual_weight: float):
 class AUGState(NamedTuple):
   aug_layers: dict       # {m: n_m (int32)}
   aug_score: dict        # {m: Σ of the epoch's true-class probabilities so far}
-  aug_learners: dict     # {m: float(n_m)} (logged)
 
 
 def keep_learners(names) -> optax.GradientTransformationExtraArgs:
   """Holds n_m and accumulates the epoch's scores (the sub-steps hand them over)."""
   def init_fn(params):
     return AUGState({m: jnp.zeros((), jnp.int32) for m in names},
-                    {m: jnp.zeros((), jnp.float32) for m in names},
                     {m: jnp.zeros((), jnp.float32) for m in names})
 
   def update_fn(updates, state, params=None, *, aug_scores=None, **extra):
@@ -318,7 +316,6 @@ class Learners:
                   + f" -> {'a learner for ' + chosen if chosen else 'no learner'}; learners "
                   + ", ".join(f"{m} {counts[m]}" for m in self.names))
       fields["aug_layers"] = {m: np.int32(counts[m]) for m in self.names}
-      fields["aug_learners"] = {m: np.float32(counts[m]) for m in self.names}
     return fields
 
 
@@ -330,5 +327,5 @@ AUG = Method(
     drop_modality=drop_modality, reference=(("method.aug.skipped", "zero_grad"),),
     stage="post", transform=transform, sub_steps=sub_steps, eval_logits=eval_logits,
     layers=layers, epoch_hook=Learners,
-    signals=(Signal("aug_learners", "aug/learners", "AUG: boosting learners per modality"),),
+    signals=(Signal("aug_layers", "aug/learners", "AUG: boosting learners per modality"),),
     plots=(Plot("aug/turn_loss", "AUG: each modality's turn loss"),))

@@ -58,7 +58,7 @@ import numpy as np
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Plot, Requirement, Signal
+from asgml_jax.methods.base import Method, Plot, Requirement
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -139,6 +139,15 @@ def own_dimensions(top: dict, m: str, n: str):
   return top[m] * (1.0 - top[n])
 
 
+def exclusive_count(top: dict, m: str):
+  """|T_m \\ ∪_{n ≠ m} T_n| (logged)."""
+  mask = top[m]
+  for n in top:
+    if n != m:
+      mask = mask * (1.0 - top[n])
+  return mask.sum()
+
+
 def contrastive_terms(features: dict, top: dict, temperature: float) -> dict:
   """{n: Σ_{m ≠ n} SupConLoss's term for modality n pulled toward m}."""
   terms = {}
@@ -162,7 +171,6 @@ def contrastive_loss(features: dict, top: dict, temperature: float):
 
 class DIMMLState(NamedTuple):
   di_mml_top: dict          # {m: (D,) float 0/1}, T_m (all 0 before epoch E)
-  di_mml_own_dims: dict     # {m: |T_m \\ ∪_n T_n|} (logged)
 
 
 def stage_masks(names, first_fusion: int, steps_per_epoch: int):
@@ -170,7 +178,7 @@ def stage_masks(names, first_fusion: int, steps_per_epoch: int):
   def init_fn(params):
     width = params["fusion"]["kernel"].shape[0] // len(names)   # D, every modality's
     dims = {m: jnp.zeros((width,), jnp.float32) for m in names}
-    return DIMMLState(dims, {m: jnp.zeros((), jnp.float32) for m in names})
+    return DIMMLState(dims)
 
   def update_fn(updates, state, params=None, *, step, **extra):
     fusion_stage = step // steps_per_epoch >= first_fusion
@@ -197,13 +205,13 @@ def fused_loss(ctx):
     epoch = step_ctx.state.step // spe
     labels = step_ctx.labels
     params = variables["params"]
+    top = optax.tree_utils.tree_get(step_ctx.state.opt_state, "di_mml_top")
 
     def detached(_):
       feats = outputs["features"]
       uni = sum(cross_entropy(outputs["unimodal_logits"][m], labels) for m in names)
       aligned = shared.apply({"params": params["method_layers"]["di_mml"]}, feats)
       align = {m: cross_entropy(aligned[m], labels) for m in names}
-      top = optax.tree_utils.tree_get(step_ctx.state.opt_state, "di_mml_top")
       con = {m: jnp.where(epoch >= contrast_epoch, v, 0.0)
              for m, v in contrastive_terms(feats, top, d.temperature).items()}
       return uni + d.align_weight * sum(align.values()) + sum(con.values()), (align, con)
@@ -220,6 +228,7 @@ def fused_loss(ctx):
     total, (align, con) = jax.lax.cond(epoch >= first_fusion, fusion, detached, None)
     metrics = {**{f"di_mml/align_{m}": v for m, v in align.items()},
                **{f"di_mml/contrast_{m}": v for m, v in con.items()},
+               **{f"di_mml/own_dims_{m}": exclusive_count(top, m) for m in names},
                "di_mml/fusion_stage": (epoch >= first_fusion).astype(jnp.float32)}
     return total, {"metrics": metrics}
   return loss
@@ -265,12 +274,11 @@ class OwnDimensions:
       labels.append(np.asarray(rows["label"])[:keep])
     labels = np.concatenate(labels)
     top = {m: top_dimensions(np.concatenate(parts[m]), labels, data.num_classes) for m in names}
-    own = {m: int(np.sum(top[m] & ~np.any([top[n] for n in names if n != m], axis=0)))
-           for m in names}
+    top = {m: top[m].astype(np.float32) for m in names}
     run_dir.log(f"{seed_prefix()}di_mml: own feature dimensions "
-                + ", ".join(f"{m} {own[m]} of {int(top[m].sum())} top" for m in names))
-    return {"di_mml_top": {m: top[m].astype(np.float32) for m in names},
-            "di_mml_own_dims": {m: np.float32(v) for m, v in own.items()}}
+                + ", ".join(f"{m} {int(exclusive_count(top, m))} of {int(top[m].sum())} top"
+                            for m in names))
+    return {"di_mml_top": top}
 
   def prepare(self, state, data_key) -> dict:
     return self._top(state) if self.contrast_epoch == 0 else {}
@@ -292,6 +300,6 @@ DI_MML = Method(
     reference=(("loss.unimodal_weight", 0.0),),
     stage="post", transform=transform, fused_loss=fused_loss, eval_logits=eval_logits,
     layers=layers, epoch_hook=OwnDimensions,
-    signals=(Signal("di_mml_own_dims", "di_mml/own_dims", "DI-MML: own feature dimensions"),),
-    plots=(Plot("di_mml/contrast", "DI-MML: contrastive loss"),
+    plots=(Plot("di_mml/own_dims", "DI-MML: own feature dimensions"),
+           Plot("di_mml/contrast", "DI-MML: contrastive loss"),
            Plot("di_mml/align", "DI-MML: shared-classifier CE")))

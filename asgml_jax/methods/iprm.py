@@ -49,7 +49,7 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Requirement, Signal
+from asgml_jax.methods.base import Method, Plot, Requirement
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -111,7 +111,6 @@ def layers(config, num_classes: int):
 class IPRMState(NamedTuple):
   iprm_lambda: dict       # {pair key: (λ_i, λ_j)} of the last step's probe
   iprm_lambda_hat: dict   # {pair key: (λ̂_i, λ̂_j)} it produced
-  iprm_weight: dict       # {m: mean over m's pairs of λ̂_m} (logged)
 
 
 def keep_lambdas(names) -> optax.GradientTransformationExtraArgs:
@@ -120,15 +119,10 @@ def keep_lambdas(names) -> optax.GradientTransformationExtraArgs:
 
   def init_fn(params):
     keys = [pair_key(p) for p in pairs(names)]
-    return IPRMState({k: half() for k in keys}, {k: half() for k in keys},
-                     {m: jnp.asarray(0.5, jnp.float32) for m in names})
+    return IPRMState({k: half() for k in keys}, {k: half() for k in keys})
 
   def update_fn(updates, state, params=None, *, iprm_lambda, iprm_lambda_hat, **extra):
-    weight = {}
-    for m in names:
-      mine = [iprm_lambda_hat[pair_key(p)][p.index(m)] for p in pairs(names) if m in p]
-      weight[m] = sum(mine) / len(mine)
-    return updates, IPRMState(iprm_lambda, iprm_lambda_hat, weight)
+    return updates, IPRMState(iprm_lambda, iprm_lambda_hat)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -159,6 +153,9 @@ def fused_loss(ctx):
       lam_hat[k] = jnp.stack([kl_j, kl_i]) / (kl_i + kl_j)
       metrics[f"iprm/kl_{pair[0]}_vs_{pair[1]}"] = kl_i
       metrics[f"iprm/kl_{pair[1]}_vs_{pair[0]}"] = kl_j
+    for m in ctx.names:        # logged: m's weight λ̂ averaged over its pairs
+      mine = [lam_hat[pair_key(p)][p.index(m)] for p in pairs(ctx.names) if m in p]
+      metrics[f"iprm/lambda_hat_{m}"] = sum(mine) / len(mine)
     # rebalance
     mixed = heads.apply(own, feats, lam_hat)
     total = sum(cross_entropy(mixed[k], step_ctx.labels) for k in mixed)
@@ -193,4 +190,4 @@ IPRM = Method(
     reference=(("loss.unimodal_weight", 1.0),),
     stage="post", transform=transform, fused_loss=fused_loss, eval_logits=eval_logits,
     layers=layers,
-    signals=(Signal("iprm_weight", "iprm/lambda_hat", "IPRM: modality's mixup weight λ̂"),))
+    plots=(Plot("iprm/lambda_hat", "IPRM: modality's mixup weight λ̂"),))
