@@ -44,6 +44,22 @@ def seed_prefix() -> str:
   return _SEED_PREFIX.get()
 
 
+def split_features(setup, feature_fn, variables, arrays: dict,
+                   count: int) -> tuple[dict, np.ndarray]:
+  """({m: (count, D)}, (count,) labels): `feature_fn(variables, batch)` over the
+  first `count` rows of a split, in fixed-size batches (one compiled shape), for
+  the hooks that read a whole split's features (Re-learning, DI-MML)."""
+  from asgml_jax import input_pipeline
+  parts, labels = {m: [] for m in setup.names}, []
+  for rows, keep in input_pipeline.fixed_size_batches(arrays, setup.data.on_device, count,
+                                                      setup.eval_batch_size):
+    feats = feature_fn(variables, rows)
+    for m in setup.names:
+      parts[m].append(np.asarray(feats[m])[:keep])
+    labels.append(np.asarray(rows["label"])[:keep])
+  return {m: np.concatenate(v) for m, v in parts.items()}, np.concatenate(labels)
+
+
 class EpochHooks:
   """Between-epoch updates of the method state of one run or of a sweep."""
 

@@ -261,19 +261,12 @@ class OwnDimensions:
     self.contrast_epoch = schedule(setup.config)[1]
 
   def _top(self, state) -> dict:
-    from asgml_jax import input_pipeline, run_dir
-    from asgml_jax.epoch_hooks import seed_prefix
+    from asgml_jax import run_dir
+    from asgml_jax.epoch_hooks import seed_prefix, split_features
     data, names = self.setup.data, self.setup.names
-    parts, labels = {m: [] for m in names}, []
-    for rows, keep in input_pipeline.fixed_size_batches(data.train, data.on_device,
-                                                        data.num_train,
-                                                        self.setup.eval_batch_size):
-      feats = self.feature_fn(state.variables(), rows)
-      for m in names:
-        parts[m].append(np.asarray(feats[m])[:keep])
-      labels.append(np.asarray(rows["label"])[:keep])
-    labels = np.concatenate(labels)
-    top = {m: top_dimensions(np.concatenate(parts[m]), labels, data.num_classes) for m in names}
+    feats, labels = split_features(self.setup, self.feature_fn, state.variables(), data.train,
+                                   data.num_train)
+    top = {m: top_dimensions(feats[m], labels, data.num_classes) for m in names}
     top = {m: top[m].astype(np.float32) for m in names}
     run_dir.log(f"{seed_prefix()}di_mml: own feature dimensions "
                 + ", ".join(f"{m} {int(exclusive_count(top, m))} of {int(top[m].sum())} top"

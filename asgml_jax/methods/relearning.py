@@ -111,31 +111,21 @@ class Relearning:
       raise cc.ConfigError("method relearning compares training and validation features: "
                            f"dataset {setup.config.dataset.name} has no validation split")
 
-  def _features(self, variables, arrays: dict, count: int) -> tuple[dict, np.ndarray]:
-    """Features of the first `count` rows of `arrays`, in fixed-size batches."""
-    from asgml_jax import input_pipeline
-    parts, labels = {m: [] for m in self.setup.names}, []
-    for rows, keep in input_pipeline.fixed_size_batches(arrays, self.setup.data.on_device, count,
-                                                        self.setup.eval_batch_size):
-      feats = self.feature_fn(variables, rows)
-      for m in self.setup.names:
-        parts[m].append(np.asarray(feats[m])[:keep])
-      labels.append(np.asarray(rows["label"])[:keep])
-    return {m: np.concatenate(v) for m, v in parts.items()}, np.concatenate(labels)
-
   def prepare(self, state, data_key) -> dict:
     return {}
 
   def epoch_end(self, state, validation, data_key, next_epoch: int) -> dict:
     from asgml_jax import clustering, run_dir
-    from asgml_jax.epoch_hooks import PARAMS, seed_prefix
+    from asgml_jax.epoch_hooks import PARAMS, seed_prefix, split_features
     epoch, b = next_epoch - 1, self.block
     if not reinit_due(epoch, b.reinit_epoch, b.reinit_num):
       return {}
     data, classes = self.setup.data, self.setup.data.num_classes
     variables = state.variables()
-    train, train_labels = self._features(variables, data.train, data.num_train)
-    val, val_labels = self._features(variables, data.eval_splits["validation"],
+    train, train_labels = split_features(self.setup, self.feature_fn, variables, data.train,
+                                         data.num_train)
+    val, val_labels = split_features(self.setup, self.feature_fn, variables,
+                                     data.eval_splits["validation"],
                                      data.eval_sizes["validation"])
     names = self.setup.names
     p_train = {m: clustering.feature_purity(train[m], train_labels, classes) for m in names}
