@@ -189,22 +189,22 @@ def transform(ctx):
   return [keep_learners(ctx.names)]
 
 
-def _shared_keep(params, stepped: tuple, counts: dict, slots: int):
+def _shared_keep(params, stepped: tuple, counts: dict):
   """Which non-encoder parameters a turn steps: fc_out, and the embedding and
   active learners of the modalities in `stepped`; everything else (other
   modalities' heads, unused model layers) is skipped."""
+  def stepped_layer(name: str):
+    if name == "fc_out" or name in {f"embedding_{m}" for m in stepped}:
+      return jnp.bool_(True)
+    kind, _, k = name.rpartition("_")             # learner_<m>_<k>: on while k < n_m
+    return next((counts[m] > int(k) for m in stepped if kind == f"learner_{m}"),
+                jnp.bool_(False))
+
   keep = jax.tree.map(lambda _: jnp.bool_(False),
                       {k: v for k, v in params.items() if k != "encoders"})
-  own = dict(keep["method_layers"]["aug"])
-  for name, sub in own.items():
-    on = jnp.bool_(name == "fc_out" or any(name == f"embedding_{m}" for m in stepped))
-    for m in stepped:
-      for k in range(slots):
-        if name == f"learner_{m}_{k}":
-          on = counts[m] > k
-    own[name] = jax.tree.map(lambda _, on=on: on, sub)
-  keep["method_layers"] = {**keep["method_layers"], "aug": own}
-  return keep
+  own = {name: jax.tree.map(lambda _, on=stepped_layer(name): on, sub)
+         for name, sub in keep["method_layers"]["aug"].items()}
+  return {**keep, "method_layers": {**keep["method_layers"], "aug": own}}
 
 
 def sub_steps(ctx):
@@ -212,7 +212,7 @@ def sub_steps(ctx):
   from asgml_jax.signals import batch_scores
   from asgml_jax.steps import cross_entropy
   heads = layers(ctx.config, ctx.num_classes)
-  names, slots = ctx.names, heads.slots
+  names = ctx.names
   residual_weight = ctx.config.method.aug.residual_weight
   zero_grad = ctx.config.method.aug.skipped == "zero_grad"
 
@@ -245,7 +245,7 @@ def sub_steps(ctx):
       updates, opt_state = sub.update(
           grads, opt_state, params, outputs, so_far, probe_state,
           encoder_mask={n: jnp.bool_(n in stepped) for n in names},
-          shared_keep=_shared_keep(params, stepped, counts, slots),
+          shared_keep=_shared_keep(params, stepped, counts),
           aug_scores={n: (scores[m] if n == m else jnp.float32(0.0)) for n in names})
       params = optax.apply_updates(params, updates)
       total_grads = jax.tree.map(jnp.add, total_grads, grads)
