@@ -275,14 +275,6 @@ def _check_keys(cfg, schema, path: str) -> None:
       _check_keys(value, template, full)
 
 
-def resolve_compute_dtype(name: str) -> str:
-  """"auto" -> "bfloat16" on accelerators (the seeds' AMP), "float32" on the CPU."""
-  if name != "auto":
-    return name
-  import jax
-  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-
-
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks keys and values; returns the config unchanged or raises ConfigError."""
   _check_keys(config, base_config(), "")

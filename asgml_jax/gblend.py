@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from asgml_jax import augment, input_pipeline
-from asgml_jax.steps import FUSED_TASK, loss_terms
+from asgml_jax.losses import FUSED_TASK, loss_terms
 from asgml_jax.transforms.gblend import blending_weights
 
 

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from asgml_jax.config_schema import ConfigError
+from asgml_jax.config_checks import ConfigError
 
 ADAPTERS = ("none", "flatten", "add_channel")
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asgml_jax.config_schema import ConfigError, modality_names
+from asgml_jax.config_checks import ConfigError, modality_names
 from asgml_jax.input_adapters import adapt_splits, check_stored_shapes
 
 

@@ -26,7 +26,7 @@ import functools
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from asgml_jax.config_schema import ConfigError
+from asgml_jax.config_checks import ConfigError
 
 AXIS = "data"
 

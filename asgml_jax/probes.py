@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from asgml_jax.config_checks import modality_names
 from asgml_jax.models.encoders import dense_init
 
 PROBE_KINDS = ("linear", "mlp_1layer")
@@ -139,7 +140,6 @@ def utilization_gap(scores: Mapping[str, jnp.ndarray]) -> jnp.ndarray:
 
 
 def probe_config_from(config, num_classes: int) -> ProbeConfig:
-  from asgml_jax.config_schema import modality_names
   p = config.probes
   return ProbeConfig(names=modality_names(config), num_classes=num_classes, kind=p.kind,
                      hidden_dim=p.hidden_dim, learning_rate=p.learning_rate,

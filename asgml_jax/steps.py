@@ -16,29 +16,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from asgml_jax.losses import FUSED_TASK, accuracy, batch_scores, cross_entropy
 from asgml_jax.methods.base import StepContext, SubStepContext, merge_extras
 from asgml_jax.methods.stack import StepHooks
 from asgml_jax.probes import ProbeConfig, maybe_refresh, probe_logits, utilization_gap
-from asgml_jax.signals import batch_scores
 from asgml_jax.state import TrainState
 from asgml_jax.transforms.schedule import update_gates
-
-
-def cross_entropy(logits_BxC: jnp.ndarray, labels_B: jnp.ndarray) -> jnp.ndarray:
-  """Mean softmax cross-entropy, computed in float32."""
-  return optax.softmax_cross_entropy_with_integer_labels(
-      logits_BxC.astype(jnp.float32), labels_B).mean()
-
-
-def kl_divergence(logits_p: jnp.ndarray, logits_q: jnp.ndarray) -> jnp.ndarray:
-  """Mean over the batch of KL(softmax(p) ‖ softmax(q)), computed in float32."""
-  log_p = jax.nn.log_softmax(logits_p.astype(jnp.float32), -1)
-  log_q = jax.nn.log_softmax(logits_q.astype(jnp.float32), -1)
-  return jnp.mean(jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1))
-
-
-def accuracy(logits_BxC: jnp.ndarray, labels_B: jnp.ndarray) -> jnp.ndarray:
-  return jnp.mean(jnp.argmax(logits_BxC, -1) == labels_B)
 
 
 def multimodal_loss(outputs: Mapping[str, Any], labels_B: jnp.ndarray,
@@ -76,15 +59,6 @@ def _first_nonfinite(loss, grads, encoder_norms: Mapping[str, jnp.ndarray]) -> j
   checks.append(jnp.isfinite(optax.global_norm(rest)) if rest else jnp.bool_(True))
   bad = ~jnp.stack(checks)
   return jnp.where(bad.any(), jnp.argmax(bad), -1).astype(jnp.int32)
-
-
-FUSED_TASK = "fused"
-
-
-def loss_terms(outputs: Mapping[str, Any], labels_B: jnp.ndarray, names) -> jnp.ndarray:
-  """The unweighted losses [CE(fused), CE(unimodal_m) for m in names], shape (1 + N,)."""
-  return jnp.stack([cross_entropy(outputs["logits"], labels_B)]
-                   + [cross_entropy(outputs["unimodal_logits"][m], labels_B) for m in names])
 
 
 def per_loss_gradients(losses_fn, params, num_losses: int):

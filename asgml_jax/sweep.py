@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from asgml_jax import compile_cache, input_pipeline, parallel, run_dir, teachers, train
-from asgml_jax.config_schema import ConfigError
+from asgml_jax.config_checks import ConfigError
 from asgml_jax.epoch_hooks import EpochHooks
 from asgml_jax.methods import stack as method_stack
 from asgml_jax.metrics import summarize_confusions

@@ -81,7 +81,7 @@ def random_train_data(config, num_examples: int, num_classes: int, key) -> dict:
   """Device arrays shaped like the config's stored train split (frames as uint8)."""
   import jax
   import jax.numpy as jnp
-  from asgml_jax.config_schema import modality_names
+  from asgml_jax.config_checks import modality_names
   data = {}
   for i, name in enumerate(modality_names(config)):
     mod, k = config.modalities[name], jax.random.fold_in(key, i)

@@ -92,7 +92,7 @@ def compilation_cache() -> None:
 def user_errors() -> tuple[type, ...]:
   """Exceptions that mean the user's input, not a bug (imported late: heavy)."""
   from asgml_jax.checkpointing import CheckpointError
-  from asgml_jax.config_schema import ConfigError
+  from asgml_jax.config_checks import ConfigError
   from asgml_jax.run_dir import WorkdirError
   from asgml_jax.train import NonFiniteError
   from data_prep.common import BadInputError
@@ -101,7 +101,7 @@ def user_errors() -> tuple[type, ...]:
 
 
 def exit_code(err: BaseException) -> int:
-  from asgml_jax.config_schema import ConfigError
+  from asgml_jax.config_checks import ConfigError
   return 2 if isinstance(err, ConfigError) else 1
 
 

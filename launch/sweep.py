@@ -20,7 +20,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from asgml_jax.config_schema import ConfigError
+from asgml_jax.config_checks import ConfigError
 from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (file.py[:arg]).",

@@ -466,7 +466,7 @@ def test_mla_step_is_the_references_turns(projection):
   and torch's SGD are written out here."""
   from asgml_jax.methods.mla import project_kernel_grad, projector_step
   from asgml_jax.models import model_from_config
-  from asgml_jax.steps import cross_entropy
+  from asgml_jax.losses import cross_entropy
   config = _config("mla", **{"method.mla.projection": projection})
   assert config.model.fusion == "shared"
   state, step, batch = jitted_step(config)
@@ -737,7 +737,7 @@ def test_lfm_hypergradient_is_torchs_hessian_vector_product(tfds_dir):
   from asgml_jax import train
   from asgml_jax.epoch_hooks import EpochHooks
   from asgml_jax.methods.lfm import first_kernel, next_alpha
-  from asgml_jax.steps import cross_entropy
+  from asgml_jax.losses import cross_entropy
   from configs.variants import apply_variant
   import optax
   config = apply_variant(tiny_mlp_config(tfds_dir), "lfm")

@@ -686,7 +686,7 @@ def test_gblend_estimate_measures_each_tasks_train_and_holdout_loss(tfds_dir):
   """With no copy training (0 epochs) the estimate's losses are the model's own
   inference-mode CE_k on the two disjoint parts of the train split."""
   from asgml_jax import gblend, train
-  from asgml_jax.steps import loss_terms
+  from asgml_jax.losses import loss_terms
   from configs.variants import apply_variant
   config = apply_variant(tiny_mlp_config(tfds_dir), "gblend")
   setup = train.setup_run(config)
@@ -720,6 +720,7 @@ def test_per_loss_gradients_are_each_losses_own_gradient_and_sum_to_the_total(tf
   """The step's per-loss gradients (one forward, K vjps) equal jax.grad of each loss
   alone, and their γ-weighted sum is the single-backward gradient."""
   from asgml_jax import steps
+  from asgml_jax.losses import loss_terms
   config = tiny_mlp_config(tfds_dir)
   from asgml_jax.config_schema import modality_config
   config.modalities.text = modality_config("mlp", (10,), mlp_hidden_dim=16)
@@ -735,7 +736,7 @@ def test_per_loss_gradients_are_each_losses_own_gradient_and_sum_to_the_total(tf
     outputs, new_vars = model.apply({"params": params, "batch_stats": state.batch_stats},
                                     {m: batch[m] for m in names}, train=True,
                                     mutable=["batch_stats"], rngs={"dropout": key})
-    return steps.loss_terms(outputs, batch["label"], names), outputs
+    return loss_terms(outputs, batch["label"], names), outputs
 
   grads, losses, _ = steps.per_loss_gradients(losses_fn, state.params, 4)
   for k in range(4):

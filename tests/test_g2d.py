@@ -132,7 +132,7 @@ def test_g2d_after_its_window_every_encoder_updates(g2d_run):
 
 def test_g2d_prioritises_the_weakest_teacher_for_n_modalities():
   from asgml_jax.methods.g2d import prioritised
-  from asgml_jax.signals import batch_scores as teacher_scores
+  from asgml_jax.losses import batch_scores as teacher_scores
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 5, 16)
   for _ in range(20):                                   # N = 2: the reference's branch

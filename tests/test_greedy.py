@@ -272,7 +272,7 @@ def test_a_curated_modality_takes_no_gradient_through_its_excitation():
   from asgml_jax.methods import greedy
   from asgml_jax.methods.base import BuildContext, StepContext
   from asgml_jax.models import model_from_config
-  from asgml_jax.steps import cross_entropy
+  from asgml_jax.losses import cross_entropy
   config = variant_config("greedy")
   state, _, batch = jitted_step(config)
   model = model_from_config(config, 4)

@@ -53,7 +53,7 @@ def transform(ctx):
 
 
 def fused_loss(ctx):
-  from asgml_jax.steps import cross_entropy
+  from asgml_jax.losses import cross_entropy
   from asgml_jax.transforms import agm as agm_lib
   a = ctx.config.method.agm
   cfg = agm_lib.AGMConfig(alpha=a.alpha, modulation_starts=a.modulation_starts,

@@ -125,7 +125,7 @@ def _masked(ctx, step_ctx, outputs):
 
 
 def fused_loss(ctx):
-  from asgml_jax.steps import cross_entropy
+  from asgml_jax.losses import cross_entropy
 
   def loss(step_ctx, variables, outputs):
     masked, p = _masked(ctx, step_ctx, outputs)

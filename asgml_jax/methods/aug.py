@@ -156,7 +156,7 @@ def layers(config, num_classes: int):
 
 def modality_loss(out, previous, newest, count, labels, residual_weight: float):
   """loss_m of the module docstring."""
-  from asgml_jax.steps import cross_entropy
+  from asgml_jax.losses import cross_entropy
   p = jnp.take_along_axis(jax.nn.softmax(jax.lax.stop_gradient(previous), -1),
                           labels[:, None], 1)[:, 0]
   log_q = jnp.take_along_axis(jax.nn.log_softmax(newest, -1), labels[:, None], 1)[:, 0]
@@ -209,8 +209,8 @@ def _shared_keep(params, stepped: tuple, counts: dict):
 
 def sub_steps(ctx):
   from asgml_jax.methods.mla import _forward_with_vjp
-  from asgml_jax.signals import batch_scores
-  from asgml_jax.steps import cross_entropy
+  from asgml_jax.losses import batch_scores
+  from asgml_jax.losses import cross_entropy
   heads = layers(ctx.config, ctx.num_classes)
   names = ctx.names
   residual_weight = ctx.config.method.aug.residual_weight

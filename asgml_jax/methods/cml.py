@@ -67,7 +67,7 @@ def _confidence(logits):
 def cml_loss(fused, contributions, labels, order, lam: float):
   """(loss, {modality index: penalty of removing it}) for fused logits (B, C),
   contributions (N, B, C) and the removal order (N,)."""
-  from asgml_jax.steps import cross_entropy
+  from asgml_jax.losses import cross_entropy
   num = contributions.shape[0]
   ce = cross_entropy(fused, labels)
   penalty = jnp.float32(0.0)

@@ -195,7 +195,7 @@ def transform(ctx):
 
 
 def fused_loss(ctx):
-  from asgml_jax.steps import cross_entropy
+  from asgml_jax.losses import cross_entropy
   d = ctx.config.method.di_mml
   first_fusion, contrast_epoch = schedule(ctx.config)
   shared = layers(ctx.config, ctx.num_classes)

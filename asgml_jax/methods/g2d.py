@@ -93,7 +93,7 @@ def prioritised(scores: dict) -> dict:
 
 def distillation_kl(student_logits, teacher_logits, temperature: float):
   """T² · KL(softmax(t/T) ‖ softmax(s/T)), summed over classes, mean over the batch."""
-  from asgml_jax.steps import kl_divergence
+  from asgml_jax.losses import kl_divergence
   return kl_divergence(teacher_logits / temperature, student_logits / temperature) \
       * temperature ** 2
 
@@ -134,7 +134,7 @@ def transform(ctx):
 def loss_term(ctx):
   from asgml_jax import teachers
   from asgml_jax.methods.umt import teacher_outputs
-  from asgml_jax.signals import batch_scores
+  from asgml_jax.losses import batch_scores
   g = ctx.config.method.g2d
   models = {m: teachers.teacher_model(ctx.config, m, ctx.num_classes) for m in ctx.names}
 

@@ -132,7 +132,7 @@ def transform(ctx):
 
 
 def fused_loss(ctx):
-  from asgml_jax.steps import cross_entropy, kl_divergence   # the reference's compute_kl_divergence
+  from asgml_jax.losses import cross_entropy, kl_divergence   # the reference's compute_kl_divergence
   heads = layers(ctx.config, ctx.num_classes)
   alpha = ctx.config.method.iprm.alpha
 

@@ -83,7 +83,7 @@ def mean_alignment(unimodal_logits, names):
 
 
 def lfm_loss(fused_logits, unimodal_logits, labels, names, alpha):
-  from asgml_jax.steps import cross_entropy
+  from asgml_jax.losses import cross_entropy
   align = mean_alignment(unimodal_logits, names)
   return 2.0 * (alpha[0] * cross_entropy(fused_logits, labels) + alpha[1] * align), align
 
@@ -125,7 +125,7 @@ def first_kernel(tree):
 def make_alpha_gradient(model, names, frame_sizes):
   """Jitted (params, batch_stats, batch, alpha, key) -> the reference's alpha_grad."""
   from asgml_jax import augment
-  from asgml_jax.steps import cross_entropy
+  from asgml_jax.losses import cross_entropy
   first = names[0]
 
   def losses(params, batch_stats, batch, key):

@@ -130,7 +130,7 @@ def _head_logits(head, features):
 
 def sub_steps(ctx):
   """One update per modality through the shared head (module docstring)."""
-  from asgml_jax.steps import cross_entropy
+  from asgml_jax.losses import cross_entropy
   names = ctx.names
 
   def run(sub):

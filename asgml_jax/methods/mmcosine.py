@@ -82,7 +82,7 @@ def _logits(ctx, params, outputs) -> dict:
 
 
 def fused_loss(ctx):
-  from asgml_jax.steps import cross_entropy
+  from asgml_jax.losses import cross_entropy
   scaling = ctx.config.method.mmcosine.scaling
 
   def loss(step_ctx, variables, outputs):

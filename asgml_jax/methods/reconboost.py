@@ -94,7 +94,7 @@ def reconcilement(unimodal, m_index, names):
 
 
 def fused_loss(ctx):
-  from asgml_jax.steps import cross_entropy
+  from asgml_jax.losses import cross_entropy
   r = ctx.config.method.reconboost
   names, per_epoch = ctx.names, ctx.steps_per_epoch
 

@@ -29,8 +29,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from asgml_jax.models.encoders import dense_init, make_encoder
+from asgml_jax.config_checks import modality_names
+from asgml_jax.models.encoders import dense_init, make_encoder, stage_count
 from asgml_jax.models.fusion import make_fusion
+from asgml_jax.models.mid_fusion import MidFusion, block_stages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,8 +172,6 @@ class MultimodalClassifier(nn.Module):
 
   def _staged(self, encoders, inputs, train, control):
     """The encoders stage by stage in lockstep, an MMTM block after the chosen stages."""
-    from asgml_jax.models.encoders import stage_count
-    from asgml_jax.models.mid_fusion import MidFusion, block_stages
     names = self.modality_names
     num_stages = stage_count([s.encoder for s in self.specs])   # validated: not None
     blocks = block_stages(num_stages, self.mmtm_after)
@@ -215,9 +215,15 @@ def encoder_spec(name: str, mod) -> EncoderSpec:
       transformer_pooling=mod.transformer_pooling, sequence_mask=mod.sequence_mask)
 
 
+def resolve_compute_dtype(name: str) -> str:
+  """"auto" -> "bfloat16" on accelerators (the seeds' AMP), "float32" on the CPU."""
+  if name != "auto":
+    return name
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
 def model_from_config(config, num_classes: int) -> MultimodalClassifier:
   """Builds the classifier a (validated) config describes."""
-  from asgml_jax.config_schema import modality_names, resolve_compute_dtype
   specs = tuple(encoder_spec(n, config.modalities[n]) for n in modality_names(config))
   return MultimodalClassifier(
       specs=specs, num_classes=num_classes, feature_dim=config.model.feature_dim,

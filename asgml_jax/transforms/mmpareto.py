@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from asgml_jax.steps import FUSED_TASK
+from asgml_jax.losses import FUSED_TASK
 
 
 class MMParetoState(NamedTuple):

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from asgml_jax.steps import FUSED_TASK
+from asgml_jax.losses import FUSED_TASK
 
 
 def task_names(params) -> tuple[str, ...]:

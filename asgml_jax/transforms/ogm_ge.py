@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from asgml_jax.signals import batch_scores  # noqa: F401  (re-exported)
+from asgml_jax.losses import batch_scores  # noqa: F401  (re-exported)
 
 LEAVES = ("all", "conv", "min_2d")
 NOISE_ON = ("all", "dominant")
