@@ -18,7 +18,7 @@ import optax
 
 from asgml_jax.losses import FUSED_TASK, accuracy, batch_scores, cross_entropy
 from asgml_jax.methods.base import StepContext, SubStepContext, merge_extras
-from asgml_jax.methods.stack import StepHooks
+from asgml_jax.methods.stack import StepParts
 from asgml_jax.probes import ProbeConfig, maybe_refresh, probe_logits, utilization_gap
 from asgml_jax.state import TrainState
 from asgml_jax.transforms.schedule import update_gates
@@ -90,15 +90,15 @@ def _tx_args(step, outputs, labels, probe_state, grad_norms, unimodal) -> dict:
 
 def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx,
                unimodal_weight: float, lr_fn, probe_cfg: ProbeConfig,
-               hooks: StepHooks | None = None) -> tuple[TrainState, dict]:
+               parts: StepParts | None = None) -> tuple[TrainState, dict]:
   """One optimisation step; returns the new state and scalar metrics.
 
   Order: forward/backward with the unimodal terms gated by the schedule's
   predicted flags; probe refresh on stop-gradient features (every
   `eval_freq` steps); `tx.update` with this step's signals as extra args.
 
-  hooks: the loss-side parts of the run's method stack
-  (`methods.stack.step_hooks`; None: plain joint training):
+  parts: the step-side parts of the run's method stack (`parts.hooks`, the
+  stack's `Step` records assembled; None: plain joint training):
   - a feature gate between encoders and fusion, a method's own fused loss in
     place of CE(fused), loss terms added to the total, a γ schedule;
   - per_loss_grads: also hand `tx.update` the gradient of every unweighted
@@ -115,7 +115,8 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
   and the culprit in `state.health`; once recorded, every later step is a no-op
   too, so the host can stop with a precise error and nothing corrupt is saved.
   """
-  hooks = hooks or StepHooks()
+  parts = parts or StepParts()
+  hooks = parts.hooks
   names = model.modality_names
   labels = batch["label"]
   dropout_key = jax.random.fold_in(state.rng, state.step)
@@ -145,7 +146,7 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
     return outputs, new_vars.get("batch_stats", {}), fused, extras
 
   def add_terms(total, params, outputs, extras):
-    for term in hooks.loss_terms:
+    for term in hooks.loss_term:
       value, more = term(ctx, params, outputs)
       total = total + value
       merge_extras(extras, more)
@@ -164,7 +165,7 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
     return total, (outputs, new_batch_stats, fused, unimodal, extras)
 
   extra = {}
-  if hooks.per_loss_grads:
+  if parts.per_loss_grads:
     def losses_fn(params):
       outputs, new_batch_stats, fused, extras = forward(params)
       if fused is None:
@@ -243,7 +244,7 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
     metrics[f"probe/score_{m}"] = probe_state.score[m]
   metrics["probe/utilization_gap"] = utilization_gap(probe_state.accuracy)
   metrics.update(hook_extras.get("metrics", {}))
-  metrics.update(state_signals(new_opt_state, hooks.signals))
+  metrics.update(state_signals(new_opt_state, parts.signals))
   return new_state, metrics
 
 

@@ -36,7 +36,7 @@ VARIANT_PREFIX = "unimodal_"
 
 def needs_teachers(config) -> bool:
   from asgml_jax.methods import stack
-  return any(m.teachers for m in stack.resolve(config.method))
+  return any(m.epoch.teachers for m in stack.resolve(config.method))
 
 
 def teacher_config(config, modality: str):

@@ -53,7 +53,7 @@ def _field(metric: str) -> str:
 
 def step_options(config, steps_per_epoch: int, num_classes: int | None = None) -> dict:
   """The static options of `steps.train_step` for the config's method stack."""
-  return {"hooks": method_stack.step_hooks(config, steps_per_epoch, num_classes)}
+  return {"parts": method_stack.step_parts(config, steps_per_epoch, num_classes)}
 
 
 def make_train_body(model, tx, config, steps_per_epoch: int, state, example_batch, probe_cfg,

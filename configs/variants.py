@@ -30,12 +30,13 @@ def _presets() -> dict:
   for method in methods.all_methods():
     if method is unimodal.UNIMODAL:
       continue  # reached through its own prefix (unimodal_<modality>)
-    out[method.name] = (method.name, [method.preset] if method.preset else [], ())
-    for variant, preset in method.variants.items():
+    preset = method.settings.preset
+    out[method.name] = (method.name, [preset] if preset else [], ())
+    for variant, preset in method.settings.variants.items():
       out[variant] = (method.name, [preset], ())
   for name, (stack, settings) in methods.NAMED_STACKS.items():
     if stack:
-      parts = [methods.get(m).preset for m in stack if methods.get(m).preset]
+      parts = [methods.get(m).settings.preset for m in stack if methods.get(m).settings.preset]
       out[name] = (name, parts, settings)
   return out
 

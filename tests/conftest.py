@@ -146,7 +146,7 @@ def with_stack(config, stack: str):
   config.method.staleness.modalities = "audio"
   names = methods.method_names()
   for name in stack.split(","):
-    for req in (methods.get(name).requires if name in names else ()):
+    for req in (methods.get(name).settings.requires if name in names else ()):
       set_dotted(config, req.key, req.value)
   return config
 

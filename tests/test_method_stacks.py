@@ -65,7 +65,8 @@ def _train_pair(pair, tfds_dir, tmp_path):
   metrics = two_healthy_steps(config, pair)
   for name in pair:
     method = methods.get(name)
-    for prefix in [s.prefix for s in method.signals] + [p.prefix for p in method.plots]:
+    logged = method.logging
+    for prefix in [s.prefix for s in logged.signals] + [p.prefix for p in logged.plots]:
       assert any(k.startswith(prefix + "_") for k in metrics), f"{pair}: {name} logs no {prefix}"
 
 

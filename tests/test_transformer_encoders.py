@@ -233,7 +233,7 @@ def test_bfloat16_features_are_the_float32_features(kind):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [m.name for m in methods.all_methods()
-                                  if not m.alone and not m.teachers])
+                                  if not m.composition.alone and not m.epoch.teachers])
 def test_every_method_steps_on_transformer_encoders(name):
   """Each multimodal method alone, 2 jitted steps on a vit + a sequence
   transformer: healthy, finite metrics (what test_method_stacks checks on

@@ -94,6 +94,7 @@ def blocks() -> dict:
   """{block name: defaults()} of every method's config group (shared ones once)."""
   out = {}
   for method in REGISTRY:
-    if method.block is not None and method.block not in out:
-      out[method.block] = method.defaults()
+    block = method.settings.block
+    if block is not None and block not in out:
+      out[block] = method.settings.defaults()
   return out

@@ -14,7 +14,7 @@ import dataclasses
 import ml_collections
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method
+from asgml_jax.methods.base import Method, Optax, Protocols, Settings
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -57,11 +57,9 @@ def schedule(ctx, inner):
 
 ADAPTIVE = Method(
     name="adaptive", summary="ASGML adaptive: per-encoder update periods from training signals",
-    block="adaptive", defaults=defaults, check_block=check_block,
-    # the seeds' adaptive frequency path: off-steps soft-masked ×0.1 with the
-    # optimizer acting, no compensation (SPEC §10, corrections)
-    seed_code=(("method.adaptive.compensation", "none"),
-               ("method.adaptive.off_steps", "soft_mask"),
-               ("method.adaptive.kappa_mode", "absolute"),
-               ("method.adaptive.signals", "seed_code")),
-    stage="schedule", schedule=schedule)
+    settings=Settings(block="adaptive", defaults=defaults, check_block=check_block),
+    protocols=Protocols(seed_code=(("method.adaptive.compensation", "none"),
+                                   ("method.adaptive.off_steps", "soft_mask"),
+                                   ("method.adaptive.kappa_mode", "absolute"),
+                                   ("method.adaptive.signals", "seed_code"))),
+    optax=Optax(stage="schedule", schedule=schedule))

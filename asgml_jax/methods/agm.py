@@ -20,7 +20,7 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Signal
+from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal, Step
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -87,8 +87,9 @@ def fused_loss(ctx):
 
 AGM = Method(
     name="agm", summary="AGM: Shapley outputs, each modality's gradient scaled by c_m",
-    block="agm", defaults=defaults, check_block=check_block, preset=preset,
-    reference=(("loss.unimodal_weight", 0.0),),
-    stage="edit", rank=30, transform=transform, fused_loss=fused_loss,
-    signals=(Signal("agm_coefficients", "agm/coeff", "AGM coefficient"),
-             Signal("agm_running_score", "agm/running_score")))
+    settings=Settings(block="agm", defaults=defaults, check_block=check_block, preset=preset),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0),)),
+    optax=Optax(stage="edit", rank=30, transform=transform),
+    step=Step(fused_loss=fused_loss),
+    logging=Logging(signals=(Signal("agm_coefficients", "agm/coeff", "AGM coefficient"),
+                             Signal("agm_running_score", "agm/running_score"))))

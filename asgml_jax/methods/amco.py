@@ -38,7 +38,8 @@ import numpy as np
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Requirement, Signal
+from asgml_jax.methods.base import (Logging, Method, Optax, Protocols, Requirement, Settings,
+                                    Signal, Step)
 
 _MASK_SALT = 0xA3C0
 
@@ -145,12 +146,17 @@ def unimodal_logits(ctx):
 
 AMCO = Method(
     name="amco", summary="AMCo: the dominant modality's class logits masked, more every batch",
-    block="amco", defaults=defaults, check_block=check_block, check=check, preset=preset,
-    requires=(Requirement("model.fusion", "concat", "amco masks the concat fusion's split logits"),
-              Requirement("model.unimodal_heads", "split",
-                          "amco masks the split logits of the fusion layer"),
-              Requirement("model.logit_mixer", True, "amco predicts with M(Σ_m u_m)")),
-    reference=(("loss.unimodal_weight", 1.0),),
-    stage="post", transform=transform, fused_loss=fused_loss, unimodal_logits=unimodal_logits,
-    signals=(Signal("amco_dependent", "amco/dependent", "AMCo: modality masked (dependent)"),
-             Signal("amco_share", "amco/share")))
+    settings=Settings(
+        block="amco", defaults=defaults, check_block=check_block, check=check,
+        requires=(Requirement("model.fusion", "concat",
+                              "amco masks the concat fusion's split logits"),
+                  Requirement("model.unimodal_heads", "split",
+                              "amco masks the split logits of the fusion layer"),
+                  Requirement("model.logit_mixer", True, "amco predicts with M(Σ_m u_m)")),
+        preset=preset),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 1.0),)),
+    optax=Optax(stage="post", transform=transform),
+    step=Step(fused_loss=fused_loss, unimodal_logits=unimodal_logits),
+    logging=Logging(
+        signals=(Signal("amco_dependent", "amco/dependent", "AMCo: modality masked (dependent)"),
+                 Signal("amco_share", "amco/share"))))

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Requirement, Signal
+from asgml_jax.methods.base import (Logging, Method, Optax, Protocols, Requirement, Settings,
+                                    Signal, Step)
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -90,14 +91,14 @@ def label(config: Mapping) -> str:
 
 ARL = Method(
     name="arl", summary="ARL: encoder gradients ×(1 + w_m), γ raised after start_epoch, clip",
-    block="arl", defaults=defaults, check_block=check_block, preset=preset,
-    variants={"arl_fixed": preset_fixed},
-    reference=(("model.unimodal_heads", "split"), ("loss.unimodal_weight", 1.0),
-               ("method.arl.scaling", "coefficients")),
-    requires=(Requirement("model.unimodal_heads", "split",
-                          "arl reads each modality's logits off the shared fusion layer"),),
-    stage="edit", rank=70, transform=transform, unimodal_weight=unimodal_weight,
-    unimodal_logits=unimodal_logits,
-    signals=(Signal("arl_weight", "arl/weight", "ARL coefficient w"),
-             Signal("arl_scale", "arl/grad_scale")),
-    label=label)
+    settings=Settings(
+        block="arl", defaults=defaults, check_block=check_block,
+        requires=(Requirement("model.unimodal_heads", "split",
+                              "arl reads each modality's logits off the shared fusion layer"),),
+        preset=preset, variants={"arl_fixed": preset_fixed}),
+    protocols=Protocols(reference=(("model.unimodal_heads", "split"), ("loss.unimodal_weight", 1.0),
+                                   ("method.arl.scaling", "coefficients"))),
+    optax=Optax(stage="edit", rank=70, transform=transform),
+    step=Step(unimodal_logits=unimodal_logits, unimodal_weight=unimodal_weight),
+    logging=Logging(signals=(Signal("arl_weight", "arl/weight", "ARL coefficient w"),
+                             Signal("arl_scale", "arl/grad_scale")), label=label))

@@ -57,7 +57,8 @@ import numpy as np
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Plot, Signal, SubStepResult
+from asgml_jax.methods.base import (Epoch, Evaluation, Logging, Method, Optax, Plot, Protocols,
+                                    Settings, Signal, Step, SubStepResult)
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -149,9 +150,8 @@ class AUGHeads(nn.Module):
     return out
 
 
-def layers(config, num_classes: int):
-  return AUGHeads(tuple(cc.modality_names(config)), num_classes, config.method.aug.hidden,
-                  _slots(config))
+def layers(ctx):
+  return AUGHeads(ctx.names, ctx.num_classes, ctx.config.method.aug.hidden, _slots(ctx.config))
 
 
 def modality_loss(out, previous, newest, count, labels, residual_weight: float):
@@ -211,7 +211,7 @@ def sub_steps(ctx):
   from asgml_jax.methods.mla import _forward_with_vjp
   from asgml_jax.losses import batch_scores
   from asgml_jax.losses import cross_entropy
-  heads = layers(ctx.config, ctx.num_classes)
+  heads = layers(ctx)
   names = ctx.names
   residual_weight = ctx.config.method.aug.residual_weight
   zero_grad = ctx.config.method.aug.skipped == "zero_grad"
@@ -259,7 +259,7 @@ def sub_steps(ctx):
 
 
 def eval_logits(ctx):
-  heads = layers(ctx.config, ctx.num_classes)
+  heads = layers(ctx)
   weights = _merge(ctx.config)
 
   def replace(state, batch, outputs):
@@ -323,9 +323,13 @@ AUG = Method(
     name="aug",
     summary="AUG: a classifier shared by the modalities, each step one update per modality, "
             "and boosting learners assigned to the modality that classifies worse",
-    block="aug", defaults=defaults, check_block=check_block, preset=preset,
-    drop_modality=drop_modality, reference=(("method.aug.skipped", "zero_grad"),),
-    stage="post", transform=transform, sub_steps=sub_steps, eval_logits=eval_logits,
-    layers=layers, epoch_hook=Learners,
-    signals=(Signal("aug_layers", "aug/learners", "AUG: boosting learners per modality"),),
-    plots=(Plot("aug/turn_loss", "AUG: each modality's turn loss"),))
+    settings=Settings(block="aug", defaults=defaults, check_block=check_block, preset=preset,
+                      drop_modality=drop_modality),
+    protocols=Protocols(reference=(("method.aug.skipped", "zero_grad"),)),
+    optax=Optax(stage="post", transform=transform),
+    step=Step(sub_steps=sub_steps, layers=layers),
+    evaluation=Evaluation(eval_logits=eval_logits),
+    epoch=Epoch(hook=Learners),
+    logging=Logging(
+        signals=(Signal("aug_layers", "aug/learners", "AUG: boosting learners per modality"),),
+        plots=(Plot("aug/turn_loss", "AUG: each modality's turn loss"),)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ml_collections
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Signal
+from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -45,7 +45,8 @@ def transform(ctx):
 
 BOOST = Method(
     name="boost", summary="probe-guided boost of the under-used encoders' gradients",
-    block="boost", defaults=defaults, check_block=check_block, preset=preset,
-    seed_code=(("method.boost.ema_alpha", 0.3), ("method.boost.noise_sigma", 0.1)),
-    stage="edit", rank=60, transform=transform,
-    signals=(Signal("scales", "boost/scale", "boost scale"),))
+    settings=Settings(block="boost", defaults=defaults, check_block=check_block, preset=preset),
+    protocols=Protocols(
+        seed_code=(("method.boost.ema_alpha", 0.3), ("method.boost.noise_sigma", 0.1))),
+    optax=Optax(stage="edit", rank=60, transform=transform),
+    logging=Logging(signals=(Signal("scales", "boost/scale", "boost scale"),)))

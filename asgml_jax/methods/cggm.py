@@ -20,7 +20,7 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Signal
+from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal, Step
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -76,8 +76,11 @@ def loss_term(ctx):
 
 CGGM = Method(
     name="cggm", summary="CGGM: classifier-guided gradient modulation and direction loss",
-    block="cggm", defaults=defaults, check_block=check_block, check=check, preset=preset,
-    reference=(("loss.unimodal_weight", 0.0), ("method.cggm.balance_guard", "none")),
-    stage="edit", rank=10, transform=transform, loss_term=loss_term,
-    signals=(Signal("cggm_balance", "cggm/balance", "CGGM balance B"),
-             Signal("aux_accuracy", "cggm/aux_acc")))
+    settings=Settings(
+        block="cggm", defaults=defaults, check_block=check_block, check=check, preset=preset),
+    protocols=Protocols(
+        reference=(("loss.unimodal_weight", 0.0), ("method.cggm.balance_guard", "none"))),
+    optax=Optax(stage="edit", rank=10, transform=transform),
+    step=Step(loss_term=loss_term),
+    logging=Logging(signals=(Signal("cggm_balance", "cggm/balance", "CGGM balance B"),
+                             Signal("aux_accuracy", "cggm/aux_acc"))))

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Plot, Requirement
+from asgml_jax.methods.base import Logging, Method, Plot, Protocols, Requirement, Settings, Step
 
 _ORDER_SALT = 0xC411
 
@@ -98,11 +98,13 @@ def fused_loss(ctx):
 
 CML = Method(
     name="cml", summary="CML: confidence may not rise when a modality is removed",
-    block="cml", defaults=defaults, check_block=check_block, check=check, preset=preset,
-    requires=(Requirement("model.fusion", "concat",
-                          "cml removes each modality's share of the concat fusion's logits"),
-              Requirement("model.unimodal_heads", "split",
-                          "cml reads each modality's share off the fusion layer")),
-    reference=(("loss.unimodal_weight", 0.0),),
-    fused_loss=fused_loss,
-    plots=(Plot("cml/penalty", "CML penalty, modality removed"),))
+    settings=Settings(
+        block="cml", defaults=defaults, check_block=check_block, check=check,
+        requires=(Requirement("model.fusion", "concat",
+                              "cml removes each modality's share of the concat fusion's logits"),
+                  Requirement("model.unimodal_heads", "split",
+                              "cml reads each modality's share off the fusion layer")),
+        preset=preset),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0),)),
+    step=Step(fused_loss=fused_loss),
+    logging=Logging(plots=(Plot("cml/penalty", "CML penalty, modality removed"),)))

@@ -28,7 +28,7 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Requirement
+from asgml_jax.methods.base import Method, Optax, Protocols, Requirement, Settings, Step
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -91,9 +91,11 @@ DGL = Method(
     name="dgl",
     summary="DGL: the fused loss trains the fusion layer only; the encoders learn from their "
             "unimodal losses (fusion layer on one modality, no gradient into it)",
-    block="dgl", defaults=defaults, check_block=check_block, check=check, preset=preset,
-    requires=(Requirement("model.fusion", "concat",
-                          "dgl's unimodal logits are the concat layer on one modality"),),
-    reference=(("loss.unimodal_weight", 4.0),),
-    stage="edit", rank=80, transform=transform, feature_gate=feature_gate,
-    unimodal_logits=unimodal_logits)
+    settings=Settings(
+        block="dgl", defaults=defaults, check_block=check_block, check=check,
+        requires=(Requirement("model.fusion", "concat",
+                              "dgl's unimodal logits are the concat layer on one modality"),),
+        preset=preset),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 4.0),)),
+    optax=Optax(stage="edit", rank=80, transform=transform),
+    step=Step(feature_gate=feature_gate, unimodal_logits=unimodal_logits))

@@ -58,7 +58,8 @@ import numpy as np
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Plot, Requirement
+from asgml_jax.methods.base import (Epoch, Evaluation, Logging, Method, Optax, Plot, Protocols,
+                                    Requirement, Settings, Step)
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -115,8 +116,8 @@ class SharedClassifier(nn.Module):
     return dense(features.astype(jnp.float32))
 
 
-def layers(config, num_classes: int):
-  return SharedClassifier(num_classes)
+def layers(ctx):
+  return SharedClassifier(ctx.num_classes)
 
 
 def top_dimensions(features: np.ndarray, labels: np.ndarray, num_classes: int,
@@ -198,7 +199,7 @@ def fused_loss(ctx):
   from asgml_jax.losses import cross_entropy
   d = ctx.config.method.di_mml
   first_fusion, contrast_epoch = schedule(ctx.config)
-  shared = layers(ctx.config, ctx.num_classes)
+  shared = layers(ctx)
   names, spe = ctx.names, ctx.steps_per_epoch
 
   def loss(step_ctx, variables, outputs):
@@ -285,14 +286,17 @@ DI_MML = Method(
     summary="DI-MML: unimodal models trained apart (own heads, a shared aligning classifier, "
             "contrast on each modality's own feature dimensions), then a fusion layer on the "
             "frozen encoders",
-    block="di_mml", defaults=defaults, check_block=check_block, check=check, preset=preset,
-    requires=(Requirement("model.unimodal_heads", "separate",
-                          "di_mml's unimodal models each have their own Linear(D -> C) head"),
-              Requirement("model.fusion", "concat",
-                          "di_mml's stage 2 trains the concat fusion layer")),
-    reference=(("loss.unimodal_weight", 0.0),),
-    stage="post", transform=transform, fused_loss=fused_loss, eval_logits=eval_logits,
-    layers=layers, epoch_hook=OwnDimensions,
-    plots=(Plot("di_mml/own_dims", "DI-MML: own feature dimensions"),
-           Plot("di_mml/contrast", "DI-MML: contrastive loss"),
-           Plot("di_mml/align", "DI-MML: shared-classifier CE")))
+    settings=Settings(
+        block="di_mml", defaults=defaults, check_block=check_block, check=check,
+        requires=(Requirement("model.unimodal_heads", "separate",
+                              "di_mml's unimodal models each have their own Linear(D -> C) head"),
+                  Requirement("model.fusion", "concat",
+                              "di_mml's stage 2 trains the concat fusion layer")), preset=preset),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0),)),
+    optax=Optax(stage="post", transform=transform),
+    step=Step(fused_loss=fused_loss, layers=layers),
+    evaluation=Evaluation(eval_logits=eval_logits),
+    epoch=Epoch(hook=OwnDimensions),
+    logging=Logging(plots=(Plot("di_mml/own_dims", "DI-MML: own feature dimensions"),
+                           Plot("di_mml/contrast", "DI-MML: contrastive loss"),
+                           Plot("di_mml/align", "DI-MML: shared-classifier CE"))))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ml_collections
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Signal
+from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -35,7 +35,7 @@ def transform(ctx):
 
 DWA = Method(
     name="dwa", summary="DWA: loss weights from each loss's descent rate",
-    block="dwa", defaults=defaults, check_block=check_block, preset=preset,
-    reference=(("loss.unimodal_weight", 1.0),),
-    stage="combine", transform=transform,
-    signals=(Signal("task_weights", "task_weight", "loss weight (DWA)"),))
+    settings=Settings(block="dwa", defaults=defaults, check_block=check_block, preset=preset),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 1.0),)),
+    optax=Optax(stage="combine", transform=transform),
+    logging=Logging(signals=(Signal("task_weights", "task_weight", "loss weight (DWA)"),)))

@@ -15,7 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method
+from asgml_jax.methods.base import Method, Optax, Protocols, Settings
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -58,13 +58,15 @@ def _schedule(control: bool):
   return build
 
 
-_COMMON = dict(block="frequency", defaults=defaults, check_block=check_block,
-               drop_modality=drop_modality,
-               seed_code=(("method.frequency.soft_mask_scale", 0.1),), stage="schedule")
+_SETTINGS = Settings(block="frequency", defaults=defaults, check_block=check_block,
+                     drop_modality=drop_modality)
+_PROTOCOLS = Protocols(seed_code=(("method.frequency.soft_mask_scale", 0.1),))
 
 FREQUENCY = Method(name="frequency",
                    summary="ASGML frequency: the throttled encoders update every k-th step",
-                   schedule=_schedule(False), **_COMMON)
+                   settings=_SETTINGS, protocols=_PROTOCOLS,
+                   optax=Optax(stage="schedule", schedule=_schedule(False)))
 FREQUENCY_CONTROL = Method(name="frequency_control",
                            summary="control: the other encoders update every k-th step",
-                           schedule=_schedule(True), **_COMMON)
+                           settings=_SETTINGS, protocols=_PROTOCOLS,
+                           optax=Optax(stage="schedule", schedule=_schedule(True)))

@@ -48,7 +48,8 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Plot, Signal
+from asgml_jax.methods.base import (Composition, Epoch, Logging, Method, Optax, Plot, Protocols,
+                                    Settings, Signal, Step)
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -159,10 +160,14 @@ G2D = Method(
     name="g2d",
     summary="G2D: distillation from unimodal teachers (logits and features); only the "
             "modality with the weakest teacher on the batch updates its encoder",
-    block="g2d", defaults=defaults, check_block=check_block, preset=preset,
-    reference=(("loss.unimodal_weight", 0.0), ("method.g2d.leaves", "conv")),
-    stage="edit", rank=45, transform=transform, loss_term=loss_term, teachers=True,
-    excludes={"umt": "g2d and umt hold the same teachers in the same optimizer-state field; "
-                     "g2d already distils the teachers' features"},
-    signals=(Signal("g2d_coefficients", "g2d/coeff", "G2D: encoder update (1 = prioritised)"),),
-    plots=(Plot("g2d/teacher_score", "G2D: teacher's mean true-class probability"),))
+    settings=Settings(block="g2d", defaults=defaults, check_block=check_block, preset=preset),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0), ("method.g2d.leaves", "conv"))),
+    optax=Optax(stage="edit", rank=45, transform=transform),
+    step=Step(loss_term=loss_term),
+    epoch=Epoch(teachers=True),
+    logging=Logging(
+        signals=(Signal("g2d_coefficients", "g2d/coeff", "G2D: encoder update (1 = prioritised)"),),
+        plots=(Plot("g2d/teacher_score", "G2D: teacher's mean true-class probability"),)),
+    composition=Composition(
+        excludes={"umt": "g2d and umt hold the same teachers in the same optimizer-state field; "
+                         "g2d already distils the teachers' features"}))

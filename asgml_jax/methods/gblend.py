@@ -21,7 +21,8 @@ import ml_collections
 import numpy as np
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Requirement, Signal
+from asgml_jax.methods.base import (Epoch, Logging, Method, Optax, Protocols, Requirement,
+                                    Settings, Signal)
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -85,9 +86,13 @@ class BlendingWeights:
 
 GBLEND = Method(
     name="gblend", summary="G-Blending: loss weights from each branch's overfitting ratio",
-    block="gblend", defaults=defaults, check_block=check_block, preset=preset,
-    reference=(("model.unimodal_heads", "separate"), ("loss.unimodal_weight", 1.0)),
-    requires=(Requirement("model.unimodal_heads", "separate",
-                          "gblend trains each unimodal branch with its own head"),),
-    stage="combine", transform=transform, epoch_hook=BlendingWeights,
-    signals=(Signal("task_weights", "task_weight", "loss weight (G-Blending)"),))
+    settings=Settings(
+        block="gblend", defaults=defaults, check_block=check_block,
+        requires=(Requirement("model.unimodal_heads", "separate",
+                              "gblend trains each unimodal branch with its own head"),),
+        preset=preset),
+    protocols=Protocols(
+        reference=(("model.unimodal_heads", "separate"), ("loss.unimodal_weight", 1.0))),
+    optax=Optax(stage="combine", transform=transform),
+    epoch=Epoch(hook=BlendingWeights),
+    logging=Logging(signals=(Signal("task_weights", "task_weight", "loss weight (G-Blending)"),)))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ml_collections
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Signal
+from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -52,7 +52,8 @@ def transform(ctx):
 
 GRADNORM = Method(
     name="gradnorm", summary="GradNorm: loss weights that balance the losses' gradient norms",
-    block="gradnorm", defaults=defaults, check_block=check_block, check=check, preset=preset,
-    reference=(("loss.unimodal_weight", 1.0),),
-    stage="combine", transform=transform,
-    signals=(Signal("task_weights", "task_weight", "loss weight (GradNorm)"),))
+    settings=Settings(
+        block="gradnorm", defaults=defaults, check_block=check_block, check=check, preset=preset),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 1.0),)),
+    optax=Optax(stage="combine", transform=transform),
+    logging=Logging(signals=(Signal("task_weights", "task_weight", "loss weight (GradNorm)"),)))

@@ -60,7 +60,8 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Requirement, Signal
+from asgml_jax.methods.base import (Logging, Method, Optax, Protocols, Requirement, Settings,
+                                    Signal, Step)
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -181,12 +182,15 @@ GREEDY = Method(
     name="greedy",
     summary="Greedy: MMTM mid-fusion; curation windows when the modalities' conditional "
             "learning speeds drift apart",
-    block="greedy", defaults=defaults, check_block=check_block, preset=preset,
-    requires=(Requirement("model.mid_fusion", "mmtm",
-                          "greedy measures the learning speed of the MMTM bypass paths"),),
-    reference=(("model.mid_fusion", "mmtm"), ("model.mmtm_after", "all"),
-               ("loss.unimodal_weight", 0.0)),
-    stage="edit", rank=1, transform=transform, mid_fusion_control=mid_fusion_control,
-    signals=(Signal("greedy_curated", "greedy/curated",
-                    "Greedy: curated (excitation = average)"),
-             Signal("greedy_bdr", "greedy/bdr", "Greedy: BDR")))
+    settings=Settings(
+        block="greedy", defaults=defaults, check_block=check_block,
+        requires=(Requirement("model.mid_fusion", "mmtm",
+                              "greedy measures the learning speed of the MMTM bypass paths"),),
+        preset=preset),
+    protocols=Protocols(reference=(("model.mid_fusion", "mmtm"), ("model.mmtm_after", "all"),
+                                   ("loss.unimodal_weight", 0.0))),
+    optax=Optax(stage="edit", rank=1, transform=transform),
+    step=Step(mid_fusion_control=mid_fusion_control),
+    logging=Logging(signals=(Signal("greedy_curated", "greedy/curated",
+                                    "Greedy: curated (excitation = average)"),
+                             Signal("greedy_bdr", "greedy/bdr", "Greedy: BDR"))))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ml_collections
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Signal
+from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -75,8 +75,11 @@ def transform(ctx):
 
 INFOREG = Method(
     name="inforeg", summary="InfoReg: proximal pull of the confident encoder in its prime window",
-    block="inforeg", defaults=defaults, check_block=check_block, check=check, preset=preset,
-    drop_modality=drop_modality, reference_fn=preset, stage="edit", rank=20,
-    transform=transform,
-    signals=(Signal("inforeg_beta", "inforeg/beta", "InfoReg proximal strength beta"),
-             Signal("inforeg_window", "inforeg/window_k", "InfoReg window k")))
+    settings=Settings(
+        block="inforeg", defaults=defaults, check_block=check_block, check=check, preset=preset,
+        drop_modality=drop_modality),
+    protocols=Protocols(reference_fn=preset),
+    optax=Optax(stage="edit", rank=20, transform=transform),
+    logging=Logging(
+        signals=(Signal("inforeg_beta", "inforeg/beta", "InfoReg proximal strength beta"),
+                 Signal("inforeg_window", "inforeg/window_k", "InfoReg window k"))))

@@ -49,7 +49,8 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Plot, Requirement
+from asgml_jax.methods.base import (Evaluation, Logging, Method, Optax, Plot, Protocols,
+                                    Requirement, Settings, Step)
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -104,8 +105,8 @@ class MixupHeads(nn.Module):
     return out
 
 
-def layers(config, num_classes: int):
-  return MixupHeads(tuple(cc.modality_names(config)), num_classes)
+def layers(ctx):
+  return MixupHeads(ctx.names, ctx.num_classes)
 
 
 class IPRMState(NamedTuple):
@@ -133,7 +134,7 @@ def transform(ctx):
 
 def fused_loss(ctx):
   from asgml_jax.losses import cross_entropy, kl_divergence   # the reference's compute_kl_divergence
-  heads = layers(ctx.config, ctx.num_classes)
+  heads = layers(ctx)
   alpha = ctx.config.method.iprm.alpha
 
   def loss(step_ctx, variables, outputs):
@@ -171,7 +172,7 @@ def prediction(heads, params, features, unimodal_logits, lambdas):
 
 
 def eval_logits(ctx):
-  heads = layers(ctx.config, ctx.num_classes)
+  heads = layers(ctx)
 
   def replace(state, batch, outputs):
     lam = optax.tree_utils.tree_get(state.opt_state, "iprm_lambda")
@@ -184,10 +185,13 @@ IPRM = Method(
     name="iprm",
     summary="IPRM: geodesic mixup of the modalities' features, each step probed (KL of each "
             "unimodal head to the mixed prediction) and rebalanced toward the less dominant",
-    block="iprm", defaults=defaults, check_block=check_block, preset=preset,
-    requires=(Requirement("model.unimodal_heads", "separate",
-                          "iprm's unimodal heads are Linear(D -> C) per modality"),),
-    reference=(("loss.unimodal_weight", 1.0),),
-    stage="post", transform=transform, fused_loss=fused_loss, eval_logits=eval_logits,
-    layers=layers,
-    plots=(Plot("iprm/lambda_hat", "IPRM: modality's mixup weight λ̂"),))
+    settings=Settings(
+        block="iprm", defaults=defaults, check_block=check_block,
+        requires=(Requirement("model.unimodal_heads", "separate",
+                              "iprm's unimodal heads are Linear(D -> C) per modality"),),
+        preset=preset),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 1.0),)),
+    optax=Optax(stage="post", transform=transform),
+    step=Step(fused_loss=fused_loss, layers=layers),
+    evaluation=Evaluation(eval_logits=eval_logits),
+    logging=Logging(plots=(Plot("iprm/lambda_hat", "IPRM: modality's mixup weight λ̂"),)))

@@ -43,7 +43,7 @@ import numpy as np
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Requirement
+from asgml_jax.methods.base import Epoch, Method, Optax, Protocols, Requirement, Settings, Step
 
 ALPHA_INIT = (0.95, 0.05)
 
@@ -187,8 +187,12 @@ class LearnedAlpha:
 
 LFM = Method(
     name="lfm", summary="LFM: CE mixed with a prediction alignment, the mix learned per epoch",
-    block="lfm", defaults=defaults, check_block=check_block, check=check, preset=preset,
-    requires=(Requirement("model.unimodal_heads", "split",
-                          "lfm aligns the unimodal logits of the fusion layer's split heads"),),
-    reference=(("loss.unimodal_weight", 0.0),),
-    stage="post", transform=transform, fused_loss=fused_loss, epoch_hook=LearnedAlpha)
+    settings=Settings(
+        block="lfm", defaults=defaults, check_block=check_block, check=check,
+        requires=(Requirement("model.unimodal_heads", "split",
+                              "lfm aligns the unimodal logits of the fusion layer's split heads"),),
+        preset=preset),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0),)),
+    optax=Optax(stage="post", transform=transform),
+    step=Step(fused_loss=fused_loss),
+    epoch=Epoch(hook=LearnedAlpha))

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Requirement
+from asgml_jax.methods.base import Method, Protocols, Requirement, Settings, Step
 
 RS_ON = ("auto", "logits", "probabilities")
 
@@ -93,7 +93,8 @@ def loss_term(ctx):
 
 MBSD = Method(
     name="mbsd", summary="MBSD: the weaker modality distils from the stronger where one is right",
-    block="mbsd", defaults=defaults, check_block=check_block, check=check, preset=preset,
-    reference=(("loss.unimodal_weight", 1.0), ("model.unimodal_heads", "split"),
-               ("method.mbsd.rs_on", "auto")),
-    loss_term=loss_term)
+    settings=Settings(
+        block="mbsd", defaults=defaults, check_block=check_block, check=check, preset=preset),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 1.0), ("model.unimodal_heads", "split"),
+                                   ("method.mbsd.rs_on", "auto"))),
+    step=Step(loss_term=loss_term))

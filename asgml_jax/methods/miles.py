@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Signal
+from asgml_jax.methods.base import Epoch, Logging, Method, Optax, Protocols, Settings, Signal
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -62,8 +62,11 @@ class LearningRateFactors:
 
 MILES = Method(
     name="miles", summary="MILES: per-encoder learning rates from validation utilization",
-    block="miles", defaults=defaults, check_block=check_block, preset=preset,
-    reference=(("model.unimodal_heads", "separate"), ("loss.unimodal_weight", 1.0)),
-    stage="post", transform=transform, epoch_hook=LearningRateFactors,
-    signals=(Signal("miles_lr_scale", "miles/lr_scale", "MILES learning-rate factor"),
-             Signal("miles_utilization", "miles/utilization")))
+    settings=Settings(block="miles", defaults=defaults, check_block=check_block, preset=preset),
+    protocols=Protocols(
+        reference=(("model.unimodal_heads", "separate"), ("loss.unimodal_weight", 1.0))),
+    optax=Optax(stage="post", transform=transform),
+    epoch=Epoch(hook=LearningRateFactors),
+    logging=Logging(
+        signals=(Signal("miles_lr_scale", "miles/lr_scale", "MILES learning-rate factor"),
+                 Signal("miles_utilization", "miles/utilization"))))

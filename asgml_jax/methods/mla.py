@@ -48,7 +48,8 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Plot, Requirement, SubStepResult
+from asgml_jax.methods.base import (Evaluation, Logging, Method, Optax, Plot, Protocols,
+                                    Requirement, Settings, Step, SubStepResult)
 
 PROJECTIONS = ("replace", "add", "none")
 
@@ -201,11 +202,15 @@ def eval_logits(ctx):
 MLA = Method(
     name="mla",
     summary="MLA: modalities take turns through a shared head, projected; entropy-fused",
-    block="mla", defaults=defaults, check_block=check_block, check=check, preset=preset,
-    requires=(Requirement("model.fusion", "shared", "mla trains every modality through one "
-                          "shared head"),
-              Requirement("model.unimodal_heads", "split",
-                          "mla's unimodal predictions are the shared head on each modality")),
-    reference=(("method.mla.projection", "none"),),
-    stage="edit", rank=5, transform=transform, sub_steps=sub_steps, eval_logits=eval_logits,
-    plots=(Plot("mla/turn_loss", "MLA: each modality's turn loss"),))
+    settings=Settings(
+        block="mla", defaults=defaults, check_block=check_block, check=check,
+        requires=(Requirement("model.fusion", "shared", "mla trains every modality through one "
+                              "shared head"),
+                  Requirement("model.unimodal_heads", "split",
+                              "mla's unimodal predictions are the shared head on each modality")),
+        preset=preset),
+    protocols=Protocols(reference=(("method.mla.projection", "none"),)),
+    optax=Optax(stage="edit", rank=5, transform=transform),
+    step=Step(sub_steps=sub_steps),
+    evaluation=Evaluation(eval_logits=eval_logits),
+    logging=Logging(plots=(Plot("mla/turn_loss", "MLA: each modality's turn loss"),)))

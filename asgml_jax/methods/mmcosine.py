@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Plot, Requirement
+from asgml_jax.methods.base import (Evaluation, Logging, Method, Plot, Protocols, Requirement,
+                                    Settings, Step)
 
 EVAL_LOGITS = ("cosine", "plain")
 
@@ -116,9 +117,14 @@ def eval_logits(ctx):
 
 MMCOSINE = Method(
     name="mmcosine", summary="MMCosine: scaled cosine logits per modality, trained on their sum",
-    block="mmcosine", defaults=defaults, check_block=check_block, check=check, preset=preset,
-    requires=(Requirement("model.fusion", "concat",
-                          "mmcosine reads each modality's class weights off the fusion kernel"),),
-    reference=(("loss.unimodal_weight", 0.0), ("method.mmcosine.eval_logits", "plain")),
-    fused_loss=fused_loss, unimodal_logits=unimodal_logits, eval_logits=eval_logits,
-    plots=(Plot("mmcosine/true_cos", "MMCosine: mean cosine to the true class"),))
+    settings=Settings(
+        block="mmcosine", defaults=defaults, check_block=check_block, check=check,
+        requires=(Requirement(
+            "model.fusion", "concat",
+            "mmcosine reads each modality's class weights off the fusion kernel"),),
+        preset=preset),
+    protocols=Protocols(
+        reference=(("loss.unimodal_weight", 0.0), ("method.mmcosine.eval_logits", "plain"))),
+    step=Step(fused_loss=fused_loss, unimodal_logits=unimodal_logits),
+    evaluation=Evaluation(eval_logits=eval_logits),
+    logging=Logging(plots=(Plot("mmcosine/true_cos", "MMCosine: mean cosine to the true class"),)))

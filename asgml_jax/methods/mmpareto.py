@@ -14,7 +14,7 @@ from __future__ import annotations
 import ml_collections
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Signal
+from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -37,9 +37,10 @@ def transform(ctx):
 
 MMPARETO = Method(
     name="mmpareto", summary="MMPareto: Pareto-weighted fused and unimodal gradients",
-    block="mmpareto", defaults=defaults, check_block=check_block, preset=preset,
-    reference=(("model.unimodal_heads", "separate"), ("loss.unimodal_weight", 1.0)),
-    stage="combine", transform=transform,
-    signals=(Signal("pareto_cosines", "mmpareto/cos"),
-             Signal("pareto_gammas", "mmpareto/gamma",
-                    "MMPareto weight of the fused gradient")))
+    settings=Settings(block="mmpareto", defaults=defaults, check_block=check_block, preset=preset),
+    protocols=Protocols(
+        reference=(("model.unimodal_heads", "separate"), ("loss.unimodal_weight", 1.0))),
+    optax=Optax(stage="combine", transform=transform),
+    logging=Logging(signals=(Signal("pareto_cosines", "mmpareto/cos"),
+                             Signal("pareto_gammas", "mmpareto/gamma",
+                                    "MMPareto weight of the fused gradient"))))

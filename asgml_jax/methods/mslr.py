@@ -28,7 +28,7 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Signal
+from asgml_jax.methods.base import Logging, Method, Optax, Settings, Signal
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -84,6 +84,7 @@ def transform(ctx):
 
 MSLR = Method(
     name="mslr", summary="MSLR: each encoder trains at its own (fixed) learning rate",
-    block="mslr", defaults=defaults, check_block=check_block, drop_modality=drop_modality,
-    stage="post", transform=transform,
-    signals=(Signal("mslr_lr_factor", "mslr/lr_factor"),))
+    settings=Settings(
+        block="mslr", defaults=defaults, check_block=check_block, drop_modality=drop_modality),
+    optax=Optax(stage="post", transform=transform),
+    logging=Logging(signals=(Signal("mslr_lr_factor", "mslr/lr_factor"),)))

@@ -30,7 +30,8 @@ from __future__ import annotations
 import ml_collections
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Signal
+from asgml_jax.methods.base import (Composition, Logging, Method, Optax, Protocols, Settings,
+                                    Signal)
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -89,21 +90,22 @@ def _transform(gradient_noise: bool):
   return build
 
 
-_COMMON = dict(
-    block="ogm", defaults=defaults, check_block=check_block, check=check_leaves_exist,
-    preset=preset,
+_SETTINGS = Settings(block="ogm", defaults=defaults, check_block=check_block,
+                     check=check_leaves_exist, preset=preset)
+_PROTOCOLS = Protocols(
     seed_code=(("method.ogm.leaves", "min_2d"), ("method.ogm.noise_on", "dominant"),
                ("method.ogm.ratio_to", "all")),
     reference=(("method.ogm.leaves", "conv"), ("method.ogm.noise_on", "all"),
-               ("method.ogm.coefficient", "reference"), ("loss.unimodal_weight", 0.0)),
-    stage="edit", rank=50,
-    signals=(Signal("coefficients", "ogm/coeff", "OGM coefficient"),
-             Signal("ratios", "ogm/score_ratio")),
-)
+               ("method.ogm.coefficient", "reference"), ("loss.unimodal_weight", 0.0)))
+_LOGGING = Logging(signals=(Signal("coefficients", "ogm/coeff", "OGM coefficient"),
+                            Signal("ratios", "ogm/score_ratio")))
 
 OGM = Method(name="ogm", summary="OGM: the dominant encoder's gradient scaled down, no noise",
-             transform=_transform(False),
-             excludes={"ogm_ge": "OGM and OGM-GE are the same modulation; pick one"}, **_COMMON)
+             settings=_SETTINGS, protocols=_PROTOCOLS, logging=_LOGGING,
+             optax=Optax(stage="edit", rank=50, transform=_transform(False)),
+             composition=Composition(
+                 excludes={"ogm_ge": "OGM and OGM-GE are the same modulation; pick one"}))
 OGM_GE = Method(name="ogm_ge",
                 summary="OGM-GE: the dominant encoder's gradient scaled down, plus Gaussian noise",
-                transform=_transform(True), **_COMMON)
+                settings=_SETTINGS, protocols=_PROTOCOLS, logging=_LOGGING,
+                optax=Optax(stage="edit", rank=50, transform=_transform(True)))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Plot
+from asgml_jax.methods.base import Logging, Method, Plot, Protocols, Settings, Step
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -66,7 +66,7 @@ def fused_loss(ctx):
 
 OPM = Method(
     name="opm", summary="OPM: per-sample dropping of the dominant modality's features",
-    block="opm", defaults=defaults, check_block=check_block, preset=preset,
-    reference=(("loss.unimodal_weight", 0.0),),
-    feature_gate=feature_gate, fused_loss=fused_loss,
-    plots=(Plot("opm/drop_prob", "OPM drop probability"),))
+    settings=Settings(block="opm", defaults=defaults, check_block=check_block, preset=preset),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0),)),
+    step=Step(feature_gate=feature_gate, fused_loss=fused_loss),
+    logging=Logging(plots=(Plot("opm/drop_prob", "OPM drop probability"),)))

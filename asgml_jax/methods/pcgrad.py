@@ -10,7 +10,7 @@ is its variant's settings.
 
 from __future__ import annotations
 
-from asgml_jax.methods.base import Method, Signal
+from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal
 
 
 def preset(config) -> None:
@@ -24,5 +24,8 @@ def transform(ctx):
 
 PCGRAD = Method(
     name="pcgrad", summary="PCGrad: conflicting per-loss gradients projected off each other",
-    preset=preset, reference=(("loss.unimodal_weight", 1.0),), stage="combine", transform=transform,
-    signals=(Signal("conflicts", "pcgrad/conflicts", "PCGrad projections per step"),))
+    settings=Settings(preset=preset),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 1.0),)),
+    optax=Optax(stage="combine", transform=transform),
+    logging=Logging(
+        signals=(Signal("conflicts", "pcgrad/conflicts", "PCGrad projections per step"),)))

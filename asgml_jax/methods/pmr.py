@@ -22,7 +22,7 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Plot
+from asgml_jax.methods.base import Epoch, Logging, Method, Optax, Plot, Protocols, Settings, Step
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -127,7 +127,9 @@ class Prototypes:
 
 PMR = Method(
     name="pmr", summary="PMR: prototype CE pushes the weaker modality",
-    block="pmr", defaults=defaults, check_block=check_block, preset=preset,
-    reference=(("loss.unimodal_weight", 0.0),),
-    stage="edit", rank=40, transform=transform, loss_term=loss_term, epoch_hook=Prototypes,
-    plots=(Plot("pmr/score", "PMR prototype score (batch sum)"),))
+    settings=Settings(block="pmr", defaults=defaults, check_block=check_block, preset=preset),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0),)),
+    optax=Optax(stage="edit", rank=40, transform=transform),
+    step=Step(loss_term=loss_term),
+    epoch=Epoch(hook=Prototypes),
+    logging=Logging(plots=(Plot("pmr/score", "PMR prototype score (batch sum)"),)))

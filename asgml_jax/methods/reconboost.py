@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Requirement
+from asgml_jax.methods.base import Method, Protocols, Requirement, Settings, Step
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -124,10 +124,12 @@ def fused_loss(ctx):
 RECONBOOST = Method(
     name="reconboost",
     summary="ReconBoost: modalities boosted in turn against the others, then the ensemble fine-tuned",
-    block="reconboost", defaults=defaults, check_block=check_block, check=check, preset=preset,
-    requires=(Requirement("model.fusion", "shared_boost",
-                          "reconboost's learners share one head and a learned boost rate"),
-              Requirement("model.unimodal_heads", "split",
-                          "reconboost's learners are the shared head on each modality")),
-    reference=(("loss.unimodal_weight", 0.0),),
-    fused_loss=fused_loss)
+    settings=Settings(
+        block="reconboost", defaults=defaults, check_block=check_block, check=check,
+        requires=(Requirement("model.fusion", "shared_boost",
+                              "reconboost's learners share one head and a learned boost rate"),
+                  Requirement("model.unimodal_heads", "split",
+                              "reconboost's learners are the shared head on each modality")),
+        preset=preset),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0),)),
+    step=Step(fused_loss=fused_loss))

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Signal
+from asgml_jax.methods.base import Epoch, Logging, Method, Optax, Protocols, Settings, Signal
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -145,9 +145,13 @@ class Relearning:
 RELEARNING = Method(
     name="relearning",
     summary="Diagnosing & Re-learning: over-fitting encoders moved back toward their init",
-    block="relearning", defaults=defaults, check_block=check_block, preset=preset,
-    reference=(("loss.unimodal_weight", 0.0),),
-    stage="post", transform=transform, epoch_hook=Relearning,
-    signals=(Signal("relearning_alpha", "relearning/alpha", "Re-learning: re-init weight alpha"),
-             Signal("relearning_train_purity", "relearning/train_purity"),
-             Signal("relearning_val_purity", "relearning/val_purity")))
+    settings=Settings(block="relearning", defaults=defaults, check_block=check_block,
+                      preset=preset),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0),)),
+    optax=Optax(stage="post", transform=transform),
+    epoch=Epoch(hook=Relearning),
+    logging=Logging(
+        signals=(Signal("relearning_alpha", "relearning/alpha",
+                        "Re-learning: re-init weight alpha"),
+                 Signal("relearning_train_purity", "relearning/train_purity"),
+                 Signal("relearning_val_purity", "relearning/val_purity"))))

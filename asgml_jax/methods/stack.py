@@ -24,14 +24,14 @@ plus boost, and `--config.method.stack=pmr,boost` alone is the config's.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import itertools
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from asgml_jax import config_checks as cc
 from asgml_jax import methods as registry
-from asgml_jax.methods.base import (STAGES, BuildContext, Method, Plot, Signal)
+from asgml_jax.methods.base import (STAGES, BuildContext, Evaluation, Method, Plot, Signal,
+                                    Step, assemble)
 
 # Signals of the update schedule every run has (joint training's too).
 SCHEDULE_SIGNALS = (Signal("tau", "sched/tau", "update period tau"),
@@ -57,8 +57,9 @@ def requested_names(method_cfg: Mapping) -> list[str]:
 
 
 def _order_key(method: Method):
-  stage = STAGES.index(method.stage) if method.stage in STAGES else len(STAGES)
-  return stage, method.rank, registry.REGISTRY.index(method)
+  stage = method.optax.stage
+  return (STAGES.index(stage) if stage in STAGES else len(STAGES), method.optax.rank,
+          registry.REGISTRY.index(method))
 
 
 def ordered(methods: Sequence[Method]) -> tuple[Method, ...]:
@@ -88,57 +89,10 @@ def resolve(method_cfg: Mapping) -> tuple[Method, ...]:
     raise _unknown(err.args[0]) from None
 
 
-def _has(method: Method, part: str) -> bool:
-  """Whether `method` has the part (a hook, or a flag such as `resamples`)."""
-  value = getattr(method, part)
-  return value is not None and value is not False
-
-
-# (part, why two methods cannot both have it)
-_SINGLE_PARTS = (
-    ("feature_gate", "both gate the features between the encoders and the fusion"),
-    ("mid_fusion_control", "both control the MMTM blocks between the encoders"),
-    ("fused_loss", "both replace the fused loss"),
-    ("unimodal_logits", "both replace the logits of the unimodal losses"),
-    ("unimodal_weight", "both schedule the unimodal-loss weight"),
-    ("eval_logits", "both replace the logits evaluation predicts with"),
-    ("sub_steps", "both run their own updates within a step"),
-    ("resamples", "both re-sample the training epochs"),
-)
-# Parts a `sub_steps` method does not run (it owns the loss and the gradient).
-_LOSS_PARTS = ("feature_gate", "fused_loss", "unimodal_logits", "loss_term", "unimodal_weight")
-
-
 def pair_conflict(a: Method, b: Method) -> str | None:
-  """Why `a` and `b` cannot stack, or None if they can."""
-  for x, y in ((a, b), (b, a)):
-    if x.alone:
-      return f"{x.name} stacks with no other method ({x.summary})"
-    if y.name in x.excludes:
-      return x.excludes[y.name]
-  for x, y in ((a, b), (b, a)):
-    if _has(x, "sub_steps") and (y.stage in ("combine", "schedule")
-                                 or any(_has(y, p) for p in _LOSS_PARTS)):
-      return (f"{x.name} computes each update's loss and gradient itself, and decides which "
-              f"encoder each update trains; {y.name}'s "
-              + ("schedule or per-loss gradients" if y.stage in ("combine", "schedule")
-                 else "loss parts") + " would not run")
-  if a.stage == b.stage == "combine":
-    return "both build the gradient from the per-loss gradients; a stack takes one combiner"
-  if a.stage == b.stage == "schedule":
-    return "both decide when each encoder updates; a stack takes one update schedule"
-  for part, why in _SINGLE_PARTS:
-    if _has(a, part) and _has(b, part):
-      return why
-  required = {r.key: r for r in a.requires}
-  for r in b.requires:
-    if r.key in required and required[r.key].value != r.value:
-      return (f"{a.name} needs {r.key}={required[r.key].value!r}, "
-              f"{b.name} needs {r.value!r}")
-  shared = {s.field for s in a.signals} & {s.field for s in b.signals}
-  if shared:
-    return f"both keep {sorted(shared)[0]!r} in the optimizer state"
-  return None
+  """Why `a` and `b` cannot stack, or None if they can (the rules are the
+  records' own: `Method.conflict_with`)."""
+  return a.conflict_with(b)
 
 
 def check_stack(methods: Sequence[Method]) -> None:
@@ -153,15 +107,15 @@ def validate(config) -> tuple[Method, ...]:
   """Checks every block, the stack and its requirements; returns the stack."""
   cc.one_of(config.method.name, registry.names_for_method_key(), "method.name")
   for method in registry.all_methods():
-    if method.check_block is not None:
-      method.check_block(config)
+    if method.settings.check_block is not None:
+      method.settings.check_block(config)
   methods = resolve(config.method)
   check_stack(methods)
   for method in methods:
-    for r in method.requires:
+    for r in method.settings.requires:
       cc.require(cc.lookup(config, r.key) == r.value, r.key, f"{r.why}: use {r.value!r}")
-    if method.check is not None:
-      method.check(config)
+    if method.settings.check is not None:
+      method.settings.check(config)
   return methods
 
 
@@ -197,7 +151,7 @@ def run_label(config: Mapping) -> str:
 def signals() -> tuple[Signal, ...]:
   """Every state signal any method (or the schedule) may keep, one per field."""
   out, seen = [], set()
-  for s in SCHEDULE_SIGNALS + tuple(s for m in registry.all_methods() for s in m.signals):
+  for s in SCHEDULE_SIGNALS + tuple(s for m in registry.all_methods() for s in m.logging.signals):
     if s.field not in seen:
       seen.add(s.field)
       out.append(s)
@@ -224,67 +178,55 @@ def plots() -> tuple[tuple[str, str], ...]:
   entries = [(p.prefix, p.title) for p in COMMON_PLOTS]
   entries += [(s.prefix, s.title) for s in SCHEDULE_SIGNALS if s.title]
   for method in registry.all_methods():
-    entries += [(s.prefix, s.title) for s in method.signals if s.title]
-    entries += [(p.prefix, p.title) for p in method.plots]
+    entries += [(s.prefix, s.title) for s in method.logging.signals if s.title]
+    entries += [(p.prefix, p.title) for p in method.logging.plots]
   for prefix, title in entries:
     titles.setdefault(_tag_prefix(prefix), []).append(title)
   return tuple((prefix, _merge_titles(t)) for prefix, t in titles.items())
 
 
-@dataclasses.dataclass(frozen=True)
-class StepHooks:
+class StepParts(NamedTuple):
   """What the train step runs for a stack (built once per run, static under jit).
 
+  hooks: the stack's `Step` records assembled (`base.assemble`): each
+    single-owner field the one built hook (or None), `loss_term` the tuple of them.
   per_loss_grads: one backward pass per loss (a combiner is in the stack).
-  feature_gate: StepContext -> the model's `feature_gate`.
-  mid_fusion_control: StepContext -> the model's `mid_fusion_control`.
-  fused_loss: (StepContext, variables, outputs) -> (loss, extras), replacing CE(fused).
-  unimodal_logits: (StepContext, params, outputs) -> {m: logits} of the unimodal CE terms.
-  loss_terms: [(StepContext, params, outputs) -> (term, extras)], added to the loss.
-  unimodal_weight: (step, base γ) -> γ of this step.
-  sub_steps: SubStepContext -> SubStepResult, a method's own updates (MLA).
   signals: the state signals to log.
   """
+  hooks: Step = Step()
   per_loss_grads: bool = False
-  feature_gate: Callable | None = None
-  mid_fusion_control: Callable | None = None
-  fused_loss: Callable | None = None
-  unimodal_logits: Callable | None = None
-  loss_terms: tuple[Callable, ...] = ()
-  unimodal_weight: Callable | None = None
-  sub_steps: Callable | None = None
-  signals: tuple[Signal, ...] = dataclasses.field(default_factory=signals)
+  signals: tuple[Signal, ...] = ()
 
 
-def build_context(config, steps_per_epoch: int, num_classes: int | None = None) -> BuildContext:
+def build_context(config, steps_per_epoch: int | None, num_classes: int | None = None,
+                  teachers=None) -> BuildContext:
   return BuildContext(config=config, steps_per_epoch=steps_per_epoch, num_classes=num_classes,
-                      names=cc.modality_names(config))
+                      names=cc.modality_names(config), teachers=teachers)
 
 
-def _single(methods, part: str, ctx):
-  found = [getattr(m, part)(ctx) for m in methods if _has(m, part)]
-  return found[0] if found else None
+def _records(methods, field: str):
+  return [(m.name, getattr(m, field)) for m in methods]
 
 
-def step_hooks(config, steps_per_epoch: int, num_classes: int | None = None) -> StepHooks:
-  """The loss-side parts of the config's stack."""
+def step_parts(config, steps_per_epoch: int, num_classes: int | None = None) -> StepParts:
+  """The step-side parts of the config's stack."""
   methods = resolve(config.method)
   ctx = build_context(config, steps_per_epoch, num_classes)
-  return StepHooks(
-      per_loss_grads=any(m.per_loss_grads for m in methods),
-      feature_gate=_single(methods, "feature_gate", ctx),
-      mid_fusion_control=_single(methods, "mid_fusion_control", ctx),
-      fused_loss=_single(methods, "fused_loss", ctx),
-      unimodal_logits=_single(methods, "unimodal_logits", ctx),
-      loss_terms=tuple(m.loss_term(ctx) for m in methods if _has(m, "loss_term")),
-      unimodal_weight=_single(methods, "unimodal_weight", ctx),
-      sub_steps=_single(methods, "sub_steps", ctx))
+  return StepParts(hooks=assemble(Step, _records(methods, "step"), ctx),
+                   per_loss_grads=any(m.optax.per_loss_grads for m in methods),
+                   signals=signals())
 
 
 def eval_logits(config, steps_per_epoch: int = 1, num_classes: int | None = None):
-  """The stack's evaluation hook ((variables, outputs) -> outputs), or None."""
-  return _single(resolve(config.method), "eval_logits",
-                 build_context(config, steps_per_epoch, num_classes))
+  """The stack's evaluation hook ((state, batch, outputs) -> outputs), or None."""
+  ctx = build_context(config, steps_per_epoch, num_classes)
+  return assemble(Evaluation, _records(resolve(config.method), "evaluation"), ctx).eval_logits
+
+
+def method_layers(config, num_classes: int) -> tuple:
+  """((method name, Flax module), ...) of the stack's methods that bring layers."""
+  ctx = build_context(config, None, num_classes)
+  return assemble(Step, _records(resolve(config.method), "step"), ctx).layers
 
 
 def transformations(config, steps_per_epoch: int, num_classes: int | None,
@@ -295,31 +237,31 @@ def transformations(config, steps_per_epoch: int, num_classes: int | None,
   ctx = build_context(config, steps_per_epoch, num_classes)
   parts = []
   for m in methods:
-    if m.stage in ("combine", "edit"):
-      parts += m.transform(ctx)
-  schedules = [m for m in methods if m.stage == "schedule"]
-  parts.append(schedules[0].schedule(ctx, inner) if schedules else joint_schedule(inner))
+    if m.optax.stage in ("combine", "edit"):
+      parts += m.optax.transform(ctx)
+  schedules = [m for m in methods if m.optax.stage == "schedule"]
+  parts.append(schedules[0].optax.schedule(ctx, inner) if schedules else joint_schedule(inner))
   for m in methods:
-    if m.stage == "post":
-      parts += m.transform(ctx)
+    if m.optax.stage == "post":
+      parts += m.optax.transform(ctx)
   return parts
 
 
 def resamples(config) -> bool:
   """Whether the stack orders the training epochs itself (coded rows)."""
-  return any(m.resamples for m in resolve(config.method))
+  return any(m.epoch.resamples for m in resolve(config.method))
 
 
 def epoch_hooks(config, setup) -> list:
   """The stack's epoch hooks (objects with prepare / epoch_end)."""
-  return [m.epoch_hook(setup) for m in resolve(config.method) if _has(m, "epoch_hook")]
+  return [m.epoch.hook(setup) for m in resolve(config.method) if m.epoch.hook is not None]
 
 
 def seed_code_settings() -> tuple[tuple[str, Any], ...]:
   """Every method's seed-code settings (SPEC §10), in registry order, once each."""
   out = {}
   for method in registry.all_methods():
-    for key, value in method.seed_code:
+    for key, value in method.protocols.seed_code:
       out.setdefault(key, value)
   return tuple(out.items())
 
@@ -327,11 +269,11 @@ def seed_code_settings() -> tuple[tuple[str, Any], ...]:
 def _settings_of(method: Method, config) -> dict:
   """{dotted key: value} that `method`'s reference options set on `config`."""
   import ml_collections
-  changed = dict(method.reference)
-  if method.reference_fn is not None:
+  changed = dict(method.protocols.reference)
+  if method.protocols.reference_fn is not None:
     probe = ml_collections.ConfigDict(config.to_dict())
     before = cc.flatten(probe.to_dict())
-    method.reference_fn(probe)
+    method.protocols.reference_fn(probe)
     changed.update({k: v for k, v in cc.flatten(probe.to_dict()).items() if before.get(k) != v})
   return changed
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method
+from asgml_jax.methods.base import Method, Optax, Protocols, Settings
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -48,6 +48,7 @@ def schedule(ctx, inner):
 
 STALENESS = Method(
     name="staleness", summary="ASGML staleness: named encoders apply their gradient of τ steps ago",
-    block="staleness", defaults=defaults, check_block=check_block, check=check,
-    drop_modality=drop_modality, seed_code=(("method.staleness.seed_code", True),),
-    stage="schedule", schedule=schedule)
+    settings=Settings(block="staleness", defaults=defaults, check_block=check_block, check=check,
+                      drop_modality=drop_modality),
+    protocols=Protocols(seed_code=(("method.staleness.seed_code", True),)),
+    optax=Optax(stage="schedule", schedule=schedule))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import optax
 
-from asgml_jax.methods.base import Method
+from asgml_jax.methods.base import Composition, Epoch, Evaluation, Method, Optax
 
 
 def transform(ctx):
@@ -49,4 +49,7 @@ def eval_logits(ctx):
 
 UME = Method(
     name="ume", summary="UME: the average of unimodal models trained alone (no joint training)",
-    stage="post", transform=transform, eval_logits=eval_logits, teachers=True, alone=True)
+    optax=Optax(stage="post", transform=transform),
+    evaluation=Evaluation(eval_logits=eval_logits),
+    epoch=Epoch(teachers=True),
+    composition=Composition(alone=True))

@@ -30,7 +30,7 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Plot
+from asgml_jax.methods.base import Epoch, Logging, Method, Optax, Plot, Protocols, Settings, Step
 
 TEACHER_MODES = ("inference", "train")
 
@@ -121,7 +121,10 @@ def loss_term(ctx):
 
 UMT = Method(
     name="umt", summary="UMT: encoders distilled toward unimodal teachers trained first",
-    block="umt", defaults=defaults, check_block=check_block, preset=preset,
-    reference=(("loss.unimodal_weight", 0.0), ("method.umt.teacher_mode", "train")),
-    stage="post", transform=transform, loss_term=loss_term, teachers=True,
-    plots=(Plot("umt/mse", "UMT: feature MSE to the teacher"),))
+    settings=Settings(block="umt", defaults=defaults, check_block=check_block, preset=preset),
+    protocols=Protocols(
+        reference=(("loss.unimodal_weight", 0.0), ("method.umt.teacher_mode", "train"))),
+    optax=Optax(stage="post", transform=transform),
+    step=Step(loss_term=loss_term),
+    epoch=Epoch(teachers=True),
+    logging=Logging(plots=(Plot("umt/mse", "UMT: feature MSE to the teacher"),)))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method
+from asgml_jax.methods.base import Composition, Logging, Method, Settings
 
 VARIANT_PREFIX = "unimodal_"
 
@@ -41,8 +41,8 @@ def only_modality(config, name: str):
         if other in signal:
           del signal[other]
         for method in methods.all_methods():
-          if method.drop_modality is not None:
-            method.drop_modality(config, other)
+          if method.settings.drop_modality is not None:
+            method.settings.drop_modality(config, other)
   config.method.name = "unimodal"
   config.method.stack = ""
   config.model.condition_modality = None
@@ -54,5 +54,8 @@ def label(config: Mapping) -> str:
   return VARIANT_PREFIX + "_".join(sorted(config["modalities"]))
 
 
-UNIMODAL = Method(name="unimodal", summary="unimodal training of the one configured modality",
-                  check=check, label=label, alone=True)
+UNIMODAL = Method(
+    name="unimodal", summary="unimodal training of the one configured modality",
+    settings=Settings(check=check),
+    logging=Logging(label=label),
+    composition=Composition(alone=True))

@@ -72,7 +72,7 @@ import numpy as np
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Signal
+from asgml_jax.methods.base import Epoch, Logging, Method, Optax, Protocols, Settings, Signal, Step
 
 LEVELS = ("sample", "modality")
 _DRAW_SALT = 0x5A3D
@@ -299,11 +299,14 @@ VALUATION = Method(
     name="valuation",
     summary="Valuation: per-example Shapley contributions of the modalities; low-contribution "
             "modalities get extra examples with the others zeroed",
-    block="valuation", defaults=defaults, check_block=check_block, check=check, preset=preset,
-    reference=(("loss.unimodal_weight", 0.0), ("method.valuation.full_weight", 2.0)),
-    stage="post", transform=transform, feature_gate=feature_gate, epoch_hook=Valuation,
-    resamples=True,
-    signals=(Signal("valuation_contribution", "valuation/contribution",
-                    "Valuation: mean Shapley contribution"),
-             Signal("valuation_extra", "valuation/extra",
-                    "Valuation: share of rows with only it")))
+    settings=Settings(block="valuation", defaults=defaults, check_block=check_block, check=check,
+                      preset=preset),
+    protocols=Protocols(
+        reference=(("loss.unimodal_weight", 0.0), ("method.valuation.full_weight", 2.0))),
+    optax=Optax(stage="post", transform=transform),
+    step=Step(feature_gate=feature_gate),
+    epoch=Epoch(hook=Valuation, resamples=True),
+    logging=Logging(signals=(Signal("valuation_contribution", "valuation/contribution",
+                                    "Valuation: mean Shapley contribution"),
+                             Signal("valuation_extra", "valuation/extra",
+                                    "Valuation: share of rows with only it"))))

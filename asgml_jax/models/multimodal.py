@@ -201,8 +201,7 @@ class MethodLayers(nn.Module):
 def method_layers(config, num_classes: int) -> tuple:
   """((name, module), ...) of the config's methods that bring layers."""
   from asgml_jax.methods import stack
-  return tuple((m.name, m.layers(config, num_classes)) for m in stack.resolve(config.method)
-               if m.layers is not None)
+  return stack.method_layers(config, num_classes)
 
 
 def encoder_spec(name: str, mod) -> EncoderSpec:
