@@ -42,13 +42,13 @@ def needs_teachers(config) -> bool:
 def teacher_config(config, modality: str):
   """The config of modality `modality`'s teacher: this config with no method,
   that modality alone (the `unimodal_<m>` variant)."""
-  from asgml_jax.methods import unimodal
+  from asgml_jax import methods
   cfg = copy.deepcopy(config)
   with cfg.unlocked():
     cfg.method.name = "baseline"
     cfg.method.stack = ""
     cfg.method.teachers.dir = ""
-  return unimodal.only_modality(cfg, modality)
+  return methods.only_modality(cfg, modality)
 
 
 def teacher_dir(root: str, modality: str, seed: int) -> str:
@@ -134,3 +134,16 @@ def load(config, modality: str, num_classes: int, steps_per_epoch: int) -> dict:
                          f"{err}; train it with the variant {VARIANT_PREFIX}{modality} into "
                          f"{workdir}, or let launch.train / launch.sweep do it") from None
   return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+class TeacherSource:
+  """The teachers of a student run, as `BuildContext.teachers` offers them."""
+
+  def __init__(self, config, num_classes: int, steps_per_epoch: int | None):
+    self.config, self.num_classes, self.steps_per_epoch = config, num_classes, steps_per_epoch
+
+  def model(self, modality: str):
+    return teacher_model(self.config, modality, self.num_classes)
+
+  def load(self, modality: str) -> dict:
+    return load(self.config, modality, self.num_classes, self.steps_per_epoch or 1)

@@ -186,6 +186,7 @@ class RunSetup:
   example: dict
   frame_sizes: dict
   eval_logits: Any = None   # the stack's evaluation hook (methods.stack.eval_logits)
+  epoch_hooks: tuple = ()   # the stack's `Epoch.hook` builders
 
   @property
   def eval_batch_size(self) -> int:
@@ -234,7 +235,8 @@ def setup_run(config) -> RunSetup:
                   tx=optim.make_optimizer(config, steps_per_epoch, data.num_classes),
                   probe_cfg=probe_config_from(config, data.num_classes), example=example,
                   frame_sizes=frame_sizes,
-                  eval_logits=method_stack.eval_logits(config, steps_per_epoch, data.num_classes))
+                  eval_logits=method_stack.eval_logits(config, steps_per_epoch, data.num_classes),
+                  epoch_hooks=method_stack.epoch_hook_builders(config))
 
 
 def run_keys(seed: int) -> tuple[jnp.ndarray, jnp.ndarray]:

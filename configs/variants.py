@@ -53,7 +53,7 @@ def apply_variant(config, variant: str | None):
   (None: baseline); returns the config."""
   variant = variant or "baseline"
   if variant.startswith(UNIMODAL_PREFIX):
-    return unimodal.only_modality(config, variant[len(UNIMODAL_PREFIX):])
+    return methods.only_modality(config, variant[len(UNIMODAL_PREFIX):])
   base = variant.removesuffix(SEEDCODE_SUFFIX)
   if base not in PRESETS:
     raise ConfigError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}, "

@@ -266,7 +266,7 @@ def test_opm_drop_probabilities_two_and_three_modalities():
   """s = (3, 1): ρ = (3, 1/3): q_a = 0.5(1 + 0.5 tanh(2)), q_v = 0.
   s = (4, 2, 1): ρ_1 = mean(4/2, 4/1) = 3, ρ_2 = mean(2/4, 2/1) = 1.25,
   ρ_3 = mean(1/4, 1/2) = 0.375: q = (0.5(1 + 0.5 tanh 2), 0.5(1 + 0.5 tanh 0.25), 0)."""
-  from asgml_jax.opm import drop_probabilities
+  from asgml_jax.methods.opm import drop_probabilities
   q = drop_probabilities({"audio": jnp.float32(3.0), "visual": jnp.float32(1.0)}, 0.5, 0.5)
   assert float(q["audio"]) == pytest.approx(0.5 * (1 + 0.5 * np.tanh(2.0)), rel=1e-6)
   assert float(q["visual"]) == 0.0
@@ -281,7 +281,7 @@ def test_opm_drop_probabilities_two_and_three_modalities():
 
 def test_opm_drop_rescales_kept_features_and_excludes_all_dropped_samples():
   """q = (0.6, 0.2): kept features × 1/(1 - 0.4); sample 2 lost both modalities."""
-  from asgml_jax.opm import apply_drop, masked_cross_entropy
+  from asgml_jax.methods.opm import apply_drop, masked_cross_entropy
   feats = {"audio": jnp.ones((3, 2)), "visual": 2 * jnp.ones((3, 2))}
   keep = {"audio": jnp.array([True, False, False]), "visual": jnp.array([False, True, False])}
   q = {"audio": jnp.float32(0.6), "visual": jnp.float32(0.2)}
@@ -685,7 +685,8 @@ def test_gblend_transform_sums_the_weighted_task_gradients():
 def test_gblend_estimate_measures_each_tasks_train_and_holdout_loss(tfds_dir):
   """With no copy training (0 epochs) the estimate's losses are the model's own
   inference-mode CE_k on the two disjoint parts of the train split."""
-  from asgml_jax import gblend, train
+  from asgml_jax import train
+  from asgml_jax.methods import gblend
   from asgml_jax.losses import loss_terms
   from configs.variants import apply_variant
   config = apply_variant(tiny_mlp_config(tfds_dir), "gblend")
@@ -695,9 +696,10 @@ def test_gblend_estimate_measures_each_tasks_train_and_holdout_loss(tfds_dir):
   assert len(holdout_idx) == round(192 * 0.08) and not set(train_idx) & set(holdout_idx)
   assert len(train_idx) + len(holdout_idx) == 192
   trainer = gblend.BranchTrainer(setup.model, 1e-4, 0.9, {})
-  result = gblend.estimate_weights(trainer, state.variables(), setup.data.train, True, train_idx,
-                                   holdout_idx, epochs=0, batch_size=32, lr=0.05,
-                                   key=jax.random.PRNGKey(0))
+  rows = lambda idx: jax.tree.map(lambda x: jnp.take(x, jnp.asarray(idx), axis=0),
+                                  setup.data.train)
+  result = gblend.estimate_weights(trainer, state.variables(), rows, train_idx, holdout_idx,
+                                   epochs=0, batch_size=32, lr=0.05, key=jax.random.PRNGKey(0))
 
   def by_hand(idx):
     batch = {k: np.asarray(v)[idx] for k, v in setup.data.train.items()}
@@ -707,9 +709,8 @@ def test_gblend_estimate_measures_each_tasks_train_and_holdout_loss(tfds_dir):
 
   np.testing.assert_allclose(result["train_losses"], by_hand(train_idx), rtol=1e-5)
   np.testing.assert_allclose(result["holdout_losses"], by_hand(holdout_idx), rtol=1e-5)
-  trained = gblend.estimate_weights(trainer, state.variables(), setup.data.train, True,
-                                    train_idx, holdout_idx, epochs=1, batch_size=32, lr=0.05,
-                                    key=jax.random.PRNGKey(0))
+  trained = gblend.estimate_weights(trainer, state.variables(), rows, train_idx, holdout_idx,
+                                    epochs=1, batch_size=32, lr=0.05, key=jax.random.PRNGKey(0))
   # training task k's copy lowers CE_k on the data it trained on
   assert np.all(trained["train_losses"] < result["train_losses"])
 

@@ -98,3 +98,26 @@ def blocks() -> dict:
     if block is not None and block not in out:
       out[block] = method.settings.defaults()
   return out
+
+
+def only_modality(config, name: str):
+  """Drops every modality but `name`; method settings that named another forget it."""
+  names = sorted(config.modalities.keys())
+  if name not in names:
+    raise ValueError(f"variant {unimodal.VARIANT_PREFIX}{name}: the config has no modality {name!r} "
+                     f"(it has: {', '.join(names)})")
+  signal = config.dataset.synthetic.signal
+  with config.unlocked(), signal.unlocked():
+    for other in names:
+      if other != name:
+        del config.modalities[other]
+        if other in signal:
+          del signal[other]
+        for method in REGISTRY:
+          if method.settings.drop_modality is not None:
+            method.settings.drop_modality(config, other)
+  config.method.name = "unimodal"
+  config.method.stack = ""
+  config.model.condition_modality = None
+  config.loss.unimodal_weight = 0.0  # the fused logits are the unimodal logits
+  return config

@@ -15,6 +15,7 @@ import ml_collections
 
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import Method, Optax, Protocols, Settings
+from asgml_jax.transforms.schedule import AdaptiveConfig, modality_schedule
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -49,7 +50,6 @@ def check_block(config) -> None:
 
 
 def schedule(ctx, inner):
-  from asgml_jax.transforms.schedule import AdaptiveConfig, modality_schedule
   ad = ctx.config.method.adaptive
   cfg = AdaptiveConfig(**{f.name: ad[f.name] for f in dataclasses.fields(AdaptiveConfig)})
   return modality_schedule(inner, "adaptive", adaptive=cfg)

@@ -20,7 +20,10 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
+from asgml_jax.losses import cross_entropy
 from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal, Step
+from asgml_jax.transforms import agm as agm_lib
+from asgml_jax.transforms.agm import agm, conditional_clip
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -47,14 +50,11 @@ def preset(config) -> None:
 
 
 def transform(ctx):
-  from asgml_jax.transforms.agm import agm, conditional_clip
   a = ctx.config.method.agm
   return [agm(), conditional_clip(a.clip_norm, a.clip_threshold)]
 
 
 def fused_loss(ctx):
-  from asgml_jax.losses import cross_entropy
-  from asgml_jax.transforms import agm as agm_lib
   a = ctx.config.method.agm
   cfg = agm_lib.AGMConfig(alpha=a.alpha, modulation_starts=a.modulation_starts,
                           modulation_ends=a.modulation_ends,

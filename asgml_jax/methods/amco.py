@@ -34,10 +34,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from asgml_jax import config_checks as cc
+from asgml_jax.losses import cross_entropy
 from asgml_jax.methods.base import (Logging, Method, Optax, Protocols, Requirement, Settings,
                                     Signal, Step)
 
@@ -126,7 +126,6 @@ def _masked(ctx, step_ctx, outputs):
 
 
 def fused_loss(ctx):
-  from asgml_jax.losses import cross_entropy
 
   def loss(step_ctx, variables, outputs):
     masked, p = _masked(ctx, step_ctx, outputs)

@@ -24,6 +24,7 @@ import ml_collections
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import (Logging, Method, Optax, Protocols, Requirement, Settings,
                                     Signal, Step)
+from asgml_jax.transforms.arl import arl, zero_other_logits
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -59,7 +60,6 @@ def preset_fixed(config) -> None:
 def transform(ctx):
   import optax
 
-  from asgml_jax.transforms.arl import arl
   a = ctx.config.method.arl
   return [arl(ctx.steps_per_epoch, a.temperature, a.start_epoch, a.scaling),
           optax.clip_by_global_norm(a.clip_norm)]
@@ -69,7 +69,6 @@ def unimodal_logits(ctx):
   """CE_m of the reference: the fusion layer on modality m's features with the
   others zeroed, fc(cat(x_m, 0)), so the full fusion bias (not the split head's
   b/N)."""
-  from asgml_jax.transforms.arl import zero_other_logits
 
   def logits(step_ctx, params, outputs):
     return zero_other_logits(outputs["unimodal_logits"], params["fusion"])

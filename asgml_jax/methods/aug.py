@@ -57,8 +57,11 @@ import numpy as np
 import optax
 
 from asgml_jax import config_checks as cc
+from asgml_jax.losses import batch_scores, cross_entropy
 from asgml_jax.methods.base import (Epoch, Evaluation, Logging, Method, Optax, Plot, Protocols,
                                     Settings, Signal, Step, SubStepResult)
+from asgml_jax.methods.common import forward_with_vjp
+from asgml_jax.models.encoders import dense_init
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -131,7 +134,6 @@ class AUGHeads(nn.Module):
   @nn.compact
   def __call__(self, features, counts=None):
     """{m: (out_m, o_m, r_m)} for the modalities in `features`; counts {m: n_m} (None: 0)."""
-    from asgml_jax.models.encoders import dense_init
     fc = nn.Dense(self.num_classes, kernel_init=dense_init, name="fc_out")
     dense = lambda name: nn.Dense(self.hidden, kernel_init=dense_init, name=name)
     out = {}
@@ -156,7 +158,6 @@ def layers(ctx):
 
 def modality_loss(out, previous, newest, count, labels, residual_weight: float):
   """loss_m of the module docstring."""
-  from asgml_jax.losses import cross_entropy
   p = jnp.take_along_axis(jax.nn.softmax(jax.lax.stop_gradient(previous), -1),
                           labels[:, None], 1)[:, 0]
   log_q = jnp.take_along_axis(jax.nn.log_softmax(newest, -1), labels[:, None], 1)[:, 0]
@@ -208,9 +209,6 @@ def _shared_keep(params, stepped: tuple, counts: dict):
 
 
 def sub_steps(ctx):
-  from asgml_jax.methods.mla import _forward_with_vjp
-  from asgml_jax.losses import batch_scores
-  from asgml_jax.losses import cross_entropy
   heads = layers(ctx)
   names = ctx.names
   residual_weight = ctx.config.method.aug.residual_weight
@@ -218,7 +216,7 @@ def sub_steps(ctx):
 
   def run(sub):
     labels = sub.step.labels
-    (outputs, new_batch_stats), vjp_fn = _forward_with_vjp(sub.forward, sub.params)
+    (outputs, new_batch_stats), vjp_fn = forward_with_vjp(sub.forward, sub.params)
     probe_state = sub.refresh_probes(outputs)
     feats = outputs["features"]
     counts = optax.tree_utils.tree_get(sub.opt_state, "aug_layers")
@@ -289,18 +287,17 @@ def assign(scores: dict, lam: float) -> str | None:
 class Learners:
   """The epoch hook: assigns a learner at the check epochs, resets the scores."""
 
-  def __init__(self, setup):
-    self.names = setup.names
-    cfg = setup.config.method.aug
-    self.checks = set(check_epochs(setup.config.num_epochs, cfg.checks))
+  def __init__(self, ctx):
+    self.ctx = ctx
+    self.names = ctx.names
+    cfg = ctx.config.method.aug
+    self.checks = set(check_epochs(ctx.config.num_epochs, cfg.checks))
     self.lam = cfg.lam
 
   def prepare(self, state, data_key) -> dict:
     return {}
 
   def epoch_end(self, state, validation, data_key, next_epoch: int) -> dict:
-    from asgml_jax import run_dir
-    from asgml_jax.epoch_hooks import seed_prefix
     epoch = next_epoch - 1
     counts = {m: int(v) for m, v in
               optax.tree_utils.tree_get(state.opt_state, "aug_layers").items()}
@@ -311,10 +308,10 @@ class Learners:
       chosen = assign(scores, self.lam)
       if chosen is not None:
         counts[chosen] += 1
-      run_dir.log(f"{seed_prefix()}aug after epoch {epoch + 1}: scores "
-                  + ", ".join(f"{m} {scores[m]:.1f}" for m in self.names)
-                  + f" -> {'a learner for ' + chosen if chosen else 'no learner'}; learners "
-                  + ", ".join(f"{m} {counts[m]}" for m in self.names))
+      self.ctx.log(f"aug after epoch {epoch + 1}: scores "
+                   + ", ".join(f"{m} {scores[m]:.1f}" for m in self.names)
+                   + f" -> {'a learner for ' + chosen if chosen else 'no learner'}; learners "
+                   + ", ".join(f"{m} {counts[m]}" for m in self.names))
       fields["aug_layers"] = {m: np.int32(counts[m]) for m in self.names}
     return fields
 

@@ -153,6 +153,7 @@ class EpochContext(NamedTuple):
     `feature_fn` over the first `count` rows of a split, in fixed-size batches;
   fixed_size_batches(arrays, count, size): yields (rows on the device, real
     rows), the last batch padded by repeating a row (one compiled shape);
+  take_rows(arrays, idx): rows `idx` of every array, on the device;
   train_batches(data_key, epoch, count): the first `count` training batches
     of that epoch's order, as the train step would see them;
   lr_at(step): the learning rate of the run's schedule at a global step.
@@ -169,6 +170,7 @@ class EpochContext(NamedTuple):
   feature_fn: Callable
   split_features: Callable
   fixed_size_batches: Callable
+  take_rows: Callable
   train_batches: Callable
   lr_at: Callable
 

@@ -14,6 +14,7 @@ import ml_collections
 
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal
+from asgml_jax.transforms.boost import boost
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -37,7 +38,6 @@ def preset(config) -> None:
 
 
 def transform(ctx):
-  from asgml_jax.transforms.boost import boost
   b = ctx.config.method.boost
   return [boost(b.alpha, b.scale_max, b.ema_alpha, noise_sigma=b.noise_sigma,
                 seed=ctx.config.seed + 1)]

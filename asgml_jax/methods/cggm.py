@@ -21,6 +21,7 @@ import optax
 
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal, Step
+from asgml_jax.transforms.cggm import cggm, direction_loss, fusion_blocks
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -52,7 +53,6 @@ def preset(config) -> None:
 def transform(ctx):
   import optax
 
-  from asgml_jax.transforms.cggm import cggm
   c = ctx.config.method.cggm
   return [cggm(c.rho, c.cls_lr, ctx.config.model.feature_dim, seed=ctx.config.seed + 3,
                guard=c.balance_guard),
@@ -60,7 +60,6 @@ def transform(ctx):
 
 
 def loss_term(ctx):
-  from asgml_jax.transforms.cggm import direction_loss, fusion_blocks
   lam = ctx.config.method.cggm.lam
 
   def term(step_ctx, params, outputs):

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from asgml_jax import config_checks as cc
+from asgml_jax.losses import cross_entropy
 from asgml_jax.methods.base import Logging, Method, Plot, Protocols, Requirement, Settings, Step
 
 _ORDER_SALT = 0xC411
@@ -67,7 +68,6 @@ def _confidence(logits):
 def cml_loss(fused, contributions, labels, order, lam: float):
   """(loss, {modality index: penalty of removing it}) for fused logits (B, C),
   contributions (N, B, C) and the removal order (N,)."""
-  from asgml_jax.losses import cross_entropy
   num = contributions.shape[0]
   ce = cross_entropy(fused, labels)
   penalty = jnp.float32(0.0)

@@ -58,8 +58,10 @@ import numpy as np
 import optax
 
 from asgml_jax import config_checks as cc
+from asgml_jax.losses import cross_entropy
 from asgml_jax.methods.base import (Epoch, Evaluation, Logging, Method, Optax, Plot, Protocols,
                                     Requirement, Settings, Step)
+from asgml_jax.models.encoders import dense_init
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -109,7 +111,6 @@ class SharedClassifier(nn.Module):
   @nn.compact
   def __call__(self, features):
     """{m: g(f_m)} (a dict of features) or g(x) (one array)."""
-    from asgml_jax.models.encoders import dense_init
     dense = nn.Dense(self.num_classes, kernel_init=dense_init, name="shared")
     if isinstance(features, dict):
       return {m: dense(f.astype(jnp.float32)) for m, f in features.items()}
@@ -196,7 +197,6 @@ def transform(ctx):
 
 
 def fused_loss(ctx):
-  from asgml_jax.losses import cross_entropy
   d = ctx.config.method.di_mml
   first_fusion, contrast_epoch = schedule(ctx.config)
   shared = layers(ctx)
@@ -255,23 +255,19 @@ def eval_logits(ctx):
 class OwnDimensions:
   """The epoch hook: T_m from the training set's features at the start of epoch E."""
 
-  def __init__(self, setup):
-    from asgml_jax.methods.pmr import make_feature_fn
-    self.setup = setup
-    self.feature_fn = make_feature_fn(setup.model, setup.frame_sizes)
-    self.contrast_epoch = schedule(setup.config)[1]
+  def __init__(self, ctx):
+    self.ctx = ctx
+    self.contrast_epoch = schedule(ctx.config)[1]
 
   def _top(self, state) -> dict:
-    from asgml_jax import run_dir
-    from asgml_jax.epoch_hooks import seed_prefix, split_features
-    data, names = self.setup.data, self.setup.names
-    feats, labels = split_features(self.setup, self.feature_fn, state.variables(), data.train,
-                                   data.num_train)
-    top = {m: top_dimensions(feats[m], labels, data.num_classes) for m in names}
+    ctx = self.ctx
+    data, names = ctx.data, ctx.names
+    feats, labels = ctx.split_features(state.variables(), data.train, data.num_train)
+    top = {m: top_dimensions(feats[m], labels, ctx.num_classes) for m in names}
     top = {m: top[m].astype(np.float32) for m in names}
-    run_dir.log(f"{seed_prefix()}di_mml: own feature dimensions "
-                + ", ".join(f"{m} {int(exclusive_count(top, m))} of {int(top[m].sum())} top"
-                            for m in names))
+    ctx.log("di_mml: own feature dimensions "
+            + ", ".join(f"{m} {int(exclusive_count(top, m))} of {int(top[m].sum())} top"
+                        for m in names))
     return {"di_mml_top": top}
 
   def prepare(self, state, data_key) -> dict:

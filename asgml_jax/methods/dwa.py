@@ -14,6 +14,7 @@ import ml_collections
 
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal
+from asgml_jax.transforms.multitask import dwa
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -29,7 +30,6 @@ def preset(config) -> None:
 
 
 def transform(ctx):
-  from asgml_jax.transforms.multitask import dwa
   return [dwa(ctx.steps_per_epoch, ctx.config.method.dwa.temperature)]
 
 

@@ -16,6 +16,7 @@ from ml_collections import config_dict
 
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import Method, Optax, Protocols, Settings
+from asgml_jax.transforms.schedule import modality_schedule
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -46,7 +47,6 @@ def drop_modality(config, name: str) -> None:
 
 def _schedule(control: bool):
   def build(ctx, inner):
-    from asgml_jax.transforms.schedule import modality_schedule
     freq = ctx.config.method.frequency
     if freq.throttled == "probe":
       throttled = "probe_min" if control else "probe_max"

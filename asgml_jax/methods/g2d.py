@@ -48,8 +48,11 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
+from asgml_jax.losses import batch_scores, kl_divergence
 from asgml_jax.methods.base import (Composition, Epoch, Logging, Method, Optax, Plot, Protocols,
                                     Settings, Signal, Step)
+from asgml_jax.methods.common import held_teachers, held_variables, teacher_models, teacher_outputs
+from asgml_jax.transforms.ogm_ge import in_epoch_window, is_modulated_leaf
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -94,7 +97,6 @@ def prioritised(scores: dict) -> dict:
 
 def distillation_kl(student_logits, teacher_logits, temperature: float):
   """T² · KL(softmax(t/T) ‖ softmax(s/T)), summed over classes, mean over the batch."""
-  from asgml_jax.losses import kl_divergence
   return kl_divergence(teacher_logits / temperature, student_logits / temperature) \
       * temperature ** 2
 
@@ -106,7 +108,6 @@ class G2DState(NamedTuple):
 def prioritisation(*, steps_per_epoch: int, first_epoch: int, last_epoch: int,
                    leaves: str) -> optax.GradientTransformationExtraArgs:
   """Multiplies `updates["encoders"][m]`'s selected leaves by c_m (`prioritised`)."""
-  from asgml_jax.transforms.ogm_ge import in_epoch_window, is_modulated_leaf
 
   def init_fn(params):
     return G2DState({m: jnp.ones((), jnp.float32) for m in params["encoders"]})
@@ -125,22 +126,18 @@ def prioritisation(*, steps_per_epoch: int, first_epoch: int, last_epoch: int,
 
 
 def transform(ctx):
-  from asgml_jax.methods import umt
   first, last = modulation_window(ctx.config)
-  return umt.transform(ctx) + [prioritisation(
+  return held_teachers(ctx) + [prioritisation(
       steps_per_epoch=ctx.steps_per_epoch, first_epoch=first, last_epoch=last,
       leaves=ctx.config.method.g2d.leaves)]
 
 
 def loss_term(ctx):
-  from asgml_jax import teachers
-  from asgml_jax.methods.umt import teacher_outputs
-  from asgml_jax.losses import batch_scores
   g = ctx.config.method.g2d
-  models = {m: teachers.teacher_model(ctx.config, m, ctx.num_classes) for m in ctx.names}
+  models = teacher_models(ctx)
 
   def term(step_ctx, params, outputs):
-    held = optax.tree_utils.tree_get(step_ctx.state.opt_state, "umt_teachers")
+    held = held_variables(step_ctx.state.opt_state)
     kl, mse, logits = {}, {}, {}
     for m in ctx.names:
       feats, logits[m] = teacher_outputs(models[m], held[m], step_ctx.batch, m)

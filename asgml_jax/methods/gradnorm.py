@@ -15,6 +15,7 @@ import ml_collections
 
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal
+from asgml_jax.transforms.multitask import gradnorm
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -45,7 +46,6 @@ def preset(config) -> None:
 
 
 def transform(ctx):
-  from asgml_jax.transforms.multitask import gradnorm
   g = ctx.config.method.gradnorm
   return [gradnorm(g.alpha, g.lr, g.layer)]
 

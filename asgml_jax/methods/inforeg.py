@@ -17,6 +17,7 @@ import ml_collections
 
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal
+from asgml_jax.transforms.inforeg import inforeg
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -67,7 +68,6 @@ def drop_modality(config, name: str) -> None:
 
 
 def transform(ctx):
-  from asgml_jax.transforms.inforeg import inforeg
   info = ctx.config.method.inforeg
   return [inforeg(ctx.steps_per_epoch, _scales(ctx.config), info.threshold,
                   info.window_modality)]

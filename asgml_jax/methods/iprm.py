@@ -49,8 +49,10 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
+from asgml_jax.losses import cross_entropy, kl_divergence
 from asgml_jax.methods.base import (Evaluation, Logging, Method, Optax, Plot, Protocols,
                                     Requirement, Settings, Step)
+from asgml_jax.models.encoders import dense_init
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -94,7 +96,6 @@ class MixupHeads(nn.Module):
   @nn.compact
   def __call__(self, features, lambdas=None):
     """{pair key: logits}; lambdas {pair key: (λ_i, λ_j)} (None: ½, ½ — at init)."""
-    from asgml_jax.models.encoders import dense_init
     out = {}
     for pair in pairs(self.names):
       key = pair_key(pair)
@@ -133,7 +134,6 @@ def transform(ctx):
 
 
 def fused_loss(ctx):
-  from asgml_jax.losses import cross_entropy, kl_divergence   # the reference's compute_kl_divergence
   heads = layers(ctx)
   alpha = ctx.config.method.iprm.alpha
 

@@ -42,7 +42,9 @@ import ml_collections
 import numpy as np
 import optax
 
+from asgml_jax import augment
 from asgml_jax import config_checks as cc
+from asgml_jax.losses import cross_entropy
 from asgml_jax.methods.base import Epoch, Method, Optax, Protocols, Requirement, Settings, Step
 
 ALPHA_INIT = (0.95, 0.05)
@@ -83,7 +85,6 @@ def mean_alignment(unimodal_logits, names):
 
 
 def lfm_loss(fused_logits, unimodal_logits, labels, names, alpha):
-  from asgml_jax.losses import cross_entropy
   align = mean_alignment(unimodal_logits, names)
   return 2.0 * (alpha[0] * cross_entropy(fused_logits, labels) + alpha[1] * align), align
 
@@ -124,8 +125,6 @@ def first_kernel(tree):
 
 def make_alpha_gradient(model, names, frame_sizes):
   """Jitted (params, batch_stats, batch, alpha, key) -> the reference's alpha_grad."""
-  from asgml_jax import augment
-  from asgml_jax.losses import cross_entropy
   first = names[0]
 
   def losses(params, batch_stats, batch, key):
@@ -161,14 +160,14 @@ def next_alpha(alpha, grad: float, epoch: int, lr_alpha: float) -> np.ndarray:
 class LearnedAlpha:
   """The epoch hook: α for the next epoch from the hypergradient on a validation batch."""
 
-  def __init__(self, setup):
-    self.setup = setup
-    self.grad_fn = make_alpha_gradient(setup.model, setup.names, setup.frame_sizes)
-    if "validation" not in setup.data.eval_splits:
+  def __init__(self, ctx):
+    self.ctx = ctx
+    self.grad_fn = make_alpha_gradient(ctx.model, ctx.names, ctx.frame_sizes)
+    if "validation" not in ctx.data.eval_splits:
       raise cc.ConfigError("method lfm learns its weight on validation data: dataset "
-                           f"{setup.config.dataset.name} has no validation split")
-    rows = max(1, min(setup.config.batch_size, setup.data.eval_sizes["validation"]) // 4)
-    arrays = setup.data.eval_splits["validation"]
+                           f"{ctx.config.dataset.name} has no validation split")
+    rows = max(1, min(ctx.config.batch_size, ctx.data.eval_sizes["validation"]) // 4)
+    arrays = ctx.data.eval_splits["validation"]
     self.batch = jax.tree.map(lambda x: jnp.asarray(x[:rows]), arrays)
 
   def _alpha(self, state, epoch: int) -> dict:
@@ -176,7 +175,7 @@ class LearnedAlpha:
     key = jax.random.fold_in(jax.random.fold_in(state.rng, 0x1F3), epoch)
     grad = float(self.grad_fn(state.params, state.batch_stats, self.batch, alpha, key))
     return {"lfm_alpha": next_alpha(np.asarray(alpha), grad, epoch,
-                                    self.setup.config.method.lfm.lr_alpha)}
+                                    self.ctx.config.method.lfm.lr_alpha)}
 
   def prepare(self, state, data_key) -> dict:
     return self._alpha(state, 0)

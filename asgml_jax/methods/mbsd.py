@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Protocols, Requirement, Settings, Step
+from asgml_jax.methods.base import Method, Protocols, Settings, Step
 
 RS_ON = ("auto", "logits", "probabilities")
 

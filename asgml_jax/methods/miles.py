@@ -17,6 +17,8 @@ import numpy as np
 
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import Epoch, Logging, Method, Optax, Protocols, Settings, Signal
+from asgml_jax.transforms import miles as miles_lib
+from asgml_jax.transforms.miles import miles
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -37,22 +39,20 @@ def preset(config) -> None:
 
 
 def transform(ctx):
-  from asgml_jax.transforms.miles import miles
   return [miles()]
 
 
 class LearningRateFactors:
   """The epoch hook: after each evaluation, the next epoch's factors."""
 
-  def __init__(self, setup):
-    self.names = setup.names
-    self.block = setup.config.method.miles
+  def __init__(self, ctx):
+    self.names = ctx.names
+    self.block = ctx.config.method.miles
 
   def prepare(self, state, data_key) -> dict:
     return {}
 
   def epoch_end(self, state, validation, data_key, next_epoch: int) -> dict:
-    from asgml_jax.transforms import miles as miles_lib
     u = miles_lib.utilization_rates(
         validation["accuracy"], {m: validation[f"unimodal_accuracy_{m}"] for m in self.names})
     scales = miles_lib.next_lr_scales(u, self.block.tau, self.block.mu)

@@ -48,8 +48,10 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
+from asgml_jax.losses import cross_entropy
 from asgml_jax.methods.base import (Evaluation, Logging, Method, Optax, Plot, Protocols,
                                     Requirement, Settings, Step, SubStepResult)
+from asgml_jax.methods.common import forward_with_vjp
 
 PROJECTIONS = ("replace", "add", "none")
 
@@ -131,12 +133,11 @@ def _head_logits(head, features):
 
 def sub_steps(ctx):
   """One update per modality through the shared head (module docstring)."""
-  from asgml_jax.losses import cross_entropy
   names = ctx.names
 
   def run(sub):
     labels = sub.step.labels
-    (outputs, new_batch_stats), vjp_fn = _forward_with_vjp(sub.forward, sub.params)
+    (outputs, new_batch_stats), vjp_fn = forward_with_vjp(sub.forward, sub.params)
     probe_state = sub.refresh_probes(outputs)
     feats = outputs["features"]
     params, opt_state = sub.params, sub.opt_state
@@ -164,16 +165,6 @@ def sub_steps(ctx):
                          outputs=outputs, grads=total_grads,
                          extras={"metrics": {f"mla/turn_loss_{m}": v for m, v in losses.items()}})
   return run
-
-
-def _forward_with_vjp(forward, params):
-  """(outputs, batch stats) of one forward pass, and the VJP of the features
-  with respect to the parameters."""
-  def features(p):
-    outputs, new_batch_stats = forward(p)
-    return outputs["features"], (outputs, new_batch_stats)
-  _, vjp_fn, (outputs, new_batch_stats) = jax.vjp(features, params, has_aux=True)
-  return (outputs, new_batch_stats), vjp_fn
 
 
 # ------------------------------------------------------------------ evaluation

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from asgml_jax import config_checks as cc
+from asgml_jax.losses import cross_entropy
 from asgml_jax.methods.base import (Evaluation, Logging, Method, Plot, Protocols, Requirement,
                                     Settings, Step)
 
@@ -83,7 +84,6 @@ def _logits(ctx, params, outputs) -> dict:
 
 
 def fused_loss(ctx):
-  from asgml_jax.losses import cross_entropy
   scaling = ctx.config.method.mmcosine.scaling
 
   def loss(step_ctx, variables, outputs):

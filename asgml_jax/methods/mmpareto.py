@@ -15,6 +15,7 @@ import ml_collections
 
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal
+from asgml_jax.transforms.mmpareto import mmpareto
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -31,7 +32,6 @@ def preset(config) -> None:
 
 
 def transform(ctx):
-  from asgml_jax.transforms.mmpareto import mmpareto
   return [mmpareto(ctx.config.method.mmpareto.scale)]
 
 

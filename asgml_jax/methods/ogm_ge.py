@@ -32,6 +32,7 @@ import ml_collections
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import (Composition, Logging, Method, Optax, Protocols, Settings,
                                     Signal)
+from asgml_jax.transforms.ogm_ge import ogm_ge
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -80,7 +81,6 @@ def preset(config) -> None:
 
 def _transform(gradient_noise: bool):
   def build(ctx):
-    from asgml_jax.transforms.ogm_ge import ogm_ge
     ogm = ctx.config.method.ogm
     return [ogm_ge(ogm.alpha, steps_per_epoch=ctx.steps_per_epoch,
                    gradient_noise=gradient_noise, modulation_starts=ogm.modulation_starts,

@@ -11,6 +11,7 @@ is its variant's settings.
 from __future__ import annotations
 
 from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal
+from asgml_jax.transforms.multitask import pcgrad
 
 
 def preset(config) -> None:
@@ -18,7 +19,6 @@ def preset(config) -> None:
 
 
 def transform(ctx):
-  from asgml_jax.transforms.multitask import pcgrad
   return [pcgrad(seed=ctx.config.seed + 2)]
 
 

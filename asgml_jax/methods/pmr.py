@@ -15,14 +15,12 @@ reference protocol is its variant's settings.
 
 from __future__ import annotations
 
-from typing import Callable
-
-import jax
 import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import Epoch, Logging, Method, Optax, Plot, Protocols, Settings, Step
+from asgml_jax.transforms import pmr as pmr_lib
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -47,14 +45,12 @@ def preset(config) -> None:
 
 
 def transform(ctx):
-  from asgml_jax.transforms.pmr import pmr
   if ctx.num_classes is None:
     raise ValueError("make_optimizer: method pmr needs num_classes (its prototypes' shape)")
-  return [pmr(ctx.num_classes, {m: ctx.config.model.feature_dim for m in ctx.names})]
+  return [pmr_lib.pmr(ctx.num_classes, {m: ctx.config.model.feature_dim for m in ctx.names})]
 
 
 def loss_term(ctx):
-  from asgml_jax.transforms import pmr as pmr_lib
   p = ctx.config.method.pmr
   cfg = pmr_lib.PMRConfig(alpha=p.alpha, modulation_starts=p.modulation_starts,
                           modulation_ends=p.modulation_ends, steps_per_epoch=ctx.steps_per_epoch)
@@ -73,39 +69,20 @@ def prototype_batches(steps_per_epoch: int) -> int:
   return max(1, steps_per_epoch // 10)
 
 
-def make_feature_fn(model, frame_sizes) -> Callable:
-  """Jitted (variables, batch) -> {m: features}, inference mode."""
-  from asgml_jax import augment
-
-  def features(variables, batch):
-    if frame_sizes:
-      batch = augment.eval_inputs(batch, frame_sizes)
-    out = model.apply(variables, {m: batch[m] for m in model.modality_names}, train=False)
-    return out["features"]
-
-  return jax.jit(features)
-
-
 class Prototypes:
   """The epoch hook: initial prototypes before epoch 0, refreshed after each epoch."""
 
-  def __init__(self, setup):
-    self.setup = setup
-    self.feature_fn = make_feature_fn(setup.model, setup.frame_sizes)
+  def __init__(self, ctx):
+    self.ctx = ctx
 
   def _prototypes(self, state, data_key, epoch: int, momentum: float | None) -> dict:
-    from asgml_jax import input_pipeline
-    from asgml_jax.transforms import pmr as pmr_lib
-    cfg, data, names = self.setup.config, self.setup.data, self.setup.names
-    perm = input_pipeline.epoch_order(data, data_key, epoch)
+    ctx = self.ctx
+    names, classes = ctx.names, ctx.num_classes
     variables = state.variables()
     sums = counts = None
-    for i in range(prototype_batches(self.setup.steps_per_epoch)):
-      args = input_pipeline.train_args(data, perm, i, cfg.batch_size)
-      batch = (input_pipeline.gather_batch(*args[:2], args[2], cfg.batch_size)
-               if data.on_device else args[0])
-      feats = self.feature_fn(variables, batch)
-      part = {m: pmr_lib.class_sums(feats[m], batch["label"], data.num_classes) for m in names}
+    for batch in ctx.train_batches(data_key, epoch, prototype_batches(ctx.steps_per_epoch)):
+      feats = ctx.feature_fn(variables, batch)
+      part = {m: pmr_lib.class_sums(feats[m], batch["label"], classes) for m in names}
       if sums is None:
         sums = {m: part[m][0] for m in names}
         counts = {m: part[m][1] for m in names}
@@ -122,7 +99,7 @@ class Prototypes:
     return self._prototypes(state, data_key, 0, None)
 
   def epoch_end(self, state, validation, data_key, next_epoch: int) -> dict:
-    return self._prototypes(state, data_key, next_epoch, self.setup.config.method.pmr.momentum)
+    return self._prototypes(state, data_key, next_epoch, self.ctx.config.method.pmr.momentum)
 
 
 PMR = Method(

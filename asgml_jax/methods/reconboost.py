@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from asgml_jax import config_checks as cc
+from asgml_jax.losses import cross_entropy
 from asgml_jax.methods.base import Method, Protocols, Requirement, Settings, Step
 
 
@@ -94,7 +95,6 @@ def reconcilement(unimodal, m_index, names):
 
 
 def fused_loss(ctx):
-  from asgml_jax.losses import cross_entropy
   r = ctx.config.method.reconboost
   names, per_epoch = ctx.names, ctx.steps_per_epoch
 

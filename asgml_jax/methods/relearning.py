@@ -37,8 +37,10 @@ import ml_collections
 import numpy as np
 import optax
 
+from asgml_jax import clustering
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Epoch, Logging, Method, Optax, Protocols, Settings, Signal
+from asgml_jax.methods.base import (PARAMS, Epoch, Logging, Method, Optax, Protocols, Settings,
+                                    Signal)
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -102,41 +104,35 @@ def transform(ctx):
 class Relearning:
   """The epoch hook: diagnose every encoder and re-initialise when due."""
 
-  def __init__(self, setup):
-    from asgml_jax.methods.pmr import make_feature_fn
-    self.setup = setup
-    self.block = setup.config.method.relearning
-    self.feature_fn = make_feature_fn(setup.model, setup.frame_sizes)
-    if "validation" not in setup.data.eval_splits:
+  def __init__(self, ctx):
+    self.ctx = ctx
+    self.block = ctx.config.method.relearning
+    if "validation" not in ctx.data.eval_splits:
       raise cc.ConfigError("method relearning compares training and validation features: "
-                           f"dataset {setup.config.dataset.name} has no validation split")
+                           f"dataset {ctx.config.dataset.name} has no validation split")
 
   def prepare(self, state, data_key) -> dict:
     return {}
 
   def epoch_end(self, state, validation, data_key, next_epoch: int) -> dict:
-    from asgml_jax import clustering, run_dir
-    from asgml_jax.epoch_hooks import PARAMS, seed_prefix, split_features
-    epoch, b = next_epoch - 1, self.block
+    epoch, b, ctx = next_epoch - 1, self.block, self.ctx
     if not reinit_due(epoch, b.reinit_epoch, b.reinit_num):
       return {}
-    data, classes = self.setup.data, self.setup.data.num_classes
+    data, classes = ctx.data, ctx.num_classes
     variables = state.variables()
-    train, train_labels = split_features(self.setup, self.feature_fn, variables, data.train,
-                                         data.num_train)
-    val, val_labels = split_features(self.setup, self.feature_fn, variables,
-                                     data.eval_splits["validation"],
-                                     data.eval_sizes["validation"])
-    names = self.setup.names
+    train, train_labels = ctx.split_features(variables, data.train, data.num_train)
+    val, val_labels = ctx.split_features(variables, data.eval_splits["validation"],
+                                         data.eval_sizes["validation"])
+    names = ctx.names
     p_train = {m: clustering.feature_purity(train[m], train_labels, classes) for m in names}
     p_val = {m: clustering.feature_purity(val[m], val_labels, classes) for m in names}
     alpha = move_weights(p_train, p_val, b.move_lambda)
     init = optax.tree_utils.tree_get(state.opt_state, "relearning_init")
     params = dict(state.params)
     params["encoders"] = move_toward_init(params["encoders"], init, alpha)
-    run_dir.log(f"{seed_prefix()}relearning after epoch {epoch + 1}: purity train/val "
-                + ", ".join(f"{m} {p_train[m]:.3f}/{p_val[m]:.3f} -> alpha {alpha[m]:.3f}"
-                            for m in names))
+    ctx.log(f"relearning after epoch {epoch + 1}: purity train/val "
+            + ", ".join(f"{m} {p_train[m]:.3f}/{p_val[m]:.3f} -> alpha {alpha[m]:.3f}"
+                        for m in names))
     f32 = lambda d: {m: np.float32(v) for m, v in d.items()}
     return {"relearning_alpha": f32(alpha), "relearning_train_purity": f32(p_train),
             "relearning_val_purity": f32(p_val), PARAMS: params}

@@ -200,6 +200,9 @@ class StepParts(NamedTuple):
 
 def build_context(config, steps_per_epoch: int | None, num_classes: int | None = None,
                   teachers=None) -> BuildContext:
+  if teachers is None and any(m.epoch.teachers for m in resolve(config.method)):
+    from asgml_jax.teachers import TeacherSource
+    teachers = TeacherSource(config, num_classes, steps_per_epoch)
   return BuildContext(config=config, steps_per_epoch=steps_per_epoch, num_classes=num_classes,
                       names=cc.modality_names(config), teachers=teachers)
 
@@ -252,9 +255,9 @@ def resamples(config) -> bool:
   return any(m.epoch.resamples for m in resolve(config.method))
 
 
-def epoch_hooks(config, setup) -> list:
-  """The stack's epoch hooks (objects with prepare / epoch_end)."""
-  return [m.epoch.hook(setup) for m in resolve(config.method) if m.epoch.hook is not None]
+def epoch_hook_builders(config) -> tuple:
+  """The stack's epoch hooks, unbuilt (`Epoch.hook`: EpochContext -> hook)."""
+  return tuple(m.epoch.hook for m in resolve(config.method) if m.epoch.hook is not None)
 
 
 def seed_code_settings() -> tuple[tuple[str, Any], ...]:

@@ -12,6 +12,7 @@ import ml_collections
 
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import Method, Optax, Protocols, Settings
+from asgml_jax.transforms.schedule import modality_schedule
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -39,7 +40,6 @@ def drop_modality(config, name: str) -> None:
 
 
 def schedule(ctx, inner):
-  from asgml_jax.transforms.schedule import modality_schedule
   stale = ctx.config.method.staleness
   return modality_schedule(inner, "staleness",
                            staleness={m: stale.tau for m in cc.names_list(stale.modalities)},

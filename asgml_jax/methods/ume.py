@@ -27,21 +27,19 @@ from __future__ import annotations
 import optax
 
 from asgml_jax.methods.base import Composition, Epoch, Evaluation, Method, Optax
+from asgml_jax.methods.common import held_teachers, held_variables, teacher_logits, teacher_models
 
 
 def transform(ctx):
-  from asgml_jax.methods import umt
-  return umt.transform(ctx) + [optax.set_to_zero()]   # UMT's held teachers, then no update
+  return held_teachers(ctx) + [optax.set_to_zero()]   # the held teachers, then no update
 
 
 def eval_logits(ctx):
-  from asgml_jax import teachers
-  from asgml_jax.methods.umt import teacher_logits
   names = ctx.names
-  models = {m: teachers.teacher_model(ctx.config, m, ctx.num_classes) for m in names}
+  models = teacher_models(ctx)
 
   def replace(state, batch, outputs):
-    held = optax.tree_utils.tree_get(state.opt_state, "umt_teachers")
+    held = held_variables(state.opt_state)
     logits = {m: teacher_logits(models[m], held[m], batch, m) for m in names}
     return {**outputs, "logits": sum(logits.values()) / len(names), "unimodal_logits": logits}
   return replace

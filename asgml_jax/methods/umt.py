@@ -22,15 +22,13 @@ model is meant to run. N modalities: a teacher per modality.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import Epoch, Logging, Method, Optax, Plot, Protocols, Settings, Step
+from asgml_jax.methods.common import held_teachers, held_variables, teacher_features, teacher_models
 
 TEACHER_MODES = ("inference", "train")
 
@@ -51,64 +49,12 @@ def preset(config) -> None:
   config.loss.unimodal_weight = 0.0         # CE(fused) + the distillation
 
 
-class TeachersState(NamedTuple):
-  umt_teachers: dict    # {m: {"params", "batch_stats"}} of modality m's teacher, frozen
-
-
-def hold_teachers(teachers: dict):
-  """Keeps the teachers' variables in the optimizer state; passes updates."""
-  def init_fn(params):
-    return TeachersState(jax.tree.map(jnp.asarray, teachers))
-
-  def update_fn(updates, state, params=None, **extra):
-    return updates, state
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def transform(ctx):
-  from asgml_jax import teachers
-  if ctx.num_classes is None:
-    raise ValueError("make_optimizer: method umt needs num_classes (its teachers' heads)")
-  return [hold_teachers({m: teachers.load(ctx.config, m, ctx.num_classes, ctx.steps_per_epoch)
-                         for m in ctx.names})]
-
-
-def _apply_variables(variables: dict) -> dict:
-  """A held teacher's variables for `apply` (no empty batch_stats collection)."""
-  return {k: v for k, v in variables.items() if k == "params" or v}
-
-
-def teacher_features(model, variables, batch, modality, mode, key):
-  """The teacher's features of `modality` (no gradient)."""
-  inputs = {modality: batch[modality]}
-  variables = _apply_variables(variables)
-  if mode == "train":
-    out, _ = model.apply(variables, inputs, train=True, mutable=["batch_stats"],
-                         rngs={"dropout": key})
-  else:
-    out = model.apply(variables, inputs, train=False)
-  return jax.lax.stop_gradient(out["features"][modality])
-
-
-def teacher_logits(model, variables, batch, modality):
-  """The teacher's class logits in inference mode (UME's ensemble)."""
-  return teacher_outputs(model, variables, batch, modality)[1]
-
-
-def teacher_outputs(model, variables, batch, modality):
-  """(features, logits) of the teacher in inference mode, no gradient (G2D)."""
-  out = model.apply(_apply_variables(variables), {modality: batch[modality]}, train=False)
-  return (jax.lax.stop_gradient(out["features"][modality]),
-          jax.lax.stop_gradient(out["logits"]))
-
-
 def loss_term(ctx):
-  from asgml_jax import teachers
   cfg = ctx.config.method.umt
-  models = {m: teachers.teacher_model(ctx.config, m, ctx.num_classes) for m in ctx.names}
+  models = teacher_models(ctx)
 
   def term(step_ctx, params, outputs):
-    held = optax.tree_utils.tree_get(step_ctx.state.opt_state, "umt_teachers")
+    held = held_variables(step_ctx.state.opt_state)
     mse = {}
     for i, m in enumerate(ctx.names):
       target = teacher_features(models[m], held[m], step_ctx.batch, m, cfg.teacher_mode,
@@ -124,7 +70,7 @@ UMT = Method(
     settings=Settings(block="umt", defaults=defaults, check_block=check_block, preset=preset),
     protocols=Protocols(
         reference=(("loss.unimodal_weight", 0.0), ("method.umt.teacher_mode", "train"))),
-    optax=Optax(stage="post", transform=transform),
+    optax=Optax(stage="post", transform=held_teachers),
     step=Step(loss_term=loss_term),
     epoch=Epoch(teachers=True),
     logging=Logging(plots=(Plot("umt/mse", "UMT: feature MSE to the teacher"),)))

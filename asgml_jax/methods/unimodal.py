@@ -2,8 +2,8 @@
 classifier, the reference point of every imbalance study.
 
 No part of its own: the method checks that exactly one modality is
-configured. Its variants are `unimodal_<modality>` (`only_modality`), which
-drop every other modality of a dataset config. It stacks with no other
+configured. Its variants are `unimodal_<modality>` (`methods.only_modality`),
+which drop every other modality of a dataset config. It stacks with no other
 method: the balancing methods need two modalities or more.
 
 Reference: none (a protocol, not a method).
@@ -24,30 +24,6 @@ def check(config) -> None:
   cc.require(len(names) == 1, "modalities",
              f"method unimodal trains one modality, but {len(names)} are configured "
              f"({', '.join(names)}); use the variant unimodal_<modality>")
-
-
-def only_modality(config, name: str):
-  """Drops every modality but `name`; method settings that named another forget it."""
-  from asgml_jax import methods
-  names = sorted(config.modalities.keys())
-  if name not in names:
-    raise ValueError(f"variant {VARIANT_PREFIX}{name}: the config has no modality {name!r} "
-                     f"(it has: {', '.join(names)})")
-  signal = config.dataset.synthetic.signal
-  with config.unlocked(), signal.unlocked():
-    for other in names:
-      if other != name:
-        del config.modalities[other]
-        if other in signal:
-          del signal[other]
-        for method in methods.all_methods():
-          if method.settings.drop_modality is not None:
-            method.settings.drop_modality(config, other)
-  config.method.name = "unimodal"
-  config.method.stack = ""
-  config.model.condition_modality = None
-  config.loss.unimodal_weight = 0.0  # the fused logits are the unimodal logits
-  return config
 
 
 def label(config: Mapping) -> str:

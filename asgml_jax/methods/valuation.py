@@ -71,8 +71,10 @@ import ml_collections
 import numpy as np
 import optax
 
+from asgml_jax import augment
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Epoch, Logging, Method, Optax, Protocols, Settings, Signal, Step
+from asgml_jax.methods.base import (ROW_CODE, Epoch, Logging, Method, Optax, Protocols, Settings,
+                                    Signal, Step)
 
 LEVELS = ("sample", "modality")
 _DRAW_SALT = 0x5A3D
@@ -202,7 +204,6 @@ def keep_masks(codes, names) -> dict:
 
 def feature_gate(ctx):
   """Zeroes the features of the modalities a re-sampled copy leaves out."""
-  from asgml_jax.input_pipeline import ROW_CODE
   names = ctx.names
 
   def gate_for(step_ctx):
@@ -220,21 +221,20 @@ def feature_gate(ctx):
 class Valuation:
   """The epoch hook: value the training set, re-sample the next epoch."""
 
-  def __init__(self, setup):
-    self.setup = setup
-    self.block = setup.config.method.valuation
-    self.names = tuple(setup.names)
-    self.size = setup.steps_per_epoch * setup.config.batch_size
-    self.correct_fn = _make_correct_fn(setup.model, setup.frame_sizes)
+  def __init__(self, ctx):
+    self.ctx = ctx
+    self.block = ctx.config.method.valuation
+    self.names = tuple(ctx.names)
+    self.size = ctx.steps_per_epoch * ctx.config.batch_size
+    self.correct_fn = _make_correct_fn(ctx.model, ctx.frame_sizes)
 
   def correct(self, variables) -> dict:
     """{frozenset S: (L,) 0/1} for every non-empty S, over the training set in order."""
-    from asgml_jax import input_pipeline
-    data, names = self.setup.data, self.names
+    data, names = self.ctx.data, self.names
     subsets = [s for k in range(1, len(names) + 1) for s in combinations(names, k)]
     out = {frozenset(s): [] for s in subsets}
-    for rows, keep in input_pipeline.fixed_size_batches(data.train, data.on_device,
-                                                        data.num_train, self.setup.eval_batch_size):
+    for rows, keep in self.ctx.fixed_size_batches(data.train, data.num_train,
+                                                  self.ctx.eval_batch_size):
       for s in subsets:
         mask = jnp.asarray([float(m in s) for m in names], jnp.float32)
         out[frozenset(s)].append(np.asarray(self.correct_fn(variables, rows, mask))[:keep])
@@ -251,22 +251,20 @@ class Valuation:
     return self._resample(state, data_key, next_epoch)
 
   def _resample(self, state, data_key, next_epoch: int) -> dict:
-    from asgml_jax import run_dir
-    from asgml_jax.epoch_hooks import seed_prefix
     b, names = self.block, self.names
     phi = shapley_values(self.correct(state.variables()), names, b.full_weight)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(
         jax.random.fold_in(jax.random.fold_in(data_key, _DRAW_SALT), next_epoch))).ravel())
     coded = pool(phi, names, b.level, b.alpha, b.part_ratio, rng)
     order = epoch_draw(coded, self.size, rng)
-    length = self.setup.data.num_train
+    length = self.ctx.data.num_train
     codes = order // length
     extra = {m: float(np.mean(codes == 1 + i)) for i, m in enumerate(names)}
     mean = {m: float(np.mean(phi[m])) for m in names}
-    run_dir.log(f"{seed_prefix()}valuation before epoch {next_epoch + 1}: contribution "
-                + ", ".join(f"{m} {mean[m]:.3f}" for m in names)
-                + f"; pool {len(coded)} rows ({len(coded) - length} copies), epoch of "
-                f"{self.size}: " + ", ".join(f"{100 * extra[m]:.0f}% {m}-only" for m in names))
+    self.ctx.log(f"valuation before epoch {next_epoch + 1}: contribution "
+                 + ", ".join(f"{m} {mean[m]:.3f}" for m in names)
+                 + f"; pool {len(coded)} rows ({len(coded) - length} copies), epoch of "
+                 f"{self.size}: " + ", ".join(f"{100 * extra[m]:.0f}% {m}-only" for m in names))
     f32 = lambda d: {m: np.float32(v) for m, v in d.items()}
     return {"valuation_order": order.astype(np.int32), "valuation_active": np.float32(1.0),
             "valuation_contribution": f32(mean), "valuation_extra": f32(extra)}
@@ -282,7 +280,6 @@ class Valuation:
 def _make_correct_fn(model, frame_sizes):
   """Jitted (variables, batch, keep (N,)) -> (B,) 1.0 where the fused prediction
   with the features of the modalities not kept set to zero is right."""
-  from asgml_jax import augment
   names = model.modality_names
 
   def correct(variables, batch, keep):
