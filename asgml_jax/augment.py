@@ -21,9 +21,12 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-IMAGENET_MEAN = jnp.array([0.485, 0.456, 0.406], jnp.float32)
-IMAGENET_STD = jnp.array([0.229, 0.224, 0.225], jnp.float32)
+# numpy, not jnp: a module-level device array would start the JAX backend at
+# import, before `jax.distributed.initialize` and the compilation cache.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 _TRIES = 10
 
 

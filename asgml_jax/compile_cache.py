@@ -27,6 +27,8 @@ import os
 import threading
 import time
 
+import jax
+
 OFF = "off"
 _HITS = "/jax/compilation_cache/cache_hits"
 _REQUESTS = "/jax/compilation_cache/compile_requests_use_cache"
@@ -71,7 +73,6 @@ def _on_duration(event: str, duration: float, **kwargs) -> None:
 def enable() -> str | None:
   """Turns the cache on for this process (idempotent); returns its folder or None."""
   global _listening, _enabled_dir, _asked
-  import jax
   _asked = True
   folder = chosen_dir()
   if folder is None:

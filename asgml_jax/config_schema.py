@@ -23,6 +23,8 @@ from asgml_jax.config_checks import (ConfigError, modality_names, parse_named_fl
                                      require as _require, one_of as _one_of, set_dotted,
                                      positive as _positive)
 from asgml_jax.methods import stack as method_stack
+from asgml_jax.models.encoders import stage_count
+from asgml_jax.models.mid_fusion import POSITIONS as mmtm_positions
 
 ENCODERS = ("resnet18", "small_cnn", "mlp", "vit", "ast", "transformer")
 FUSIONS = ("concat", "sum", "film", "gated", "shared", "shared_boost")
@@ -311,7 +313,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of(config.model.fusion_activation, ("relu", "none"), "model.fusion_activation")
   _one_of(config.model.logit_mixer, (True, False), "model.logit_mixer")
   _one_of(config.model.mid_fusion, ("none", "mmtm"), "model.mid_fusion")
-  from asgml_jax.models.mid_fusion import POSITIONS as mmtm_positions
   _one_of(config.model.mmtm_after, mmtm_positions, "model.mmtm_after")
   _positive(config, "model.mmtm_ratio", integer=True)
   _one_of(config.probes.kind, ("linear", "mlp_1layer"), "probes.kind")
@@ -361,7 +362,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(isinstance(mod.lr_scale, (int, float)) and mod.lr_scale >= 0, f"{key}.lr_scale",
              f"must be >= 0 (0 freezes the encoder), got {mod.lr_scale!r}")
   if config.model.mid_fusion == "mmtm":
-    from asgml_jax.models.encoders import stage_count
     encoders = [config.modalities[n].encoder for n in names]
     _require(stage_count(encoders) is not None, "model.mid_fusion",
              "mmtm runs the encoders stage by stage in lockstep: it needs resnet18, small_cnn "

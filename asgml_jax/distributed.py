@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import os
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 ENV_COORDINATOR = "ASGML_COORDINATOR"
 ENV_NUM_PROCESSES = "ASGML_NUM_PROCESSES"
@@ -43,7 +45,6 @@ def initialize_from_env() -> bool:
   coordinator = os.environ.get(ENV_COORDINATOR)
   if not coordinator or _initialized:
     return _initialized
-  import jax
   try:
     num, pid = int(os.environ[ENV_NUM_PROCESSES]), int(os.environ[ENV_PROCESS_ID])
   except (KeyError, ValueError):
@@ -58,34 +59,28 @@ def initialize_from_env() -> bool:
 
 
 def process_count() -> int:
-  import jax
   return jax.process_count()
 
 
 def is_primary() -> bool:
   """Process 0: the one that writes the run's files."""
-  import jax
   return jax.process_index() == 0
 
 
 def barrier(name: str) -> None:
   """Every process waits here until all have arrived (no-op for one process)."""
-  import jax
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
+      multihost_utils.sync_global_devices(name)
 
 
 def to_host(tree):
   """A pytree as NumPy arrays, so it can be laid out on a mesh that spans
   other processes' devices (a single-device jax.Array cannot)."""
-  import jax
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
 def process_rows(batch_size: int) -> slice:
   """This process's rows of a global batch of `batch_size`."""
-  import jax
   n, i = jax.process_count(), jax.process_index()
   if batch_size % n:
     raise ValueError(f"a batch of {batch_size} does not split over {n} processes")
@@ -96,7 +91,6 @@ def process_rows(batch_size: int) -> slice:
 def process_batch(arrays: dict, rows: np.ndarray, sharding) -> dict:
   """The global batch whose rows are `rows` (indices into `arrays`), built from
   this process's slice alone: only its own rows are read and transferred."""
-  import jax
   mine = rows[process_rows(len(rows))]
   return {k: jax.make_array_from_process_local_data(sharding, v[mine],
                                                     (len(rows),) + v.shape[1:])

@@ -28,8 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asgml_jax import distributed, parallel
 from asgml_jax.config_checks import ConfigError, modality_names
 from asgml_jax.input_adapters import adapt_splits, check_stored_shapes
+from data_prep.common import prepare
+from data_prep.registry import builder_for
 
 
 PLACEMENTS = ("auto", "device", "host")
@@ -59,7 +62,7 @@ def data_dir(config) -> str:
 
 def _hide_gpus_from_tensorflow() -> None:
   """tf.data only reads files; keep TensorFlow off the accelerator JAX uses."""
-  import tensorflow as tf
+  import tensorflow as tf  # heavy (~5 s): only when a dataset is read
   try:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # already initialised
@@ -68,15 +71,12 @@ def _hide_gpus_from_tensorflow() -> None:
 
 def prepared_builder(config):
   """The configured dataset's TFDS builder, built from the raw files if needed."""
-  from data_prep.common import prepare
-  from data_prep.registry import builder_for
   builder, raw_dir = builder_for(config, data_dir(config))
   check_stored_shapes(config, declared_shapes(builder),
                       f"the {config.dataset.name} dataset")  # before anything is built
   if not builder.is_prepared() and config.dataset.name != "synthetic" and not raw_dir:
     raise ConfigError(f"config.dataset.raw_dir: {config.dataset.name} is not prepared in "
                       f"{data_dir(config)} and no raw directory is set to build it from")
-  from asgml_jax import distributed
   if distributed.is_primary():
     prepare(builder, raw_dir=raw_dir)
   if distributed.process_count() > 1:
@@ -109,7 +109,7 @@ def label_key(config) -> str:
 
 
 def _read_split(builder, split: str) -> dict[str, np.ndarray]:
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # heavy: only when a dataset is read
   ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False)
   return {k: np.asarray(v) for k, v in tfds.as_numpy(ds).items()}
 
@@ -345,7 +345,6 @@ def train_args(data: LoadedData, perm, batch_index: int, batch_size: int,
 
 def _process_batch(arrays: dict, rows: np.ndarray) -> dict:
   """Several processes: the global batch, each process reading only its rows."""
-  from asgml_jax import distributed, parallel
   return distributed.process_batch(arrays, np.asarray(rows),
                                    parallel.batch_sharded(parallel.all_devices_mesh()))
 

@@ -15,7 +15,6 @@ from typing import NamedTuple
 
 import optax
 
-from asgml_jax.methods import stack as method_stack
 from asgml_jax.transforms.schedule import modality_schedule
 
 
@@ -85,22 +84,18 @@ def joint_schedule(inner) -> optax.GradientTransformationExtraArgs:
   return modality_schedule(inner, "joint")
 
 
-def make_optimizer(config, steps_per_epoch: int,
-                   num_classes: int | None = None) -> optax.GradientTransformationExtraArgs:
-  """The full gradient transformation of the config's method stack (SPEC §4.5):
+def make_optimizer(config, parts: list) -> optax.GradientTransformationExtraArgs:
+  """The full gradient transformation of a run from its stack's parts (SPEC §4.5):
 
       chain(combiner?, edits by rank..., schedule(inner), post..., lr_scales?)
 
-  with inner = weight decay + SGD momentum + lr, and lr_scales the per-encoder
-  learning-rate factors (`modalities.<m>.lr_scale`) when any is not 1. Gradient edits come before
+  `parts` are the stack's transformations in stage order, the schedule already
+  wrapped around inner = `base_optimizer` (weight decay + SGD momentum + lr;
+  `joint_schedule` when the stack has no schedule, so the baseline is
+  chain(joint(inner))); lr_scales are the per-encoder learning-rate factors
+  (`modalities.<m>.lr_scale`) when any is not 1. Gradient edits come before
   weight decay and momentum, as the PyTorch code edits `.grad` before
-  `optimizer.step()`; a stack without an update schedule gets the joint one
-  (every encoder updates every step), so the baseline is chain(joint(inner)).
-  `asgml_jax/methods/stack.py` orders the parts. num_classes: for methods whose
-  state is shaped by the classes (e.g. class prototypes).
+  `optimizer.step()`. The plan (`asgml_jax/plan.py`) orders the parts.
   """
-  inner = base_optimizer(config, steps_per_epoch)
   scales = encoder_lr_scales(config)
-  return optax.chain(*method_stack.transformations(config, steps_per_epoch, num_classes, inner,
-                                                   joint_schedule),
-                     *([scale_encoder_updates(scales)] if scales else []))
+  return optax.chain(*parts, *([scale_encoder_updates(scales)] if scales else []))

@@ -26,6 +26,7 @@ import functools
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from asgml_jax import distributed
 from asgml_jax.config_checks import ConfigError
 
 AXIS = "data"
@@ -73,7 +74,6 @@ def replicate(tree, mesh: Mesh | None):
   if mesh is None:
     return tree
   if jax.process_count() > 1:
-    from asgml_jax import distributed
     tree = distributed.to_host(tree)
   return jax.device_put(tree, replicated(mesh))
 

@@ -26,6 +26,7 @@ import numpy as np
 from asgml_jax.methods import DEFAULT_NAME
 from asgml_jax.methods import stack as method_stack
 from asgml_jax.run_dir import CONFIG_FILE, SUMMARY_FILE
+from asgml_jax.significance import paired_difference
 
 # (column, path in summary.json, title); fractions are shown in %.
 COLUMNS = (
@@ -106,6 +107,7 @@ def eval_history(run: str) -> list[dict]:
 
 def train_signals(run: str, prefixes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """{tag: (steps, values)} of the run's train scalars whose tag starts with a prefix."""
+  # tensorboard's readers and matplotlib (below) are heavy: only where a report reads or draws
   from tensorboard.backend.event_processing import event_accumulator
   from tensorboard.util import tensor_util
   out: dict[str, dict[int, float]] = defaultdict(dict)
@@ -188,7 +190,6 @@ def table(runs: list[dict], against: str | None = None,
   difference of `SIGNIFICANCE_COLUMN` from the `against` variant (default
   the default method, `methods.DEFAULT_NAME`, when present; see
   asgml_jax/significance.py)."""
-  from asgml_jax.significance import paired_difference
   by_variant = defaultdict(list)
   for run in runs:
     by_variant[run["variant"]].append(run)
@@ -512,7 +513,6 @@ def merge_rows(run_rows: list[dict], earlier: list[dict], source: str,
   An earlier row is only comparable if its compared-with variant is among the
   runs with the same per-seed values (the same code and seeds reproduce it to
   the digit); its paired difference is recomputed against the runs' row."""
-  from asgml_jax.significance import paired_difference
   fresh = {r["variant"]: r for r in run_rows}
   against = against or (DEFAULT_NAME if DEFAULT_NAME in fresh else None)
   if against is None:

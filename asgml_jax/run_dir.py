@@ -13,23 +13,35 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
+from typing import NamedTuple
 
 import jax
 import numpy as np
 from absl import logging
 
 from asgml_jax import checkpointing, interrupts
-from asgml_jax.config_checks import flatten
+from asgml_jax.config_checks import ConfigError, flatten
 from asgml_jax.workdir_lock import WorkdirBusy, WorkdirLock
-from asgml_jax.config_schema import ConfigError, base_config
-from asgml_jax.methods import stack as method_stack
 
 # Keys whose value may change between a run and its resumption.
 RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "sweep_seeds")
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
+
+
+class RunIdentity(NamedTuple):
+  """What a run is, as its summary.json records it (the plan knows it):
+  method (`method.name` or the stack joined by '+'), stack (its methods),
+  label (reports' name for it), defaults ({dotted key: default} of the config
+  schema: a key added to the schema at its default changes no workdir's
+  experiment)."""
+  method: str
+  stack: tuple[str, ...]
+  label: str
+  defaults: dict
 
 
 class WorkdirError(Exception):
@@ -59,11 +71,10 @@ def _flat(config) -> dict:
   return flatten(json.loads(config.to_json_best_effort()))
 
 
-def config_hash(config) -> str:
+def config_hash(config, defaults: dict) -> str:
   """Identifies the experiment: the non-default config values, resumable keys
   left out (so a schema key added at its default changes nothing, as in
   `check_config_matches_workdir`)."""
-  defaults = _flat(base_config())
   current = _flat(config)
   own = {k: v for k, v in current.items()
          if k not in RESUMABLE_CHANGES and (k not in defaults or defaults[k] != v)}
@@ -76,7 +87,7 @@ def _write_json_atomically(path: str, payload) -> None:
   os.replace(path + ".tmp", path)
 
 
-def check_config_matches_workdir(config, workdir: str) -> None:
+def check_config_matches_workdir(config, workdir: str, defaults: dict) -> None:
   """A workdir belongs to one experiment: resuming it with another config
   would silently mix two runs, so refuse and name the keys that differ.
 
@@ -89,7 +100,6 @@ def check_config_matches_workdir(config, workdir: str) -> None:
     with open(path) as f:
       saved = json.load(f)
     old, new = flatten(saved), flatten(current)
-    defaults = _flat(base_config())
     added_at_default = {k for k in new if k not in old and k in defaults
                         and new[k] == defaults[k]}
     differ = sorted(k for k in set(old) | set(new)
@@ -103,7 +113,7 @@ def check_config_matches_workdir(config, workdir: str) -> None:
   _write_json_atomically(path, current)
 
 
-def summarize(history: list[dict], config, workdir: str) -> dict:
+def summarize(history: list[dict], config, workdir: str, identity: RunIdentity) -> dict:
   """Run summary (SPEC §7): best-by-validation, final, convergence, wall-clock."""
   best = max(history, key=lambda h: (h["validation"]["accuracy"], -h["epoch"]))
   final = history[-1]
@@ -126,9 +136,9 @@ def summarize(history: list[dict], config, workdir: str) -> dict:
       "best_on_test_for_literature_comparison": {"epoch": best_on_test["epoch"],
                                                  "accuracy": best_on_test["test"]["accuracy"]},
       "seed": config.seed,
-      "method": method_stack.method_name(config),
-      "stack": [m.name for m in method_stack.resolve(config.method)],
-      "label": method_stack.run_label(config),
+      "method": identity.method,
+      "stack": list(identity.stack),
+      "label": identity.label,
   }
 
 
@@ -142,8 +152,9 @@ def train_tag(field: str) -> str:
 class RunDir:
   """One run's directory: config check, writer, checkpoints, history, summary."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, identity: RunIdentity):
     self.config = config
+    self.identity = identity
     existed = os.path.isdir(os.path.expanduser(workdir))
     self.workdir = prepare_workdir(workdir)
     # What this RunDir creates, removed again if the run ends before training
@@ -161,7 +172,7 @@ class RunDir:
       except WorkdirBusy as err:
         raise WorkdirError(str(err)) from None
       try:
-        check_config_matches_workdir(config, self.workdir)
+        check_config_matches_workdir(config, self.workdir, identity.defaults)
       except BaseException:
         self.lock.release()
         raise
@@ -175,8 +186,9 @@ class RunDir:
   def checkpoints(self) -> checkpointing.Checkpoints:
     """The checkpoint managers, created at first use (they create directories)."""
     if self._checkpoints is None:
-      self._checkpoints = checkpointing.Checkpoints(self.workdir, self.config.checkpoint_keep,
-                                                    config_hash(self.config))
+      self._checkpoints = checkpointing.Checkpoints(
+          self.workdir, self.config.checkpoint_keep,
+          config_hash(self.config, self.identity.defaults))
     return self._checkpoints
 
   @property
@@ -241,7 +253,7 @@ class RunDir:
     self.writer.flush()
 
   def finish(self) -> dict:
-    summary = summarize(self.history, self.config, self.workdir)
+    summary = summarize(self.history, self.config, self.workdir, self.identity)
     if self.primary:
       _write_json_atomically(os.path.join(self.workdir, SUMMARY_FILE), summary)
     return summary
@@ -260,8 +272,7 @@ class RunDir:
   def fail(self, message: str) -> dict:
     """Records in summary.json that the run stopped (non-finite or an error), for reports."""
     summary = {"workdir": self.workdir, "seed": self.config.seed,
-               "method": method_stack.method_name(self.config),
-               "label": method_stack.run_label(self.config), "error": message,
+               "method": self.identity.method, "label": self.identity.label, "error": message,
                "num_epochs": len(self.history)}
     if self.primary:
       _write_json_atomically(os.path.join(self.workdir, SUMMARY_FILE), summary)
@@ -285,7 +296,6 @@ class RunDir:
     if self._created_config and self._writer is None:
       os.remove(os.path.join(self.workdir, CONFIG_FILE))
     if self._created_workdir and set(os.listdir(self.workdir)) <= {".lock"}:
-      import shutil
       shutil.rmtree(self.workdir, ignore_errors=True)
 
 

@@ -28,7 +28,7 @@ LEVEL = 0.95
 def paired_difference(variant: dict[int, float], reference: dict[int, float]) -> dict:
   """{seed: value} of two variants -> n, mean difference, 95 % interval, p,
   significant (p < 0.05); NaNs where fewer than 2 seeds pair up."""
-  from scipy import stats
+  from scipy import stats  # ~0.5 s: only when a report tests differences
   seeds = sorted(set(variant) & set(reference))
   d = np.array([variant[s] - reference[s] for s in seeds], dtype=float)
   out = {"n": len(seeds), "mean": float(d.mean()) if len(d) else math.nan,

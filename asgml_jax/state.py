@@ -7,6 +7,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+from asgml_jax.probes import init_probe_state
 
 # `health` is [first bad step, code]; code 0 = loss, 1 + i = encoder of the
 # i-th modality, N + 1 = fusion/heads. [-1, -1] while everything is finite.
@@ -55,7 +56,6 @@ def create_train_state(model, tx, example_batch: dict, key: jnp.ndarray,
   replace_variables: optional `(params, batch_stats) -> (params, batch_stats)`
   applied before the optimizer state is made from the params (pretrained
   encoders, `asgml_jax/pretrained.py`)."""
-  from asgml_jax.probes import init_probe_state
   init_key, dropout_key, rng = jax.random.split(key, 3)
   probe_key = jax.random.fold_in(key, 1)
   variables = jax.jit(lambda k1, k2, b: model.init({"params": k1, "dropout": k2}, b, train=False))(

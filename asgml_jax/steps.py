@@ -17,8 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from asgml_jax.losses import FUSED_TASK, accuracy, batch_scores, cross_entropy
-from asgml_jax.methods.base import StepContext, SubStepContext, merge_extras
-from asgml_jax.methods.stack import StepParts
+from asgml_jax.methods.base import StepContext, StepParts, SubStepContext, merge_extras
 from asgml_jax.probes import ProbeConfig, maybe_refresh, probe_logits, utilization_gap
 from asgml_jax.state import TrainState
 from asgml_jax.transforms.schedule import update_gates

@@ -31,7 +31,7 @@ MIN_JAXLIB = (0, 10)
 
 def _jaxlib_version() -> tuple[int, ...]:
   try:
-    from jaxlib import version
+    from jaxlib import version  # only when applying: the package import stays free of jaxlib
     return tuple(int(p) for p in version.__version__.split(".")[:2])
   except (ImportError, ValueError):
     return (0,)
@@ -47,7 +47,7 @@ def flags_to_add(xla_flags: str, jaxlib_version: tuple[int, ...]) -> list[str]:
 
 def _backends_started() -> bool:
   try:
-    from jax._src import xla_bridge
+    from jax._src import xla_bridge  # JAX's private module: may be absent in other versions
     return bool(getattr(xla_bridge, "_backends", {}))
   except ImportError:
     return False

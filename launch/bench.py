@@ -180,17 +180,16 @@ def _method_config(base, method: str):
 def bench_row(config, num_classes: int, seeds: int) -> dict:
   import jax
   import jax.numpy as jnp
-  from asgml_jax import augment, input_pipeline, optim, sweep, train
-  from asgml_jax.config_schema import effective_config, modality_names, validate
-  from asgml_jax.models import model_from_config
-  from asgml_jax.probes import probe_config_from
+  from asgml_jax import augment, input_pipeline, loop, programs
+  from asgml_jax.plan import Plan
 
   if not (config.dataset.raw_dir or config.dataset.data_dir):
     # Real-data configs must name where their data are; the bench reads none.
     config.dataset.data_dir = "(bench: random data, nothing is read)"
   if config.dataset.name == "mmsa" and not config.dataset.mmsa.file:
     config.dataset.mmsa.file = "(bench: random data, nothing is read)"
-  config = effective_config(validate(config))
+  plan = Plan.build(config)
+  config = plan.config
   batch = config.batch_size
   steps_per_epoch = max(_STEPS.value, 4)
   num_examples = batch * steps_per_epoch
@@ -198,18 +197,18 @@ def bench_row(config, num_classes: int, seeds: int) -> dict:
   frame_sizes = augment.frame_modalities(config)
   example = augment.eval_inputs(input_pipeline.gather_batch(data, jnp.arange(batch), 0, batch),
                                 frame_sizes)
-  model = model_from_config(config, num_classes)
-  tx = optim.make_optimizer(config, steps_per_epoch, num_classes)
-  probe_cfg = probe_config_from(config, num_classes)
-  setup = train.RunSetup(config=config, names=modality_names(config), data=None,
-                         steps_per_epoch=steps_per_epoch, model=model, tx=tx,
-                         probe_cfg=probe_cfg, example=example, frame_sizes=frame_sizes)
-  state = train.fresh_state(setup, config.seed)
-  body, collection = train.make_train_body(model, tx, config, steps_per_epoch, state, example,
-                                           probe_cfg)
+  model = plan.model(num_classes)
+  tx = plan.optimizer(steps_per_epoch, num_classes)
+  parts = plan.step_parts(steps_per_epoch, num_classes)
+  probe_cfg = plan.probe_config(num_classes)
+  setup = loop.RunSetup(plan=plan, data=None, steps_per_epoch=steps_per_epoch, model=model,
+                        tx=tx, parts=parts, probe_cfg=probe_cfg, example=example,
+                        frame_sizes=frame_sizes)
+  state = loop.fresh_state(setup, config.seed)
+  body, collection = programs.make_train_body(model, tx, parts, config, steps_per_epoch, state,
+                                              example, probe_cfg, coded=plan.resamples)
   perm = input_pipeline.epoch_permutation(jax.random.PRNGKey(1), 0, num_examples)
-  from asgml_jax.methods.stack import run_label
-  row = {"method": run_label(config),
+  row = {"method": plan.identity.label,
          "batch_size": batch, "compute_dtype": str(model.dtype.__name__ if hasattr(
              model.dtype, "__name__") else model.dtype)}
   if config.method.name == "staleness":
@@ -227,7 +226,7 @@ def bench_row(config, num_classes: int, seeds: int) -> dict:
     from asgml_jax import compile_cache
     cache = compile_cache.CompileReport()
     start = time.perf_counter()
-    compiled = jax.jit(fn, donate_argnums=train.donated_args(0, 1)).lower(*args, 0).compile()
+    compiled = jax.jit(fn, donate_argnums=programs.donated_args(0, 1)).lower(*args, 0).compile()
     compile_s = time.perf_counter() - start
     counts = cache.counts()
     carry = [args[0], args[1]]
@@ -256,15 +255,18 @@ def bench_row(config, num_classes: int, seeds: int) -> dict:
             "gflop_per_step": flops / 1e9 if flops else None,
             "achieved_tflop_per_s": flops / step_s / 1e12 if flops else None}
 
-  row.update(measure(body, (state, train.fresh_metrics(collection), data, perm), 1))
+  row.update(measure(body, (state, programs.fresh_metrics(collection), data, perm), 1))
   row["peak_memory_mib"], row["memory_kind"] = _peak_memory()
   if seeds > 1:
-    mode = sweep.seed_axis_mode(config, _SEED_AXIS.value)
-    states = sweep.stack([train.fresh_state(setup, config.seed + s) for s in range(seeds)])
-    fn, _, _, empty = sweep.make_sweep_fns(setup, state, seeds, mode, on_device=True)
+    mode = programs.seed_axis_mode(config, seeds, _SEED_AXIS.value)
+    axis = programs.SeedAxis(mode, seeds)
+    states = axis.stack([loop.fresh_state(setup, config.seed + s) for s in range(seeds)])
+    fn, _, sweep_collection = programs.make_programs(
+        axis, model, tx, parts, config, steps_per_epoch, state, example, probe_cfg,
+        config.eval_batch_size, frame_sizes, True, coded=plan.resamples)
     perms = jnp.stack([perm] * seeds)
     swept = measure(fn.__wrapped__ if hasattr(fn, "__wrapped__") else fn,
-                    (states, empty(), data, perms), seeds)
+                    (states, axis.empty_metrics(sweep_collection), data, perms), seeds)
     row["seeds"] = {"S": seeds, "mode": mode, "step_ms": swept["step_ms"],
                     "compile_s": swept["compile_s"],
                     "per_seed_step_ms": swept["step_ms"] / seeds,
@@ -281,7 +283,8 @@ def _steady_epoch_seconds(workdir: str, key: str = "seconds") -> float:
 
 def whole_runs(config, seeds: list[int], epochs: int, workdir: str) -> dict:
   """Seeds per hour of S sequential runs vs one S-seed sweep (see the docstring)."""
-  from asgml_jax import sweep, train
+  from asgml_jax import programs, sweep, train
+  from asgml_jax.plan import with_seed
   if epochs < 2:
     raise app.UsageError("--whole_runs: at least 2 epochs (the first holds the compilation)")
   target_epochs = config.num_epochs
@@ -289,7 +292,7 @@ def whole_runs(config, seeds: list[int], epochs: int, workdir: str) -> dict:
   config.num_epochs = epochs
   start = time.perf_counter()
   for s in seeds:
-    train.train_and_evaluate(train.with_seed(config, s), f"{workdir}/one_{s}")
+    train.train_and_evaluate(with_seed(config, s), f"{workdir}/one_{s}")
   sequential_s = time.perf_counter() - start
   sequential_epoch_s = sum(_steady_epoch_seconds(f"{workdir}/one_{s}") for s in seeds)
   start = time.perf_counter()
@@ -300,7 +303,7 @@ def whole_runs(config, seeds: list[int], epochs: int, workdir: str) -> dict:
   project = lambda total, epoch_s: total + (target_epochs - epochs) * epoch_s
   seq_full, sweep_full = project(sequential_s, sequential_epoch_s), project(sweep_s, sweep_epoch_s)
   return {"seeds": seeds, "epochs_measured": epochs, "epochs_projected": target_epochs,
-          "seed_axis": sweep.seed_axis_mode(config, _SEED_AXIS.value),
+          "seed_axis": programs.seed_axis_mode(config, len(seeds), _SEED_AXIS.value),
           "sequential": {"measured_s": sequential_s, "steady_epoch_s": sequential_epoch_s,
                          "projected_s": seq_full,
                          "seeds_per_hour": 3600 * len(seeds) / seq_full},

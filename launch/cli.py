@@ -94,7 +94,7 @@ def user_errors() -> tuple[type, ...]:
   from asgml_jax.checkpointing import CheckpointError
   from asgml_jax.config_checks import ConfigError
   from asgml_jax.run_dir import WorkdirError
-  from asgml_jax.train import NonFiniteError
+  from asgml_jax.loop import NonFiniteError
   from data_prep.common import BadInputError
   return (ConfigError, NonFiniteError, FileNotFoundError, BadInputError, WorkdirError,
           CheckpointError)

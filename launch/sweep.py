@@ -74,8 +74,8 @@ def main(argv):
   if _VARIANTS.value:
     configs = [(v, _config_for_variant(v)) for v in _VARIANTS.value]
   else:
-    from asgml_jax.methods.stack import run_label
-    configs = [(run_label(_CONFIG.value), _CONFIG.value)]
+    from asgml_jax.plan import Plan
+    configs = [(Plan.build(_CONFIG.value).identity.label, _CONFIG.value)]
   failed = 0
   from asgml_jax import teachers
   for variant, config in configs:

@@ -114,25 +114,24 @@ def jitted_step(config, *, steps_per_epoch: int = 6, lr_fn=None):
   import jax.numpy as jnp
 
   from asgml_jax import optim, steps
-  from asgml_jax.models import model_from_config
-  from asgml_jax.probes import probe_config_from
+  from asgml_jax.plan import Plan
   from asgml_jax.state import create_train_state
   from data_prep.synthetic import SyntheticSpec, generate_split
 
-  spec = SyntheticSpec.from_config(config)
+  plan = Plan.build(config)
+  spec = SyntheticSpec.from_config(plan.config)
   data = generate_split(spec, "train")
   batch = {k: jnp.asarray(v[:32]) for k, v in data.items()}
   batch["label"] = batch["label"].astype(jnp.int32)
-  model = model_from_config(config, spec.num_classes)
-  tx = optim.make_optimizer(config, steps_per_epoch, spec.num_classes)
-  probe_cfg = probe_config_from(config, spec.num_classes)
-  state = create_train_state(model, tx, batch, jax.random.PRNGKey(config.seed), probe_cfg)
-  lr_fn = lr_fn or optim.lr_schedule(config, steps_per_epoch)
-  from asgml_jax.train import step_options
+  model = plan.model(spec.num_classes)
+  tx = plan.optimizer(steps_per_epoch, spec.num_classes)
+  probe_cfg = plan.probe_config(spec.num_classes)
+  state = create_train_state(model, tx, batch, jax.random.PRNGKey(plan.config.seed), probe_cfg)
+  lr_fn = lr_fn or optim.lr_schedule(plan.config, steps_per_epoch)
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
-                                   unimodal_weight=config.loss.unimodal_weight, lr_fn=lr_fn,
+                                   unimodal_weight=plan.config.loss.unimodal_weight, lr_fn=lr_fn,
                                    probe_cfg=probe_cfg,
-                                   **step_options(config, steps_per_epoch, spec.num_classes)))
+                                   parts=plan.step_parts(steps_per_epoch, spec.num_classes)))
   return state, step, batch
 
 

@@ -94,13 +94,13 @@ def test_aug_two_batches_are_the_reference_turns_with_torch_sgd(skipped):
   """untouched: PyTorch >= 2 (zero_grad sets None); zero_grad: PyTorch 1.11, the
   reference's version, where the audio parameters' zeroed gradients make the
   visual turn's step apply momentum and weight decay to them."""
-  from asgml_jax.models import model_from_config
+  from asgml_jax.plan import Plan
   config = _config(**{"method.aug.skipped": skipped})
   state, step, batch = jitted_step(config, lr_fn=lambda s: LR)
   counts = {"audio": 1, "visual": 2}             # learners already assigned to both
   state = state.replace(opt_state=optax.tree_utils.tree_set(
       state.opt_state, aug_layers={m: jnp.asarray(v, jnp.int32) for m, v in counts.items()}))
-  model = model_from_config(config, 4)
+  model = Plan.build(config).model(4)
   params, bufs, scores = state.params, {}, {"audio": 0.0, "visual": 0.0}
   for _ in range(2):
     for m in ("audio", "visual"):
@@ -129,13 +129,13 @@ def test_aug_two_batches_are_the_reference_turns_with_torch_sgd(skipped):
 def test_aug_prediction_is_the_merged_shared_classifier_outputs():
   from asgml_jax.methods import aug
   from asgml_jax.methods.base import BuildContext
-  from asgml_jax.models import model_from_config
+  from asgml_jax.plan import Plan
   config = _config()
   state, step, batch = jitted_step(config, lr_fn=lambda s: LR)
   counts = {"audio": 0, "visual": 3}
   state = state.replace(opt_state=optax.tree_utils.tree_set(
       state.opt_state, aug_layers={m: jnp.asarray(v, jnp.int32) for m, v in counts.items()}))
-  model = model_from_config(config, 4)
+  model = Plan.build(config).model(4)
   out = model.apply({"params": state.params}, {m: batch[m] for m in ("audio", "visual")},
                     train=False)
   got = aug.eval_logits(BuildContext(config, 6, 4, ("audio", "visual")))(state, batch, out)

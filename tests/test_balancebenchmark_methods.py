@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from asgml_jax import loop
+from asgml_jax.plan import Plan, teacher_config, teacher_dir, with_seed
 from conftest import jitted_step, largest_change, param_mismatch, tiny_mlp_config
 from conftest import variant_config as _config
 
@@ -259,7 +261,6 @@ def test_mmcosine_evaluates_with_cosine_logits_or_as_the_reference_with_the_plai
   reference (MMCosine_ICASSP23 `valid`): the model's plain fused output. Both
   score the unimodal heads with the cosine logits."""
   from asgml_jax import steps
-  from asgml_jax.methods import stack
   from asgml_jax.models import model_from_config
   from asgml_jax.probes import probe_config_from
   config = _config("mmcosine", **{"method.protocol": protocol})
@@ -268,7 +269,7 @@ def test_mmcosine_evaluates_with_cosine_logits_or_as_the_reference_with_the_plai
   state, _ = step(state, batch)
   model = model_from_config(config, 4)
   got = steps.eval_step(state, batch, model=model, probe_cfg=probe_config_from(config, 4),
-                        eval_logits=stack.eval_logits(config))
+                        eval_logits=Plan.build(config).evaluation(1).eval_logits)
   names, feats, out, _, kernel, _, _ = _outputs(config, state, batch)
   cos = reference_mmcosine_logits(feats, kernel.T, names, 10.0)
   want = out if protocol == "reference" else sum(cos.values())
@@ -345,10 +346,9 @@ def test_relearning_runs_after_the_references_epochs(reinit_epoch, reinit_num):
 
 
 def _relearning_setup(tfds_dir):
-  from asgml_jax import train
   from configs.variants import apply_variant
   config = apply_variant(tiny_mlp_config(tfds_dir), "relearning")
-  return train.setup_run(config)
+  return loop.setup_run(Plan.build(config))
 
 
 def test_relearning_hook_moves_each_encoder_toward_its_init_by_the_references_alpha(tfds_dir,
@@ -358,14 +358,14 @@ def test_relearning_hook_moves_each_encoder_toward_its_init_by_the_references_al
   θ_m ← α_m·θ_init + (1 − α_m)·θ_m for encoder m only."""
   import optax
 
-  from asgml_jax import clustering, train
+  from asgml_jax import clustering
   from asgml_jax.epoch_hooks import EpochHooks
   setup = _relearning_setup(tfds_dir)
-  state = train.fresh_state(setup, 42)
+  state = loop.fresh_state(setup, 42)
   init = jax.tree.map(np.asarray, state.params)
   moved = jax.tree.map(lambda x: x + 0.05 * jnp.sign(x) + 0.01, state.params)
   state = state.replace(params=moved)
-  hooks = EpochHooks(setup, [train.run_keys(42)[1]], stacked=False)
+  hooks = EpochHooks(setup, [loop.run_keys(42)[1]], stacked=False)
   assert hooks.epoch_end(state, [{}], next_epoch=3) is state      # epoch 2: not due
   after = hooks.epoch_end(state, [{}], next_epoch=9)              # epoch 8: due
   # Purity from the features of the moved model, computed here independently.
@@ -396,7 +396,7 @@ def test_relearning_hook_moves_each_encoder_toward_its_init_by_the_references_al
   # A sweep's stacked states: each seed gets its own result, the same as alone.
   two = jax.tree.map(lambda x: jnp.stack([x, x]), state)
   capsys.readouterr()
-  swept = EpochHooks(setup, [train.run_keys(42)[1]] * 2, stacked=True, seeds=[42, 7]).epoch_end(
+  swept = EpochHooks(setup, [loop.run_keys(42)[1]] * 2, stacked=True, seeds=[42, 7]).epoch_end(
       two, [{}, {}], next_epoch=9)
   lines = capsys.readouterr().out.splitlines()
   assert [line.split(":")[0] for line in lines] == ["seed 42", "seed 7"]
@@ -551,7 +551,7 @@ def trained_teachers(tfds_dir, tmp_path_factory):
   from asgml_jax.config_schema import effective_config, validate
   root = tmp_path_factory.mktemp("teachers")
   config = effective_config(validate(_umt_config(tfds_dir, root)))
-  teachers.ensure(config, [42, 0])
+  teachers.ensure(Plan.build(config), [42, 0])
   return config, str(root)
 
 
@@ -562,17 +562,17 @@ def test_umt_trains_teachers_once_and_distils_their_best_features(trained_teache
   import json
   import os
 
-  from asgml_jax import checkpointing, teachers, train
+  from asgml_jax import checkpointing, teachers
   from asgml_jax.models import model_from_config
   config, root = trained_teachers
-  dirs = {m: teachers.teacher_dir(root, m, 42) for m in ("audio", "visual")}
+  dirs = {m: teacher_dir(root, m, 42) for m in ("audio", "visual")}
   stamps = {m: os.path.getmtime(os.path.join(d, "summary.json")) for m, d in dirs.items()}
-  teachers.ensure(config, [42, 0])                     # finished: nothing retrained
+  teachers.ensure(Plan.build(config), [42, 0])                     # finished: nothing retrained
   assert stamps == {m: os.path.getmtime(os.path.join(d, "summary.json"))
                     for m, d in dirs.items()}
   for m in ("audio", "visual"):
     for seed in (42, 0):
-      with open(os.path.join(teachers.teacher_dir(root, m, seed), "summary.json")) as f:
+      with open(os.path.join(teacher_dir(root, m, seed), "summary.json")) as f:
         assert json.load(f)["label"] == f"unimodal_{m}"
 
   state, step, batch = jitted_step(config)
@@ -585,8 +585,8 @@ def test_umt_trains_teachers_once_and_distils_their_best_features(trained_teache
                                                {m: batch[m] for m in ("audio", "visual")},
                                                train=True)
   for m in ("audio", "visual"):
-    setup = train.setup_run(teachers.teacher_config(config, m))
-    best, _ = checkpointing.restore_best(dirs[m], train.fresh_state(setup, 42))
+    setup = loop.setup_run(Plan.build(teacher_config(config, m)))
+    best, _ = checkpointing.restore_best(dirs[m], loop.fresh_state(setup, 42))
     assert param_mismatch(held[m]["params"], best.params) == 0
     t_feats = setup.model.apply({"params": best.params}, {m: batch[m]}, train=False)["features"][m]
     mse = float(np.mean((np.asarray(t_feats, np.float64)
@@ -612,7 +612,7 @@ def test_umt_sweep_trains_each_seeds_teachers_in_one_program_and_each_student_ho
 
   import optax
 
-  from asgml_jax import checkpointing, sweep, teachers, train
+  from asgml_jax import checkpointing, sweep, teachers
   from configs.variants import apply_variant
   root = tmp_path / "sweep"
   config = apply_variant(tiny_mlp_config(tfds_dir, num_epochs=1), "umt")
@@ -621,14 +621,14 @@ def test_umt_sweep_trains_each_seeds_teachers_in_one_program_and_each_student_ho
   sweep.train_sweep(config, [42, 0], workdirs)
   held = {}
   for seed, workdir in zip((42, 0), workdirs):
-    seeded = train.with_seed(config, seed)
-    setup = train.setup_run(seeded)
-    student, _ = checkpointing.restore_newest(workdir, train.fresh_state(setup, seed))
+    seeded = with_seed(config, seed)
+    setup = loop.setup_run(Plan.build(seeded))
+    student, _ = checkpointing.restore_newest(workdir, loop.fresh_state(setup, seed))
     held[seed] = optax.tree_utils.tree_get(student.opt_state, "umt_teachers")
     for m in ("audio", "visual"):
-      tsetup = train.setup_run(teachers.teacher_config(seeded, m))
-      best, _ = checkpointing.restore_best(teachers.teacher_dir(str(root), m, seed),
-                                           train.fresh_state(tsetup, seed))
+      tsetup = loop.setup_run(Plan.build(teacher_config(seeded, m)))
+      best, _ = checkpointing.restore_best(teacher_dir(str(root), m, seed),
+                                           loop.fresh_state(tsetup, seed))
       assert param_mismatch(held[seed][m]["params"], best.params) == 0
   assert largest_change(held[42]["audio"]["params"], held[0]["audio"]["params"]) > 1e-3
   assert sorted(os.listdir(root)) == ["umt", "unimodal_audio", "unimodal_visual"]
@@ -648,15 +648,14 @@ def test_umt_sweep_trains_each_seeds_teachers_in_one_program_and_each_student_ho
 
 
 def test_ume_trains_nothing_and_predicts_with_the_mean_of_its_teachers_logits(trained_teachers):
-  from asgml_jax import checkpointing, steps, teachers, train
-  from asgml_jax.methods import stack
+  from asgml_jax import checkpointing, steps
   from asgml_jax.models import model_from_config
   from asgml_jax.probes import probe_config_from
   from configs.variants import apply_variant
   umt_config, root = trained_teachers
   config = apply_variant(tiny_mlp_config(umt_config.dataset.data_dir, num_epochs=1), "ume")
   config.method.teachers.dir = root
-  config = train.run_config(config)
+  config = Plan.build(config).config
   state, step, batch = jitted_step(config)
   after = state
   for _ in range(2):
@@ -664,12 +663,12 @@ def test_ume_trains_nothing_and_predicts_with_the_mean_of_its_teachers_logits(tr
   assert largest_change(after.params, state.params) == 0.0
   got = steps.eval_step(after, batch, model=model_from_config(config, 4),
                         probe_cfg=probe_config_from(config, 4),
-                        eval_logits=stack.eval_logits(config, 6, 4))
+                        eval_logits=Plan.build(config).evaluation(6, 4).eval_logits)
   logits = {}
   for m in ("audio", "visual"):
-    setup = train.setup_run(teachers.teacher_config(config, m))
-    best, _ = checkpointing.restore_best(teachers.teacher_dir(root, m, 42),
-                                         train.fresh_state(setup, 42))
+    setup = loop.setup_run(Plan.build(teacher_config(config, m)))
+    best, _ = checkpointing.restore_best(teacher_dir(root, m, 42),
+                                         loop.fresh_state(setup, 42))
     logits[m] = np.asarray(setup.model.apply({"params": best.params}, {m: batch[m]},
                                              train=False)["logits"])
     np.testing.assert_allclose(np.asarray(got[f"logits_{m}"]), logits[m], rtol=1e-5, atol=1e-6)
@@ -734,7 +733,6 @@ def test_lfm_hypergradient_is_torchs_hessian_vector_product(tfds_dir):
   """getAlpha_Learnable: torch.autograd.grad(∇L_total, θ, grad_outputs=∇CE) — written
   here as reverse over reverse, grad_θ ⟨∇L_total(θ), stop_gradient(∇CE)⟩ — then the
   mean of the first parameter's entries; the hook writes next_alpha of it."""
-  from asgml_jax import train
   from asgml_jax.epoch_hooks import EpochHooks
   from asgml_jax.methods.lfm import first_kernel, next_alpha
   from asgml_jax.losses import cross_entropy
@@ -744,11 +742,11 @@ def test_lfm_hypergradient_is_torchs_hessian_vector_product(tfds_dir):
   for m in config.modalities:
     config.modalities[m].dropout = 0.0
   config.method.lfm.lr_alpha = 200.0           # so that α moves visibly
-  setup = train.setup_run(config)
-  state = train.fresh_state(setup, 42)
+  setup = loop.setup_run(Plan.build(config))
+  state = loop.fresh_state(setup, 42)
   alpha = jnp.asarray([0.5, 0.5])              # away from the clip
   state = state.replace(opt_state=optax.tree_utils.tree_set(state.opt_state, lfm_alpha=alpha))
-  hooks = EpochHooks(setup, [train.run_keys(42)[1]], stacked=False)
+  hooks = EpochHooks(setup, [loop.run_keys(42)[1]], stacked=False)
   batch = jax.tree.map(lambda x: jnp.asarray(x[:8]), setup.data.eval_splits["validation"])
   names = setup.names
 

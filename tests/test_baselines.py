@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from asgml_jax import loop
+from asgml_jax.plan import Plan
 from conftest import jitted_step, tiny_config, tiny_mlp_config
 
 
@@ -561,10 +563,11 @@ def test_pmr_prototypes_in_the_checkpoint_are_the_class_means_of_the_next_epochs
   config = apply_variant(tiny_mlp_config(tfds_dir, num_epochs=1), "pmr")
   config.method.pmr.momentum = 0.0
   train.train_and_evaluate(config, str(tmp_path))
-  setup = train.setup_run(config)
-  state = run_dir.RunDir(setup.config, str(tmp_path)).restore(train.fresh_state(setup, config.seed))
+  setup = loop.setup_run(Plan.build(config))
+  state = run_dir.RunDir(setup.config, str(tmp_path), setup.plan.identity).restore(
+      loop.fresh_state(setup, config.seed))
   assert int(state.step) == setup.steps_per_epoch
-  perm = input_pipeline.epoch_order(setup.data, train.run_keys(config.seed)[1], 1)
+  perm = input_pipeline.epoch_order(setup.data, loop.run_keys(config.seed)[1], 1)
   batch = input_pipeline.gather_batch(setup.data.train, perm, 0, config.batch_size)
   feats = setup.model.apply(state.variables(), {m: batch[m] for m in ("audio", "visual")},
                             train=False)["features"]
@@ -685,13 +688,12 @@ def test_gblend_transform_sums_the_weighted_task_gradients():
 def test_gblend_estimate_measures_each_tasks_train_and_holdout_loss(tfds_dir):
   """With no copy training (0 epochs) the estimate's losses are the model's own
   inference-mode CE_k on the two disjoint parts of the train split."""
-  from asgml_jax import train
   from asgml_jax.methods import gblend
   from asgml_jax.losses import loss_terms
   from configs.variants import apply_variant
   config = apply_variant(tiny_mlp_config(tfds_dir), "gblend")
-  setup = train.setup_run(config)
-  state = train.fresh_state(setup, config.seed)
+  setup = loop.setup_run(Plan.build(config))
+  state = loop.fresh_state(setup, config.seed)
   train_idx, holdout_idx = gblend.split_train(setup.data.num_train, jax.random.PRNGKey(3), 0.08)
   assert len(holdout_idx) == round(192 * 0.08) and not set(train_idx) & set(holdout_idx)
   assert len(train_idx) + len(holdout_idx) == 192

@@ -11,12 +11,18 @@ import shutil
 
 import pytest
 
-from asgml_jax import checkpoint_integrity, checkpointing, train
+from asgml_jax import checkpoint_integrity, checkpointing, loop, train
+from asgml_jax.plan import Plan
+from asgml_jax.plan import schema_defaults
 from asgml_jax.run_dir import config_hash
 from conftest import tiny_mlp_config
 
 STEPS_PER_EPOCH = 6  # 192 examples / batch 32
 LATEST = 18  # 3 epochs
+
+
+def _config_hash(config) -> str:
+  return config_hash(config, schema_defaults())
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +95,10 @@ DAMAGE = {
 
 
 def _restore(config, workdir, lines):
-  setup = train.setup_run(config)
-  checkpoints = checkpointing.Checkpoints(workdir, config.checkpoint_keep, config_hash(config))
+  setup = loop.setup_run(Plan.build(config))
+  checkpoints = checkpointing.Checkpoints(workdir, config.checkpoint_keep, _config_hash(config))
   try:
-    return checkpoints.restore_latest(train.fresh_state(setup, config.seed),
+    return checkpoints.restore_latest(loop.fresh_state(setup, config.seed),
                                       steps_per_epoch=STEPS_PER_EPOCH, log=lines.append)
   finally:
     checkpoints.close()
@@ -166,8 +172,8 @@ def test_every_step_damaged_is_refused_in_one_line_and_nothing_moves(finished, t
 
 def test_best_checkpoint_restore_is_verified(finished, tmp_path):
   config, workdir = _copy(finished, tmp_path)
-  setup = train.setup_run(config)
-  like = train.fresh_state(setup, config.seed)
+  setup = loop.setup_run(Plan.build(config))
+  like = loop.fresh_state(setup, config.seed)
   state, meta = checkpointing.restore_best(workdir, like)
   assert meta["epoch"] == finished[2]["best_val_epoch"]
   best_dir = glob.glob(os.path.join(workdir, checkpointing.BEST_DIR, "[0-9]*"))[0]
@@ -182,11 +188,11 @@ def test_a_checkpoint_from_another_config_is_damaged_not_restored(finished, tmp_
   config, workdir = _copy(finished, tmp_path)
   other = tiny_mlp_config(config.dataset.data_dir, num_epochs=3)
   other.optimizer.learning_rate = 0.01
-  assert config_hash(other) != config_hash(config)
-  assert config_hash(tiny_mlp_config(config.dataset.data_dir, num_epochs=7)) == config_hash(config)
+  assert _config_hash(other) != _config_hash(config)
+  assert _config_hash(tiny_mlp_config(config.dataset.data_dir, num_epochs=7)) == _config_hash(config)
   step_dir = os.path.join(workdir, "checkpoints", str(LATEST))
   record = json.load(open(os.path.join(step_dir, checkpoint_integrity.RECORD_FILE)))
-  record["facts"]["config_hash"] = config_hash(other)
+  record["facts"]["config_hash"] = _config_hash(other)
   json.dump(record, open(os.path.join(step_dir, checkpoint_integrity.RECORD_FILE), "w"))
   lines = []
   state, _ = _restore(config, workdir, lines)

@@ -98,23 +98,24 @@ def test_a_workdir_refuses_another_config_but_not_keys_added_since_at_their_defa
   schema after the run started) is accepted at its default, refused otherwise."""
   import json
 
+  from asgml_jax.plan import schema_defaults
   from asgml_jax.run_dir import CONFIG_FILE, check_config_matches_workdir
   workdir = str(tmp_path / "run")
   config = tiny_config(str(tmp_path))
-  check_config_matches_workdir(config, workdir)
+  check_config_matches_workdir(config, workdir, schema_defaults())
   changed = tiny_config(str(tmp_path))
   changed.optimizer.learning_rate = 0.5
   with pytest.raises(ConfigError, match="config.optimizer.learning_rate: differs"):
-    check_config_matches_workdir(changed, workdir)
+    check_config_matches_workdir(changed, workdir, schema_defaults())
   longer = tiny_config(str(tmp_path), num_epochs=9)
-  check_config_matches_workdir(longer, workdir)
+  check_config_matches_workdir(longer, workdir, schema_defaults())
   path = tmp_path / "run" / CONFIG_FILE
   saved = json.loads(path.read_text())
   del saved["dataset"]["placement"]  # as written before the key existed
   path.write_text(json.dumps(saved))
-  check_config_matches_workdir(tiny_config(str(tmp_path)), workdir)
+  check_config_matches_workdir(tiny_config(str(tmp_path)), workdir, schema_defaults())
   path.write_text(json.dumps(saved))
   host = tiny_config(str(tmp_path))
   host.dataset.placement = "host"
   with pytest.raises(ConfigError, match="config.dataset.placement: differs"):
-    check_config_matches_workdir(host, workdir)
+    check_config_matches_workdir(host, workdir, schema_defaults())

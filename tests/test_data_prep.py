@@ -393,7 +393,7 @@ def _npz_dir(root, n=(40, 16), with_val=False):
 
 def test_npz_dataset_trains_through_a_config(tmp_path):
   from asgml_jax import input_pipeline
-  from asgml_jax.config_schema import base_config, modality_config, validate
+  from asgml_jax.config_schema import modality_config, validate
   from conftest import npz_config
   c = npz_config(_npz_dir(str(tmp_path / "mydata")), str(tmp_path / "tfds"))
   c.dataset.validation_fraction = 0.25

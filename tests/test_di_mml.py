@@ -126,11 +126,11 @@ def _assert_params(got, want):
 
 
 def test_di_mml_steps_of_both_stages_are_the_reference():
-  from asgml_jax.models import model_from_config
+  from asgml_jax.plan import Plan
   config = _config()
   lr = 0.05
   state, step, batch = jitted_step(config, lr_fn=lambda s: lr)        # 6 steps per epoch
-  model = model_from_config(config, 4)
+  model = Plan.build(config).model(4)
   names = ("audio", "visual")
   inputs, labels = {m: batch[m] for m in names}, batch["label"]
   rng = np.random.default_rng(2)

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+from asgml_jax.plan import Plan
 from conftest import jitted_step, variant_config
 
 
@@ -54,22 +55,22 @@ def g2d_run(tfds_dir, tmp_path_factory):
   config = variant_config("g2d", data_dir=tfds_dir, **{
       "num_epochs": 1, "optimizer.momentum": 0.0, "optimizer.weight_decay": 0.0,
       "method.teachers.dir": str(root), "method.g2d.modulation_ends": 0})
-  teachers.ensure(config, [config.seed])
+  teachers.ensure(Plan.build(config), [config.seed])
   state, step, batch = jitted_step(config, lr_fn=lambda s: 0.05)
   return config, state, step, batch
 
 
 def _reference_step(config, state, batch, lr, active=True):
   """The new params of one reference step (student.py `train` + the modulation)."""
-  from asgml_jax import teachers
   from asgml_jax.models import model_from_config
+  from asgml_jax.plan import Teachers
   names = ("audio", "visual")
   model = model_from_config(config, 4)
   held = optax.tree_utils.tree_get(state.opt_state, "umt_teachers")
   labels = np.asarray(batch["label"])
   t_out = {}
   for m in names:
-    tm = teachers.teacher_model(config, m, 4)
+    tm = Teachers(config, 4, None).model(m)
     out = tm.apply({"params": held[m]["params"]}, {m: batch[m]}, train=False)
     t_out[m] = (out["features"][m], out["logits"])
 

@@ -65,11 +65,11 @@ def _config(three=False):
 
 @pytest.mark.parametrize("three", [False, True])
 def test_iprm_two_steps_are_the_reference_probe_rebalance_and_update(three):
-  from asgml_jax.models import model_from_config
+  from asgml_jax.plan import Plan
   config = _config(three)
   lr = 0.05
   state, step, batch = jitted_step(config, lr_fn=lambda s: lr)
-  model = model_from_config(config, 4)
+  model = Plan.build(config).model(4)
   names = model.modality_names
   labels = np.asarray(batch["label"])
   lam_prev = {k: np.full(2, 0.5) for k in optax.tree_utils.tree_get(state.opt_state,
@@ -116,11 +116,11 @@ def test_iprm_two_steps_are_the_reference_probe_rebalance_and_update(three):
 
 def test_iprm_predicts_with_the_unimodal_heads_plus_the_mean_mixup_head():
   from asgml_jax.methods import iprm
-  from asgml_jax.models import model_from_config
+  from asgml_jax.plan import Plan
   config = _config(three=True)
   state, step, batch = jitted_step(config, lr_fn=lambda s: 0.05)
   state, _ = step(state, batch)
-  model = model_from_config(config, 4)
+  model = Plan.build(config).model(4)
   names = model.modality_names
   out = model.apply({"params": state.params}, {m: batch[m] for m in names}, train=False)
   from asgml_jax.methods.base import BuildContext

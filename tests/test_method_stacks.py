@@ -16,6 +16,7 @@ import pytest
 from asgml_jax import methods, teachers
 from asgml_jax.config_schema import ConfigError, effective_config, validate
 from asgml_jax.methods import stack as method_stack
+from asgml_jax.plan import Plan
 from conftest import jitted_step, tiny_mlp_config, two_healthy_steps, with_stack
 
 NAMES = methods.method_names()
@@ -61,7 +62,7 @@ def _train_pair(pair, tfds_dir, tmp_path):
     config.dataset.data_dir = tfds_dir
     config.num_epochs = 1
     config.method.teachers.dir = str(tmp_path / "teachers")
-    teachers.ensure(config, [config.seed])
+    teachers.ensure(Plan.build(config), [config.seed])
   metrics = two_healthy_steps(config, pair)
   for name in pair:
     method = methods.get(name)

@@ -16,7 +16,8 @@ import os
 import subprocess
 import sys
 
-from asgml_jax import checkpointing, train
+from asgml_jax import checkpointing, loop
+from asgml_jax.plan import Plan
 from conftest import ROOT, config_of_cli, largest_change, param_mismatch, tiny_mlp_cli
 
 
@@ -44,7 +45,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path, tfds_dir):
     for key, value in summaries[1]["final"][split].items():
       assert abs(summaries[0]["final"][split][key] - value) <= 1 / 48 + 1e-9, (split, key)
 
-  like = train.fresh_state(train.setup_run(config_of_cli(args)), 42)
+  like = loop.fresh_state(loop.setup_run(Plan.build(config_of_cli(args))), 42)
   a, b = (checkpointing.restore_newest(str(tmp_path / n), like)[0].params for n in ("two", "one"))
   assert param_mismatch(a, b) <= 1.0
   assert largest_change(a, like.params) > 1e-4

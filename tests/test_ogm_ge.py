@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from asgml_jax.plan import Plan
 from asgml_jax.transforms.ogm_ge import batch_scores, ogm_coefficients, ogm_ge
 
 throttle = lambda r, a: 1 - math.tanh(a * max(r, 0.0))
@@ -140,21 +141,20 @@ def test_min_2d_leaves_skip_vectors():
 
 
 def test_ogm_ge_variant_trains_end_to_end_and_logs_its_signals(tmp_path, tfds_dir):
-  from asgml_jax import input_pipeline, optim, steps, train
-  from asgml_jax.models import model_from_config
-  from asgml_jax.probes import probe_config_from
+  from asgml_jax import input_pipeline, steps, train
   from asgml_jax.state import create_train_state
   from conftest import tiny_config
   config = tiny_config(tfds_dir, num_epochs=1)
   config.method.name = "ogm_ge"
-  data = input_pipeline.load(config)
-  model = model_from_config(config, data.num_classes)
-  tx = optim.make_optimizer(config, 6)
+  plan = Plan.build(config)
+  data = input_pipeline.load(plan.config)
+  model, tx = plan.model(data.num_classes), plan.optimizer(6)
   batch = {k: v[:32] for k, v in data.train.items()}
-  probe_cfg = probe_config_from(config, data.num_classes)
+  probe_cfg = plan.probe_config(data.num_classes)
   state = create_train_state(model, tx, batch, jax.random.PRNGKey(0), probe_cfg)
   _, metrics = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, unimodal_weight=1.0,
-                                         lr_fn=lambda s: 0.1, probe_cfg=probe_cfg))(state, batch)
+                                         lr_fn=lambda s: 0.1, probe_cfg=probe_cfg,
+                                         parts=plan.step_parts(6, data.num_classes)))(state, batch)
   coeffs = [float(metrics[f"ogm/coeff_{m}"]) for m in ("audio", "visual")]
   assert min(coeffs) < 1.0 and max(coeffs) == 1.0  # exactly one modality throttled
   ratio = float(metrics["ogm/score_ratio_audio"])

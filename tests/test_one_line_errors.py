@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from asgml_jax import input_pipeline, run_dir, train
+from asgml_jax import input_pipeline, programs, run_dir, train
 from asgml_jax.config_schema import ConfigError
 from conftest import ROOT, tiny_mlp_config
 
@@ -122,7 +122,7 @@ def test_a_failed_resume_replaces_the_stale_summary_with_the_failure(finished, t
 
   def broken(*args, **kwargs):
     raise OSError("disk vanished")
-  monkeypatch.setattr(train, "evaluate", broken)
+  monkeypatch.setattr(programs, "evaluate_seeds", broken)
   with pytest.raises(OSError):
     train.train_and_evaluate(longer, copy)
   with open(os.path.join(copy, "summary.json")) as f:

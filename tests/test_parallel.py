@@ -27,8 +27,9 @@ sys.path.insert(0, os.path.join(sys.argv[1], "tests")); sys.path.insert(0, sys.a
 import jax, numpy as np
 from conftest import largest_change, param_mismatch, tiny_config, tiny_mlp_config
 from test_transformer_encoders import _tiny_transformers
-from asgml_jax import checkpointing, parallel, train
+from asgml_jax import checkpointing, loop, parallel, programs, train
 from asgml_jax.config_schema import ConfigError
+from asgml_jax.plan import Plan
 
 def ogm_ge_config(make, mode):
   c = make(sys.argv[2], num_epochs=1)
@@ -42,7 +43,7 @@ def sharded_vs_one_device(make):
   for mode in ("auto", "off"):
     c, d = ogm_ge_config(make, mode), tempfile.mkdtemp()
     runs[mode] = (train.train_and_evaluate(c, d), d, c)
-  like = train.fresh_state(train.setup_run(runs["off"][2]), 42)
+  like = loop.fresh_state(loop.setup_run(Plan.build(runs["off"][2])), 42)
   a, b = (checkpointing.restore_newest(runs[m][1], like)[0].params for m in ("auto", "off"))
   return {"max_param_diff": param_mismatch(a, b), "moved": largest_change(b, like.params),
           "metric_diff": max(abs(runs["auto"][0]["final"][s][k] - runs["off"][0]["final"][s][k])
@@ -52,13 +53,15 @@ out = {"devices": len(jax.devices())}
 out["cnn"] = sharded_vs_one_device(tiny_config)
 out["transformers"] = sharded_vs_one_device(_tiny_transformers)
 mlp = tiny_mlp_config(sys.argv[2], num_epochs=1)
-mlp_setup = train.setup_run(mlp)
-mlp_state = train.fresh_state(mlp_setup, 42)
-mesh = parallel.data_mesh(mlp_setup.config)
-fn, coll = train.make_train_fn(mlp_setup.model, mlp_setup.tx, mlp_setup.config,
-                               mlp_setup.steps_per_epoch, mlp_state, mlp_setup.example,
-                               mlp_setup.probe_cfg, True, mesh)
-hlo = fn.lower(parallel.replicate(mlp_state, mesh), train.fresh_metrics(coll),
+mlp_setup = loop.setup_run(Plan.build(mlp))
+mlp_state = loop.fresh_state(mlp_setup, 42)
+axis = programs.SeedAxis.for_run(mlp_setup.config, 1)
+mesh = axis.mesh
+fn, _, coll = programs.make_programs(axis, mlp_setup.model, mlp_setup.tx, mlp_setup.parts,
+                                     mlp_setup.config, mlp_setup.steps_per_epoch, mlp_state,
+                                     mlp_setup.example, mlp_setup.probe_cfg,
+                                     mlp_setup.eval_batch_size, mlp_setup.frame_sizes, True)
+hlo = fn.lower(parallel.replicate(mlp_state, mesh), programs.fresh_metrics(coll),
                parallel.replicate(mlp_setup.data.train, mesh),
                jax.numpy.arange(mlp_setup.data.num_train), 0).compile().as_text()
 out["all_reduce"] = "all-reduce" in hlo

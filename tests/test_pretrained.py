@@ -11,8 +11,9 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from asgml_jax import pretrained, weight_files
+from asgml_jax import loop, pretrained, weight_files
 from asgml_jax.models.encoders import ResNet18
+from asgml_jax.plan import Plan
 from data_prep.common import BadInputError
 from torchvision_fixture import load_manifest, rebuild_pth, torchvision_outputs
 
@@ -127,11 +128,10 @@ def _pretrained_config(tfds_dir, pth):
 def test_a_run_starts_from_the_pretrained_encoders(tfds_dir, pth, state_dict):
   """train.fresh_state: both encoders hold the converted weights and BN
   statistics (audio's stem averaged over RGB); fusion keeps its own init."""
-  from asgml_jax import train
   from flax.traverse_util import flatten_dict
   config = _pretrained_config(tfds_dir, pth)
-  setup = train.setup_run(config)
-  state = train.fresh_state(setup, 42)
+  setup = loop.setup_run(Plan.build(config))
+  state = loop.fresh_state(setup, 42)
   for name, channels in (("visual", 3), ("audio", 1)):
     params, stats = pretrained.resnet18_variables(state_dict, channels)
     for ours, theirs in ((state.params["encoders"][name], params),
@@ -143,7 +143,7 @@ def test_a_run_starts_from_the_pretrained_encoders(tfds_dir, pth, state_dict):
   np.testing.assert_allclose(np.asarray(state.params["encoders"]["audio"]["stem_conv"]["kernel"]),
                              state_dict["conv1.weight"].mean(1, keepdims=True)
                              .transpose(2, 3, 1, 0), rtol=1e-6)
-  other = train.fresh_state(setup, 7)   # another seed: same encoders, its own fusion init
+  other = loop.fresh_state(setup, 7)   # another seed: same encoders, its own fusion init
   assert np.array_equal(other.params["encoders"]["visual"]["stem_conv"]["kernel"],
                         state.params["encoders"]["visual"]["stem_conv"]["kernel"])
   assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(other.params["fusion"]),

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from asgml_jax import run_dir
+from asgml_jax.plan import Plan
 from conftest import ROOT, tiny_mlp_cli, tiny_mlp_config
 
 STEPS_PER_EPOCH = 1500  # 12000 examples / batch 8: an epoch lasts seconds, not milliseconds
@@ -77,6 +78,7 @@ _HOLD = ("import sys, time; from asgml_jax.workdir_lock import WorkdirLock; "
 
 def test_a_second_trainer_is_refused_and_a_killed_holder_leaves_no_stale_lock(tmp_path):
   config = tiny_mlp_config(str(tmp_path / "tfds"))
+  identity = Plan.build(config).identity
   workdir = str(tmp_path / "run")
   os.makedirs(workdir)
   holder = subprocess.Popen([sys.executable, "-c", _HOLD, workdir], cwd=ROOT, env=ENV,
@@ -84,17 +86,17 @@ def test_a_second_trainer_is_refused_and_a_killed_holder_leaves_no_stale_lock(tm
   try:
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(run_dir.WorkdirError) as err:
-      run_dir.RunDir(config, workdir)
+      run_dir.RunDir(config, workdir, identity)
     assert str(err.value).startswith(f"--workdir {workdir}: in use by pid {holder.pid} on ")
     assert not os.path.exists(os.path.join(workdir, run_dir.CONFIG_FILE))  # refused before writing
   finally:
     holder.kill()  # kill -9: the lock file stays behind, the kernel's lock does not
     holder.wait()
   assert os.path.exists(os.path.join(workdir, ".lock"))
-  first = run_dir.RunDir(config, workdir)
+  first = run_dir.RunDir(config, workdir, identity)
   try:
     with pytest.raises(run_dir.WorkdirError, match=f"in use by pid {os.getpid()}"):
-      run_dir.RunDir(config, workdir)  # a second trainer in this very process, too
+      run_dir.RunDir(config, workdir, identity)  # a second trainer in this very process, too
   finally:
     first.close()
-  run_dir.RunDir(config, workdir).close()  # released on close
+  run_dir.RunDir(config, workdir, identity).close()  # released on close

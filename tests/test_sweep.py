@@ -19,7 +19,8 @@ import jax
 import numpy as np
 import pytest
 
-from asgml_jax import checkpointing
+from asgml_jax import checkpointing, loop, programs
+from asgml_jax.plan import Plan, with_seed
 from conftest import ROOT, tiny_config, tiny_mlp_config
 
 SEEDS = (42, 0, 7)
@@ -44,12 +45,12 @@ def test_three_seeds_in_one_program_equal_three_separate_runs(tmp_path, tfds_dir
   config.method.name = "ogm_ge"  # per-seed GE noise must differ and match the single run
   swept = sweep.train_sweep(config, SEEDS, [str(tmp_path / f"sweep_{s}") for s in SEEDS],
                             seed_axis=mode)
-  setup = train.setup_run(config)
-  like = train.fresh_state(setup, 0)
+  setup = loop.setup_run(Plan.build(config))
+  like = loop.fresh_state(setup, 0)
   finals = set()
   for seed, result in zip(SEEDS, swept):
     assert result["seed"] == seed and "error" not in result
-    single = train.train_and_evaluate(train.with_seed(config, seed), str(tmp_path / f"one_{seed}"))
+    single = train.train_and_evaluate(with_seed(config, seed), str(tmp_path / f"one_{seed}"))
     _assert_same_run(single, result, str(tmp_path / f"one_{seed}"),
                      str(tmp_path / f"sweep_{seed}"), like)
     finals.add(json.dumps(single["final"], sort_keys=True))
@@ -71,12 +72,12 @@ def test_epoch_hooks_give_each_seed_of_a_sweep_its_own_values(tmp_path, tfds_dir
   config.method.miles.tau = 0.0
   config.method.gblend.gb_epoch = 1
   seeds = (42, 5)
-  single = [train.train_and_evaluate(train.with_seed(config, s), str(tmp_path / f"one_{s}"))
+  single = [train.train_and_evaluate(with_seed(config, s), str(tmp_path / f"one_{s}"))
             for s in seeds]
   config.dataset.placement = "host"
   swept = sweep.train_sweep(config, seeds, [str(tmp_path / f"sweep_{s}") for s in seeds],
                             seed_axis="vmap")
-  like = train.fresh_state(train.setup_run(config), 0)
+  like = loop.fresh_state(loop.setup_run(Plan.build(config)), 0)
   def saved_field(name):
     state = checkpointing.restore_newest(str(tmp_path / name), like)[0]
     return optax.tree_utils.tree_get(state.opt_state, field)
@@ -126,7 +127,7 @@ def test_host_fed_data_train_like_device_resident_data(tmp_path, tfds_dir):
   device_one = train.train_and_evaluate(config, str(tmp_path / "device_one"))
   device_swept = sweep.train_sweep(config, (42, 5),
                                    [str(tmp_path / f"device_{s}") for s in (42, 5)])
-  like = train.fresh_state(train.setup_run(config), 0)
+  like = loop.fresh_state(loop.setup_run(Plan.build(config)), 0)
   _assert_same_run(device_one, host_one, str(tmp_path / "device_one"),
                    str(tmp_path / "host_one"), like)
   for s, a, b in zip((42, 5), device_swept, host_swept):
@@ -146,23 +147,22 @@ def test_sweep_refuses_repeated_seeds(tmp_path, tfds_dir):
 
 
 def test_seed_axis_auto_unrolls_convolutions_and_vmaps_mlps(tfds_dir):
-  from asgml_jax import sweep
-  assert sweep.seed_axis_mode(tiny_config(tfds_dir)) == "unroll"
+  assert programs.seed_axis_mode(tiny_config(tfds_dir), 3) == "unroll"
   config = tiny_mlp_config(tfds_dir)
-  assert sweep.seed_axis_mode(config) == "vmap"
-  assert sweep.seed_axis_mode(config, "unroll") == "unroll"
+  assert programs.seed_axis_mode(config, 3) == "vmap"
+  assert programs.seed_axis_mode(config, 3, "unroll") == "unroll"
+  assert programs.seed_axis_mode(config, 1, "unroll") == "none"   # one seed: no axis
 
 
 def test_state_leaves_never_share_a_buffer(tfds_dir):
   """A donated state whose leaves alias one buffer fails on GPUs ("donate the same
   buffer twice"); the probes' zero-initialised accuracy/score once did."""
   from conftest import jitted_step
-  from asgml_jax import train
   from asgml_jax.metrics import train_metrics_collection
   state, _, _ = jitted_step(tiny_config(tfds_dir))
   pointers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(state)]
   assert len(pointers) == len(set(pointers))
-  metrics = train.fresh_metrics(train_metrics_collection(["a", "b", "c"]))
+  metrics = programs.fresh_metrics(train_metrics_collection(["a", "b", "c"]))
   pointers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(metrics)]
   assert len(pointers) == len(set(pointers))
 

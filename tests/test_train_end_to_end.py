@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from asgml_jax import checkpointing, train
+from asgml_jax import checkpointing, loop, programs, train
 from asgml_jax.config_schema import ConfigError
+from asgml_jax.plan import Plan
 from conftest import tiny_config
 
 
@@ -18,10 +19,10 @@ class Interrupt(Exception):
 
 
 def _interrupt_after(monkeypatch, calls: int):
-  original = train.make_train_fn
+  original = programs.make_programs
 
   def patched(*args, **kwargs):
-    fn, collection = original(*args, **kwargs)
+    fn, eval_fn, collection = original(*args, **kwargs)
     count = {"n": 0}
 
     def wrapped(*a):
@@ -29,9 +30,9 @@ def _interrupt_after(monkeypatch, calls: int):
       if count["n"] > calls:
         raise Interrupt()
       return fn(*a)
-    return wrapped, collection
+    return wrapped, eval_fn, collection
 
-  monkeypatch.setattr(train, "make_train_fn", patched)
+  monkeypatch.setattr(programs, "make_programs", patched)
 
 
 def _final_params(workdir, like):
@@ -40,12 +41,12 @@ def _final_params(workdir, like):
 
 
 def _state_like(config):
-  from asgml_jax import input_pipeline, optim
+  from asgml_jax import input_pipeline
   from asgml_jax.models import model_from_config
   from asgml_jax.probes import probe_config_from
   from asgml_jax.state import create_train_state
   data = input_pipeline.load(config)
-  tx = optim.make_optimizer(config, 6)
+  tx = Plan.build(config).optimizer(6)
   example = {k: v[:config.batch_size] for k, v in data.train.items()}
   return create_train_state(model_from_config(config, data.num_classes), tx, example,
                             jax.random.PRNGKey(0), probe_config_from(config, data.num_classes))
@@ -106,7 +107,7 @@ def test_divergence_stops_with_the_step_and_saves_nothing_corrupt(tmp_path, tfds
   config = tiny_config(tfds_dir, num_epochs=3)
   config.optimizer.learning_rate = 1e6
   workdir = tmp_path / "nan"
-  with pytest.raises(train.NonFiniteError, match=r"non-finite .* at step \d+"):
+  with pytest.raises(loop.NonFiniteError, match=r"non-finite .* at step \d+"):
     train.train_and_evaluate(config, str(workdir))
   ckpt_dir = workdir / "checkpoints"
   if ckpt_dir.exists() and any(d.isdigit() for d in os.listdir(ckpt_dir)):

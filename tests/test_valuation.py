@@ -16,6 +16,8 @@ import numpy as np
 import optax
 import pytest
 
+from asgml_jax import loop
+from asgml_jax.plan import Plan, with_seed
 from conftest import jitted_step, variant_config
 
 
@@ -184,14 +186,13 @@ def test_the_epoch_order_is_a_draw_from_the_references_pool(tfds_dir):
   weight), builds the reference's copies, and keeps steps × batch of them,
   without replacement, as the next epoch's order; before start_epoch the
   pipeline's permutation stands."""
-  from asgml_jax import train
   from asgml_jax.epoch_hooks import EpochHooks
   from asgml_jax.input_pipeline import epoch_order
   from asgml_jax.methods.valuation import pool, shapley_values
   config = variant_config("valuation", data_dir=tfds_dir, **{"method.valuation.start_epoch": 2})
-  setup = train.setup_run(config)
-  state = train.fresh_state(setup, 42)
-  key = train.run_keys(42)[1]
+  setup = loop.setup_run(Plan.build(config))
+  state = loop.fresh_state(setup, 42)
+  key = loop.run_keys(42)[1]
   hooks = EpochHooks(setup, [key], stacked=False)
   assert hooks.epoch_end(state, [{}], next_epoch=1) is state          # before start_epoch
   perm = epoch_order(setup.data, key, 1)
@@ -239,7 +240,7 @@ def test_valuation_trains_in_a_seed_sweep_and_resumes_exactly(tmp_path, tfds_dir
   from asgml_jax import checkpointing, sweep, train
   config = variant_config("valuation", data_dir=tfds_dir,
                           **{"num_epochs": 3, "method.valuation.start_epoch": 1})
-  train.train_and_evaluate(train.with_seed(config, 42), str(tmp_path / "one"))
+  train.train_and_evaluate(with_seed(config, 42), str(tmp_path / "one"))
   dirs = [str(tmp_path / f"sweep_{s}") for s in (42, 7)]
   short = variant_config("valuation", data_dir=tfds_dir,
                          **{"num_epochs": 2, "method.valuation.start_epoch": 1,
@@ -247,10 +248,10 @@ def test_valuation_trains_in_a_seed_sweep_and_resumes_exactly(tmp_path, tfds_dir
   sweep.train_sweep(short, (42, 7), dirs, seed_axis="vmap")
   config.dataset.placement = "host"
   sweep.train_sweep(config, (42, 7), dirs, seed_axis="vmap")
-  like = train.fresh_state(train.setup_run(config), 0)
+  like = loop.fresh_state(loop.setup_run(Plan.build(config)), 0)
   one = checkpointing.restore_newest(str(tmp_path / "one"), like)[0]
   swept = [checkpointing.restore_newest(d, like)[0] for d in dirs]
-  assert int(one.step) == int(swept[0].step) == 3 * train.setup_run(config).steps_per_epoch
+  assert int(one.step) == int(swept[0].step) == 3 * loop.setup_run(Plan.build(config)).steps_per_epoch
   for x, y in zip(jax.tree.leaves(one.params), jax.tree.leaves(swept[0].params)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
   orders = [np.asarray(optax.tree_utils.tree_get(s.opt_state, "valuation_order")) for s in swept]
@@ -260,12 +261,11 @@ def test_valuation_trains_in_a_seed_sweep_and_resumes_exactly(tmp_path, tfds_dir
 
 
 def test_start_epoch_0_resamples_the_first_epoch_from_the_initial_model(tfds_dir):
-  from asgml_jax import train
   from asgml_jax.epoch_hooks import EpochHooks
   config = variant_config("valuation", data_dir=tfds_dir, **{"method.valuation.start_epoch": 0})
-  setup = train.setup_run(config)
-  state = train.fresh_state(setup, 42)
-  ready = EpochHooks(setup, [train.run_keys(42)[1]], stacked=False).prepare(state)
+  setup = loop.setup_run(Plan.build(config))
+  state = loop.fresh_state(setup, 42)
+  ready = EpochHooks(setup, [loop.run_keys(42)[1]], stacked=False).prepare(state)
   assert float(optax.tree_utils.tree_get(ready.opt_state, "valuation_active")) == 1.0
   order = np.asarray(optax.tree_utils.tree_get(ready.opt_state, "valuation_order"))
   assert np.any(order >= setup.data.num_train)

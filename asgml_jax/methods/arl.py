@@ -20,6 +20,7 @@ from typing import Mapping
 
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import (Logging, Method, Optax, Protocols, Requirement, Settings,
@@ -58,7 +59,6 @@ def preset_fixed(config) -> None:
 
 
 def transform(ctx):
-  import optax
 
   a = ctx.config.method.arl
   return [arl(ctx.steps_per_epoch, a.temperature, a.start_epoch, a.scaling),

@@ -502,3 +502,21 @@ def assemble(record_type, records: Sequence, ctx) -> Any:
     else:
       out[f.name] = tuple(b for _, b in built)
   return record_type(**out)
+
+
+# The `Step` record of a stack without methods: no hook, no loss term.
+NO_STEP_HOOKS = assemble(Step, (), None)
+
+
+class StepParts(NamedTuple):
+  """What the train step runs for a stack (built once per run, static under jit).
+
+  hooks: the stack's `Step` records assembled (`assemble`): each
+    single-owner field the one built hook (or None), `loss_term` the tuple of them.
+  per_loss_grads: one backward pass per loss (a combiner is in the stack).
+  signals: the state signals to log.
+  """
+  hooks: Step = NO_STEP_HOOKS
+  per_loss_grads: bool = False
+  signals: tuple[Signal, ...] = ()
+

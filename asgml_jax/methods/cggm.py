@@ -51,7 +51,6 @@ def preset(config) -> None:
 
 
 def transform(ctx):
-  import optax
 
   c = ctx.config.method.cggm
   return [cggm(c.rho, c.cls_lr, ctx.config.model.feature_dim, seed=ctx.config.seed + 3,

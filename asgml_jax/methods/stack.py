@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import difflib
 import itertools
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, Sequence
+
+import ml_collections
 
 from asgml_jax import config_checks as cc
 from asgml_jax import methods as registry
-from asgml_jax.methods.base import (STAGES, BuildContext, Evaluation, Method, Plot, Signal,
-                                    Step, assemble)
+from asgml_jax.methods.base import STAGES, Method, Plot, Signal
 
 # Signals of the update schedule every run has (joint training's too).
 SCHEDULE_SIGNALS = (Signal("tau", "sched/tau", "update period tau"),
@@ -185,81 +186,6 @@ def plots() -> tuple[tuple[str, str], ...]:
   return tuple((prefix, _merge_titles(t)) for prefix, t in titles.items())
 
 
-class StepParts(NamedTuple):
-  """What the train step runs for a stack (built once per run, static under jit).
-
-  hooks: the stack's `Step` records assembled (`base.assemble`): each
-    single-owner field the one built hook (or None), `loss_term` the tuple of them.
-  per_loss_grads: one backward pass per loss (a combiner is in the stack).
-  signals: the state signals to log.
-  """
-  hooks: Step = Step()
-  per_loss_grads: bool = False
-  signals: tuple[Signal, ...] = ()
-
-
-def build_context(config, steps_per_epoch: int | None, num_classes: int | None = None,
-                  teachers=None) -> BuildContext:
-  if teachers is None and any(m.epoch.teachers for m in resolve(config.method)):
-    from asgml_jax.teachers import TeacherSource
-    teachers = TeacherSource(config, num_classes, steps_per_epoch)
-  return BuildContext(config=config, steps_per_epoch=steps_per_epoch, num_classes=num_classes,
-                      names=cc.modality_names(config), teachers=teachers)
-
-
-def _records(methods, field: str):
-  return [(m.name, getattr(m, field)) for m in methods]
-
-
-def step_parts(config, steps_per_epoch: int, num_classes: int | None = None) -> StepParts:
-  """The step-side parts of the config's stack."""
-  methods = resolve(config.method)
-  ctx = build_context(config, steps_per_epoch, num_classes)
-  return StepParts(hooks=assemble(Step, _records(methods, "step"), ctx),
-                   per_loss_grads=any(m.optax.per_loss_grads for m in methods),
-                   signals=signals())
-
-
-def eval_logits(config, steps_per_epoch: int = 1, num_classes: int | None = None):
-  """The stack's evaluation hook ((state, batch, outputs) -> outputs), or None."""
-  ctx = build_context(config, steps_per_epoch, num_classes)
-  return assemble(Evaluation, _records(resolve(config.method), "evaluation"), ctx).eval_logits
-
-
-def method_layers(config, num_classes: int) -> tuple:
-  """((method name, Flax module), ...) of the stack's methods that bring layers."""
-  ctx = build_context(config, None, num_classes)
-  return assemble(Step, _records(resolve(config.method), "step"), ctx).layers
-
-
-def transformations(config, steps_per_epoch: int, num_classes: int | None,
-                    inner: Any, joint_schedule: Callable[[Any], Any]) -> list:
-  """The optax chain's parts in stage order; `inner` is the base optimizer, which
-  the stack's schedule (or `joint_schedule`) wraps."""
-  methods = resolve(config.method)
-  ctx = build_context(config, steps_per_epoch, num_classes)
-  parts = []
-  for m in methods:
-    if m.optax.stage in ("combine", "edit"):
-      parts += m.optax.transform(ctx)
-  schedules = [m for m in methods if m.optax.stage == "schedule"]
-  parts.append(schedules[0].optax.schedule(ctx, inner) if schedules else joint_schedule(inner))
-  for m in methods:
-    if m.optax.stage == "post":
-      parts += m.optax.transform(ctx)
-  return parts
-
-
-def resamples(config) -> bool:
-  """Whether the stack orders the training epochs itself (coded rows)."""
-  return any(m.epoch.resamples for m in resolve(config.method))
-
-
-def epoch_hook_builders(config) -> tuple:
-  """The stack's epoch hooks, unbuilt (`Epoch.hook`: EpochContext -> hook)."""
-  return tuple(m.epoch.hook for m in resolve(config.method) if m.epoch.hook is not None)
-
-
 def seed_code_settings() -> tuple[tuple[str, Any], ...]:
   """Every method's seed-code settings (SPEC §10), in registry order, once each."""
   out = {}
@@ -271,7 +197,6 @@ def seed_code_settings() -> tuple[tuple[str, Any], ...]:
 
 def _settings_of(method: Method, config) -> dict:
   """{dotted key: value} that `method`'s reference options set on `config`."""
-  import ml_collections
   changed = dict(method.protocols.reference)
   if method.protocols.reference_fn is not None:
     probe = ml_collections.ConfigDict(config.to_dict())

@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from asgml_jax.models.pooling import max_pool
+from asgml_jax.models.transformers import PatchTransformer, SequenceTransformer
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 dense_init = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
@@ -183,14 +184,12 @@ def make_encoder(spec, feature_dim: int, dtype: Any, name: str) -> nn.Module:
     return MLPEncoder(feature_dim=feature_dim, hidden_dim=spec.mlp_hidden_dim,
                       dropout=spec.dropout, dtype=dtype, name=name)
   if kind in ("vit", "ast"):
-    from asgml_jax.models.transformers import PatchTransformer
     return PatchTransformer(
         feature_dim=feature_dim, patch_size=spec.patch_size, patch_stride=spec.patch_stride,
         width=spec.transformer_width, depth=spec.transformer_depth,
         heads=spec.transformer_heads, pooling=spec.transformer_pooling, dropout=spec.dropout,
         dtype=dtype, name=name)
   if kind == "transformer":
-    from asgml_jax.models.transformers import SequenceTransformer
     return SequenceTransformer(
         feature_dim=feature_dim, width=spec.transformer_width, depth=spec.transformer_depth,
         heads=spec.transformer_heads, pooling=spec.transformer_pooling, dropout=spec.dropout,

@@ -13,7 +13,7 @@ layer itself (split weight, SPEC §2), so there is nothing to put in `heads`
 with `logit_mixer=True`, AMCo) is a Linear(C -> C) on the fused logits.
 `mid_fusion` (only with `mid_fusion="mmtm"`, Greedy) holds the MMTM blocks
 between the encoders' stages (`mid_fusion.py`). `method_layers` holds the
-layers a method brings (`Method.layers`, e.g. IPRM's mixup heads): the model
+layers a method brings (`Step.layers`, e.g. IPRM's mixup heads): the model
 only creates them (one call on the features at init); the method's hooks use them.
 
 Outputs a dict: `logits` (B, C) fused, `unimodal_logits` {m: (B, C)} and
@@ -198,12 +198,6 @@ class MethodLayers(nn.Module):
       layer.clone(parent=self, name=name)(features)
 
 
-def method_layers(config, num_classes: int) -> tuple:
-  """((name, module), ...) of the config's methods that bring layers."""
-  from asgml_jax.methods import stack
-  return stack.method_layers(config, num_classes)
-
-
 def encoder_spec(name: str, mod) -> EncoderSpec:
   """The `EncoderSpec` of one modality's (validated) config block."""
   return EncoderSpec(
@@ -221,8 +215,10 @@ def resolve_compute_dtype(name: str) -> str:
   return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
-def model_from_config(config, num_classes: int) -> MultimodalClassifier:
-  """Builds the classifier a (validated) config describes."""
+def model_from_config(config, num_classes: int, method_layers: tuple = ()) -> MultimodalClassifier:
+  """Builds the classifier a (validated) config describes; method_layers:
+  ((method name, Flax module), ...) created under params["method_layers"]
+  (the plan passes its stack's `Step.layers`)."""
   specs = tuple(encoder_spec(n, config.modalities[n]) for n in modality_names(config))
   return MultimodalClassifier(
       specs=specs, num_classes=num_classes, feature_dim=config.model.feature_dim,
@@ -232,5 +228,5 @@ def model_from_config(config, num_classes: int) -> MultimodalClassifier:
       unimodal_head_stop_gradient=config.model.unimodal_head_stop_gradient,
       unimodal_heads=config.model.unimodal_heads, logit_mixer=config.model.logit_mixer,
       mid_fusion=config.model.mid_fusion, mmtm_after=config.model.mmtm_after,
-      mmtm_ratio=config.model.mmtm_ratio, method_layers=method_layers(config, num_classes),
+      mmtm_ratio=config.model.mmtm_ratio, method_layers=tuple(method_layers),
       dtype=jnp.dtype(resolve_compute_dtype(config.model.compute_dtype)))
