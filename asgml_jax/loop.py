@@ -358,7 +358,7 @@ def _train(runs, plan: Plan, seeds: list[int], seed_axis: str) -> list[dict]:
     if len(failed) == num_seeds:
       break
     per_split = {split: programs.evaluate_seeds(axis, eval_fn, states, data, split,
-                                                setup.eval_batch_size)
+                                                setup.eval_batch_size, plan.task)
                  for split in ("validation", "test")}
     states = axis.place(hooks.epoch_end(states, per_split["validation"], epoch + 1))
     seconds = time.time() - epoch_start
@@ -370,7 +370,7 @@ def _train(runs, plan: Plan, seeds: list[int], seed_axis: str) -> list[dict]:
       if axis.stacked:
         record["sweep_seconds"] = seconds
       run.end_epoch(step, axis.unstack(states, s), record)
-      run_dir.log(run_dir.epoch_line(record, names, prefix=prefixes[s]))
+      run_dir.log(plan.task.epoch_line(record, names, prefix=prefixes[s]))
   for run in runs:
     run.checkpoints.wait()
   summaries = []
@@ -380,6 +380,6 @@ def _train(runs, plan: Plan, seeds: list[int], seed_axis: str) -> list[dict]:
       continue
     summary = run.finish()
     summaries.append(summary)
-    run_dir.log(run_dir.done_line(summary) + ("" if axis.stacked else
+    run_dir.log(plan.task.done_line(summary) + ("" if axis.stacked else
                                               f"; TensorBoard: tensorboard --logdir {run.workdir}"))
   return summaries

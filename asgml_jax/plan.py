@@ -33,14 +33,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from asgml_jax import checkpointing, config_schema, methods, optim
+from asgml_jax import checkpointing, config_schema, methods, optim, tasks
 from asgml_jax import config_checks as cc
 from asgml_jax.methods import stack
 from asgml_jax.methods.base import BuildContext, Evaluation, Method, Step, StepParts, assemble
-from asgml_jax.models import model_from_config
 from asgml_jax.probes import ProbeConfig, probe_config_from
 from asgml_jax.run_dir import RunIdentity
 from asgml_jax.state import create_train_state
+from asgml_jax.tasks import Task
 
 TEACHER_PREFIX = methods.unimodal.VARIANT_PREFIX
 
@@ -56,13 +56,15 @@ class Plan:
   """A validated experiment: its effective config and its stack of methods."""
   config: Any                     # validated, its protocol applied
   methods: tuple[Method, ...]     # the stack, in canonical order
+  task: Task                      # what the heads predict and how it is scored
 
   @classmethod
   def build(cls, config) -> "Plan":
     """Validates `config` (ConfigError naming the key), applies its protocol,
-    resolves its stack."""
+    resolves its stack and the dataset's task."""
     config = config_schema.effective_config(config_schema.validate(config))
-    return cls(config=config, methods=stack.resolve(config.method))
+    return cls(config=config, methods=stack.resolve(config.method),
+               task=tasks.for_dataset(config.dataset.name))
 
   # -------------------------------------------------------------- identity
 
@@ -76,7 +78,8 @@ class Plan:
     """What a run's summary.json says it ran."""
     return RunIdentity(method=stack.method_name(self.config),
                        stack=tuple(m.name for m in self.methods),
-                       label=stack.run_label(self.config), defaults=schema_defaults())
+                       label=stack.run_label(self.config), defaults=schema_defaults(),
+                       task=self.task.name, selection_metric=self.task.selection_metric)
 
   @property
   def needs_teachers(self) -> bool:
@@ -112,7 +115,8 @@ class Plan:
     teachers = (Teachers(self.config, num_classes, steps_per_epoch)
                 if self.needs_teachers and num_classes is not None else None)
     return BuildContext(config=self.config, steps_per_epoch=steps_per_epoch,
-                        num_classes=num_classes, names=self.names, teachers=teachers)
+                        num_classes=num_classes, names=self.names, teachers=teachers,
+                        task=self.task)
 
   def _records(self, field: str) -> list:
     return [(m.name, getattr(m, field)) for m in self.methods]
@@ -120,7 +124,7 @@ class Plan:
   def model(self, num_classes: int):
     """The model, with the methods' own layers under params["method_layers"]."""
     layers = assemble(Step, self._records("step"), self.context(None, num_classes)).layers
-    return model_from_config(self.config, num_classes, method_layers=layers)
+    return self.task.build_model(self.config, num_classes, method_layers=layers)
 
   def optimizer(self, steps_per_epoch: int, num_classes: int | None = None):
     """The whole gradient transformation (`optim.make_optimizer`): the stack's
@@ -144,7 +148,7 @@ class Plan:
     ctx = self.context(steps_per_epoch, num_classes)
     return StepParts(hooks=assemble(Step, self._records("step"), ctx),
                      per_loss_grads=any(m.optax.per_loss_grads for m in self.methods),
-                     signals=stack.signals())
+                     signals=stack.signals(), task=self.task)
 
   def evaluation(self, steps_per_epoch: int, num_classes: int | None = None) -> Evaluation:
     """The evaluation step's parts: the stack's `Evaluation` records assembled."""
@@ -152,7 +156,7 @@ class Plan:
                     self.context(steps_per_epoch, num_classes))
 
   def probe_config(self, num_classes: int) -> ProbeConfig:
-    return probe_config_from(self.config, num_classes)
+    return probe_config_from(self.config, self.task.probe_classes(num_classes))
 
 
 def with_seed(config, seed: int):

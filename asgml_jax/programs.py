@@ -31,8 +31,9 @@ import jax.numpy as jnp
 
 from asgml_jax import augment, input_pipeline, optim, parallel, steps
 from asgml_jax.config_checks import ConfigError
-from asgml_jax.metrics import ConfusionMatrix, summarize_confusions, train_metrics_collection
+from asgml_jax.metrics import train_metrics_collection
 from asgml_jax.state import distinct_buffers
+from asgml_jax.tasks import CLASSIFICATION, Task
 
 
 def metric_field(metric: str) -> str:
@@ -91,10 +92,11 @@ def donated_args(*argnums: int) -> tuple[int, ...]:
 
 
 def make_eval_body(model, batch_size: int, probe_cfg, frame_sizes=None, on_device: bool = True,
-                   mesh=None, eval_logits=None):
-  """Un-jitted eval step -> {head or probe: ConfusionMatrix}: (state,
-  split_data, start) slicing the device-resident split, or (state, batch).
-  eval_logits: the stack's evaluation hook (`Evaluation.eval_logits`)."""
+                   mesh=None, eval_logits=None, task: Task = CLASSIFICATION):
+  """Un-jitted eval step -> {head or probe: the task's counts} (classification:
+  a confusion matrix): (state, split_data, start) slicing the device-resident
+  split, or (state, batch). eval_logits: the stack's evaluation hook
+  (`Evaluation.eval_logits`)."""
 
   def batch_body(state, batch):
     batch = parallel.constrain_batch(batch, mesh)
@@ -102,8 +104,7 @@ def make_eval_body(model, batch_size: int, probe_cfg, frame_sizes=None, on_devic
       batch = augment.eval_inputs(batch, frame_sizes)
     logits = steps.eval_step(state, batch, model=model, probe_cfg=probe_cfg,
                              eval_logits=eval_logits)
-    return {k: ConfusionMatrix.from_logits(v, batch["label"], batch["mask"])
-            for k, v in logits.items()}
+    return task.eval_counts(logits, batch)
 
   def slice_body(state, data, start):
     return batch_body(state, input_pipeline.slice_batch(data, start, batch_size))
@@ -113,7 +114,7 @@ def make_eval_body(model, batch_size: int, probe_cfg, frame_sizes=None, on_devic
 
 def accumulate_confusions(eval_fn, state, data: input_pipeline.LoadedData, split: str,
                           batch_size: int) -> dict:
-  """Sum of `eval_fn`'s confusion counts over the split, still on the device."""
+  """Sum of `eval_fn`'s counts over the split, still on the device."""
   total = None
   for start in range(0, data.eval_splits[split]["label"].shape[0], batch_size):
     part = eval_fn(state, *input_pipeline.eval_args(data, split, start, batch_size))
@@ -252,13 +253,13 @@ def make_programs(axis: SeedAxis, model, tx, parts, config, steps_per_epoch: int
   train_axes = (0, 0, None, 0, None) if on_device else (0, 0, 0)
   train_fn = jax.jit(axis.over(body, train_axes), donate_argnums=donated_args(0, 1))
   eval_body = make_eval_body(model, eval_batch_size, probe_cfg, frame_sizes, on_device, mesh,
-                             eval_logits)
+                             eval_logits, parts.task or CLASSIFICATION)
   eval_fn = jax.jit(axis.over(eval_body, (0, None, None) if on_device else (0, None)))
   return train_fn, eval_fn, collection
 
 
-def evaluate_seeds(axis: SeedAxis, eval_fn, states, data, split: str,
-                   batch_size: int) -> list[dict]:
-  """[metrics of seed s on `split`] (accuracy, macro-F1, per-head and probe accuracies)."""
+def evaluate_seeds(axis: SeedAxis, eval_fn, states, data, split: str, batch_size: int,
+                   task: Task = CLASSIFICATION) -> list[dict]:
+  """[metrics of seed s on `split`] (`task.summarize` of the summed counts)."""
   counts = jax.device_get(accumulate_confusions(eval_fn, states, data, split, batch_size))
-  return [summarize_confusions(c) for c in axis.per_seed(counts)]
+  return [task.summarize(c) for c in axis.per_seed(counts)]

@@ -37,11 +37,14 @@ class RunIdentity(NamedTuple):
   method (`method.name` or the stack joined by '+'), stack (its methods),
   label (reports' name for it), defaults ({dotted key: default} of the config
   schema: a key added to the schema at its default changes no workdir's
-  experiment)."""
+  experiment), task (its name) and selection_metric (the validation metric the
+  best checkpoint and "at_best_val" select on, higher is better)."""
   method: str
   stack: tuple[str, ...]
   label: str
   defaults: dict
+  task: str = "classification"
+  selection_metric: str = "accuracy"
 
 
 class WorkdirError(Exception):
@@ -115,11 +118,12 @@ def check_config_matches_workdir(config, workdir: str, defaults: dict) -> None:
 
 def summarize(history: list[dict], config, workdir: str, identity: RunIdentity) -> dict:
   """Run summary (SPEC §7): best-by-validation, final, convergence, wall-clock."""
-  best = max(history, key=lambda h: (h["validation"]["accuracy"], -h["epoch"]))
+  key = identity.selection_metric
+  best = max(history, key=lambda h: (h["validation"][key], -h["epoch"]))
   final = history[-1]
-  target = 0.9 * final["test"]["accuracy"]
-  convergence = next(h["epoch"] for h in history if h["test"]["accuracy"] >= target)
-  best_on_test = max(history, key=lambda h: h["test"]["accuracy"])
+  target = 0.9 * final["test"][key]
+  convergence = next(h["epoch"] for h in history if h["test"][key] >= target)
+  best_on_test = max(history, key=lambda h: h["test"][key])
   return {
       "workdir": os.path.abspath(workdir),
       "num_epochs": len(history),
@@ -134,11 +138,12 @@ def summarize(history: list[dict], config, workdir: str, identity: RunIdentity) 
       "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])),
       # Only for comparison with papers that select on test; never for model selection.
       "best_on_test_for_literature_comparison": {"epoch": best_on_test["epoch"],
-                                                 "accuracy": best_on_test["test"]["accuracy"]},
+                                                 key: best_on_test["test"][key]},
       "seed": config.seed,
       "method": identity.method,
       "stack": list(identity.stack),
       "label": identity.label,
+      "task": identity.task,
   }
 
 
@@ -222,7 +227,8 @@ class RunDir:
     if found is not None:
       state, meta = found
       self.history = list(meta["history"])
-      self.best_val = max((h["validation"]["accuracy"] for h in self.history), default=-1.0)
+      self.best_val = max((h["validation"][self.identity.selection_metric]
+                           for h in self.history), default=-1.0)
       logging.info("resumed from step %d in %s", int(state.step), self.workdir)
       return state
     self.history, self.best_val = [], -1.0
@@ -245,8 +251,9 @@ class RunDir:
       self.writer.write_scalars(step, {f"{'eval' if split == 'validation' else 'test'}/{k}": v
                                        for k, v in record[split].items()})
     self.history.append(record)
-    is_best = record["validation"]["accuracy"] > self.best_val
-    self.best_val = max(self.best_val, record["validation"]["accuracy"])
+    score = record["validation"][self.identity.selection_metric]
+    is_best = score > self.best_val
+    self.best_val = max(self.best_val, score)
     if not self.has_step(step):  # a resumed sweep may re-reach a step a seed already saved
       self.checkpoints.save(step, state, {"epoch": record["epoch"], "history": self.history},
                             is_best=is_best)
@@ -335,21 +342,6 @@ def guarded(runs):
   finally:
     for run in runs:
       run.close()
-
-
-def epoch_line(record: dict, names, prefix: str = "") -> str:
-  val = record["validation"]
-  return (f"{prefix}epoch {record['epoch']}: val acc {val['accuracy']:.4f} macro-F1 "
-          f"{val['macro_f1']:.4f} | test acc {record['test']['accuracy']:.4f} macro-F1 "
-          f"{record['test']['macro_f1']:.4f} | val unimodal acc "
-          + " ".join(f"{m} {val[f'unimodal_accuracy_{m}']:.3f}" for m in names)
-          + f" | val probe gap {val['utilization_gap']:.3f} | {record['seconds']:.1f}s")
-
-
-def done_line(summary: dict) -> str:
-  return (f"done: best val acc {summary['at_best_val']['validation']['accuracy']:.4f} at epoch "
-          f"{summary['best_val_epoch']} (test {summary['at_best_val']['test']['accuracy']:.4f}); "
-          f"summary {os.path.join(summary['workdir'], SUMMARY_FILE)}")
 
 
 class Throughput:

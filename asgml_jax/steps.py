@@ -16,31 +16,34 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from asgml_jax.losses import FUSED_TASK, accuracy, batch_scores, cross_entropy
+from asgml_jax.losses import FUSED_TASK
 from asgml_jax.methods.base import StepContext, StepParts, SubStepContext, merge_extras
 from asgml_jax.probes import ProbeConfig, maybe_refresh, probe_logits, utilization_gap
 from asgml_jax.state import TrainState
+from asgml_jax.tasks import CLASSIFICATION, Task
 from asgml_jax.transforms.schedule import update_gates
 
 
-def multimodal_loss(outputs: Mapping[str, Any], labels_B: jnp.ndarray,
+def multimodal_loss(outputs: Mapping[str, Any], batch: Mapping[str, jnp.ndarray],
                     unimodal_weight: float, update_gates: Mapping[str, jnp.ndarray],
                     fused: jnp.ndarray | None = None,
-                    unimodal_logits: Mapping[str, jnp.ndarray] | None = None):
-  """L = CE(fused) + γ·Σ_m gate_m·CE(unimodal_m)   (SPEC §2).
+                    unimodal_logits: Mapping[str, jnp.ndarray] | None = None,
+                    task: Task = CLASSIFICATION):
+  """L = ℓ(fused) + γ·Σ_m gate_m·ℓ(unimodal_m), ℓ the task's head loss
+  (classification: cross-entropy, SPEC §2).
 
   `update_gates[m]` is 1 when modality m's encoder updates this step (always,
   for joint training); a skipped modality's unimodal term is switched off.
   `fused`: a method's own fused loss, in place of CE(fused); `unimodal_logits`:
   a method's own logits for the unimodal terms (default: the model's).
-  Returns the loss, the fused loss and the unimodal CE per modality
+  Returns the loss, the fused loss and the unimodal loss per modality
   (ungated, for logging).
   """
   if fused is None:
-    fused = cross_entropy(outputs["logits"], labels_B)
+    fused = task.head_loss(outputs["logits"], batch)
   if unimodal_logits is None:
     unimodal_logits = outputs["unimodal_logits"]
-  unimodal = {m: cross_entropy(z, labels_B) for m, z in unimodal_logits.items()}
+  unimodal = {m: task.head_loss(z, batch) for m, z in unimodal_logits.items()}
   total = fused + unimodal_weight * sum(update_gates[m] * u for m, u in unimodal.items())
   return total, fused, unimodal
 
@@ -76,15 +79,15 @@ def encoder_grad_norms(grads) -> dict:
   return {m: optax.global_norm(g) for m, g in grads["encoders"].items()}
 
 
-def _tx_args(step, outputs, labels, probe_state, grad_norms, unimodal) -> dict:
+def _tx_args(step, outputs, batch, task, probe_state, grad_norms, unimodal) -> dict:
   """The signals every transformation receives as extra args of `tx.update`."""
   return dict(
-      step=step, ogm_scores=batch_scores(outputs["unimodal_logits"], labels),
+      step=step, ogm_scores=task.modality_scores(outputs["unimodal_logits"], batch),
       probe_scores=probe_state.score, probe_refreshes=probe_state.refreshes,
       encoder_grad_norms=grad_norms,
       mid_fusion=jax.lax.stop_gradient(outputs.get("mid_fusion", {})),
       unimodal_losses=unimodal, features=jax.lax.stop_gradient(outputs["features"]),
-      labels=labels, unimodal_logits=jax.lax.stop_gradient(outputs["unimodal_logits"]))
+      labels=batch["label"], unimodal_logits=jax.lax.stop_gradient(outputs["unimodal_logits"]))
 
 
 def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx,
@@ -115,7 +118,7 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
   too, so the host can stop with a precise error and nothing corrupt is saved.
   """
   parts = parts or StepParts()
-  hooks = parts.hooks
+  hooks, task = parts.hooks, parts.task or CLASSIFICATION
   names = model.modality_names
   labels = batch["label"]
   dropout_key = jax.random.fold_in(state.rng, state.step)
@@ -158,8 +161,8 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
 
   def loss_fn(params):
     outputs, new_batch_stats, fused, extras = forward(params)
-    total, fused, unimodal = multimodal_loss(outputs, labels, unimodal_weight, gates, fused,
-                                             unimodal_logits(params, outputs))
+    total, fused, unimodal = multimodal_loss(outputs, batch, unimodal_weight, gates, fused,
+                                             unimodal_logits(params, outputs), task)
     total = add_terms(total, params, outputs, extras)
     return total, (outputs, new_batch_stats, fused, unimodal, extras)
 
@@ -168,10 +171,10 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
     def losses_fn(params):
       outputs, new_batch_stats, fused, extras = forward(params)
       if fused is None:
-        fused = cross_entropy(outputs["logits"], labels)
+        fused = task.head_loss(outputs["logits"], batch)
       fused = add_terms(fused, params, outputs, extras)
       logits = unimodal_logits(params, outputs)
-      losses = jnp.stack([fused] + [cross_entropy(logits[m], labels) for m in names])
+      losses = jnp.stack([fused] + [task.head_loss(logits[m], batch) for m in names])
       return losses, (outputs, new_batch_stats, extras)
 
     tasks = (FUSED_TASK,) + tuple(names)
@@ -190,12 +193,13 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
         jax.value_and_grad(loss_fn, has_aux=True)(state.params))
 
   def refresh_probes(outputs):
-    return maybe_refresh(probe_cfg, state.probe_state, state.step, outputs["features"], labels)
+    return maybe_refresh(probe_cfg, state.probe_state, state.step, outputs["features"],
+                         task.probe_labels(batch))
 
   def update(grads, opt_state, params, outputs, unimodal, probe_state, grad_norms=None, **more):
     norms = encoder_grad_norms(grads) if grad_norms is None else grad_norms
     return tx.update(grads, opt_state, params,
-                     **_tx_args(state.step, outputs, labels, probe_state, norms, unimodal),
+                     **_tx_args(state.step, outputs, batch, task, probe_state, norms, unimodal),
                      **more)
 
   if hooks.sub_steps is not None:
@@ -233,11 +237,10 @@ def train_step(state: TrainState, batch: Mapping[str, jnp.ndarray], *, model, tx
       probe_state=pick(probe_state, state.probe_state),
       health=health.astype(jnp.int32))
 
-  metrics = {"loss": loss, "fused_loss": fused_loss,
-             "accuracy": accuracy(outputs["logits"], labels), "lr": lr_fn(state.step)}
+  metrics = {"loss": loss, "fused_loss": fused_loss, "lr": lr_fn(state.step),
+             **task.train_metrics(outputs, batch)}
   for m in names:
     metrics[f"unimodal_loss_{m}"] = unimodal[m]
-    metrics[f"unimodal_accuracy_{m}"] = accuracy(outputs["unimodal_logits"][m], labels)
     metrics[f"grad_norm_{m}"] = grad_norms[m]
     metrics[f"probe/acc_{m}"] = probe_state.accuracy[m]
     metrics[f"probe/score_{m}"] = probe_state.score[m]

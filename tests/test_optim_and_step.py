@@ -45,7 +45,7 @@ def test_multimodal_loss_is_fused_plus_gamma_times_gated_unimodal():
   ce = lambda z: float(np.mean([-jax.nn.log_softmax(z)[i, labels[i]] for i in range(2)]))
   gates = {"a": jnp.float32(1.0), "b": jnp.float32(0.0)}
   total, fused, unimodal = steps.multimodal_loss({"logits": logits, "unimodal_logits": uni},
-                                                 labels, 4.0, gates)
+                                                 {"label": labels}, 4.0, gates)
   np.testing.assert_allclose(fused, ce(logits), rtol=1e-6)
   np.testing.assert_allclose(unimodal["b"], ce(uni["b"]), rtol=1e-6)
   np.testing.assert_allclose(total, ce(logits) + 4.0 * ce(uni["a"]), rtol=1e-6)

@@ -515,8 +515,10 @@ class StepParts(NamedTuple):
     single-owner field the one built hook (or None), `loss_term` the tuple of them.
   per_loss_grads: one backward pass per loss (a combiner is in the stack).
   signals: the state signals to log.
+  task: the run's task (`asgml_jax/tasks/`); None: classification.
   """
   hooks: Step = NO_STEP_HOOKS
   per_loss_grads: bool = False
   signals: tuple[Signal, ...] = ()
+  task: Any = None
 
