@@ -23,12 +23,11 @@ from asgml_jax.config_checks import (ConfigError, modality_names, parse_named_fl
                                      require as _require, one_of as _one_of, set_dotted,
                                      positive as _positive)
 from asgml_jax.methods import stack as method_stack
-from asgml_jax.models.encoders import stage_count
+from asgml_jax.models.encoders import ENCODERS, stage_count
+from asgml_jax.models.fusion import FUSIONS
 from asgml_jax.models.mid_fusion import POSITIONS as mmtm_positions
+from data_prep.registry import DATASETS
 
-ENCODERS = ("resnet18", "small_cnn", "mlp", "vit", "ast", "transformer")
-FUSIONS = ("concat", "sum", "film", "gated", "shared", "shared_boost")
-DATASETS = ("synthetic", "av_digits", "cremad", "ave", "kinetics_sounds", "mmsa", "npz")
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
 
 
@@ -107,51 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
       device_budget_gib=8.0,
       validation_fraction=0.1,   # carve-out of train where a dataset has no validation split
       split_seed=0,              # fixes that carve-out
-      av_digits=ml_collections.ConfigDict(dict(
-          split="speaker",       # speaker (disjoint) | index (FSDD official)
-          test_speaker="theo",
-          validation_speaker="nicolas",
-          image_noise=0.4,
-          image_occlusion=0.25,
-          audio_snr_db=config_dict.placeholder(float),  # None: clean audio
-          pairing_seed=0,
-      )),
-      cremad=ml_collections.ConfigDict(dict(
-          frames=1,              # 1 or 3 frames per clip
-          frame_size=256,        # frames are stored square at this size
-          pad_mode="reflect",    # STFT centre padding: reflect (librosa <0.10) | constant
-          test_list="",          # a file of test clip ids; "": OGM-GE's 744 (shipped)
-      )),
-      ave=ml_collections.ConfigDict(dict(
-          split="official",      # official (train/val/test lists) | random_80_20 (seeds' code)
-          frames=3,
-          frame_size=256,
-      )),
-      kinetics_sounds=ml_collections.ConfigDict(dict(
-          frames=3,
-          frame_size=256,
-      )),
-      mmsa=ml_collections.ConfigDict(dict(
-          file="",               # the MMSA pickle, e.g. unaligned_39.pkl (relative to raw_dir)
-          label="three_class",   # three_class (neg/neu/pos) | binary (neg/non-neg)
-          # mean: masked mean over time, (D,) per modality (MLP encoders);
-          # none: sequences (T, D+1) with a mask column (transformer encoder).
-          pooling="mean",
-      )),
-      npz=ml_collections.ConfigDict(dict(
-          name="",               # the dataset's name (default: raw_dir's base name)
-      )),
-      synthetic=ml_collections.ConfigDict(dict(
-          num_classes=6,
-          num_train=3000,
-          num_validation=600,
-          num_test=600,
-          seed=0,
-          noise=1.0,
-          # Per modality: scale of the class template added to the noise.
-          # A larger signal makes that modality easier, so it dominates.
-          signal=ml_collections.ConfigDict(),
-      )),
+      # each dataset's own group (data_prep/registry.py)
+      **{name: entry.defaults() for name, entry in DATASETS.items()},
   ))
 
   c.modalities = ml_collections.ConfigDict()
@@ -280,8 +236,8 @@ def _check_keys(cfg, schema, path: str) -> None:
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks keys and values; returns the config unchanged or raises ConfigError."""
   _check_keys(config, base_config(), "")
-  _one_of(config.dataset.name, DATASETS, "dataset.name")
-  _one_of(config.model.fusion, FUSIONS, "model.fusion")
+  _one_of(config.dataset.name, tuple(DATASETS), "dataset.name")
+  _one_of(config.model.fusion, tuple(FUSIONS), "model.fusion")
   _one_of(config.model.compute_dtype, COMPUTE_DTYPES, "model.compute_dtype")
   _one_of(config.method.protocol, PROTOCOLS, "method.protocol")
   _require(not (config.method.seed_code and config.method.protocol != "design"),
@@ -329,22 +285,17 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for name in names:
     mod = config.modalities[name]
     key = f"modalities.{name}"
-    _one_of(mod.encoder, ENCODERS, f"{key}.encoder")
+    _one_of(mod.encoder, tuple(ENCODERS), f"{key}.encoder")
     shape = tuple(mod.input_shape)
     _require(all(isinstance(s, int) and s > 0 for s in shape), f"{key}.input_shape",
              f"must be positive integers, got {shape!r}")
-    if mod.encoder == "mlp":
-      _require(len(shape) == 1, f"{key}.input_shape",
-               f"the mlp encoder takes feature vectors (D,), got {shape!r}")
-    elif mod.encoder == "transformer":
-      _require(len(shape) == 2, f"{key}.input_shape",
-               f"the transformer encoder takes sequences (L, D), got {shape!r}")
+    kind = ENCODERS[mod.encoder]
+    _require(len(shape) in kind.input_ranks, f"{key}.input_shape",
+             f"the {mod.encoder} encoder takes {kind.takes}, got {shape!r}")
+    if mod.encoder == "transformer":
       _one_of(mod.sequence_mask, ("last_column", "none"), f"{key}.sequence_mask")
       _require(mod.sequence_mask == "none" or shape[1] >= 2, f"{key}.input_shape",
                f"sequence_mask=last_column reads (L, D+1) with D >= 1, got {shape!r}")
-    else:
-      _require(len(shape) in (3, 4), f"{key}.input_shape",
-               f"{mod.encoder} takes (H, W, C) or (T, H, W, C), got {shape!r}")
     _one_of(mod.image_augment, ("none", "imagenet"), f"{key}.image_augment")
     _one_of(mod.input_adapter, ("none", "flatten", "add_channel"), f"{key}.input_adapter")
     _require(not (mod.image_augment == "imagenet" and (mod.input_adapter != "none"
@@ -374,22 +325,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(len(names) >= 2, "model.fusion", f"{config.model.fusion} needs at least 2 modalities")
 
   _validate_dataset(config)
-  if config.dataset.name == "synthetic":
-    syn = config.dataset.synthetic
-    for key in ("num_classes", "num_train", "num_validation", "num_test"):
-      _positive(config, f"dataset.synthetic.{key}", integer=True)
-    _require(syn.num_classes >= 2, "dataset.synthetic.num_classes", "needs at least 2 classes")
-    signal_names = set(syn.signal.keys())
-    for name in signal_names - set(names):
-      raise ConfigError(f"config.dataset.synthetic.signal.{name}: unknown modality "
-                        f"(configured modalities: {', '.join(names)})")
-    for name in names:
-      _require(name in signal_names, f"dataset.synthetic.signal.{name}",
-               "missing: the synthetic dataset needs a signal strength per modality")
-      _require(syn.signal[name] >= 0, f"dataset.synthetic.signal.{name}",
-               f"must be >= 0, got {syn.signal[name]!r}")
-    _require(syn.num_train >= config.batch_size, "batch_size",
-             f"{config.batch_size} is larger than the training split ({syn.num_train})")
   return config
 
 
@@ -435,27 +370,13 @@ def _validate_dataset(config) -> None:
   _positive(config, "dataset.device_budget_gib")
   _require(0 < ds.validation_fraction < 1, "dataset.validation_fraction",
            f"must be in (0, 1), got {ds.validation_fraction!r}")
-  if ds.name == "synthetic":
-    return
-  _require(bool(ds.raw_dir) or bool(ds.data_dir), "dataset.raw_dir",
-           f"the {ds.name} dataset is built from raw files: set dataset.raw_dir "
-           "(or dataset.data_dir to where it is already prepared)")
-  if ds.name == "av_digits":
-    _one_of(ds.av_digits.split, ("speaker", "index"), "dataset.av_digits.split")
-    _require(ds.av_digits.image_noise >= 0, "dataset.av_digits.image_noise", "must be >= 0")
-    _require(0 <= ds.av_digits.image_occlusion < 1, "dataset.av_digits.image_occlusion",
-             "must be in [0, 1)")
-  if ds.name in ("cremad", "ave", "kinetics_sounds"):
-    _require(ds[ds.name].frames >= 1, f"dataset.{ds.name}.frames", "must be >= 1")
-    _positive(config, f"dataset.{ds.name}.frame_size", integer=True)
-  if ds.name == "cremad":
-    _one_of(ds.cremad.pad_mode, ("reflect", "constant"), "dataset.cremad.pad_mode")
-  if ds.name == "ave":
-    _one_of(ds.ave.split, ("official", "random_80_20"), "dataset.ave.split")
-  if ds.name == "mmsa":
-    _require(bool(ds.mmsa.file), "dataset.mmsa.file", "name the MMSA pickle to read")
-    _one_of(ds.mmsa.label, ("three_class", "binary"), "dataset.mmsa.label")
-    _one_of(ds.mmsa.pooling, ("mean", "none"), "dataset.mmsa.pooling")
+  entry = DATASETS[ds.name]
+  if entry.from_raw:
+    _require(bool(ds.raw_dir) or bool(ds.data_dir), "dataset.raw_dir",
+             f"the {ds.name} dataset is built from raw files: set dataset.raw_dir "
+             "(or dataset.data_dir to where it is already prepared)")
+  if entry.check is not None:
+    entry.check(config)
 
 
 # SPEC §10: every difference of the seeds' PyTorch code, as (key, value).

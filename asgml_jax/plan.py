@@ -41,6 +41,7 @@ from asgml_jax.probes import ProbeConfig, probe_config_from
 from asgml_jax.run_dir import RunIdentity
 from asgml_jax.state import create_train_state
 from asgml_jax.tasks import Task
+from data_prep.registry import DATASETS
 
 TEACHER_PREFIX = methods.unimodal.VARIANT_PREFIX
 
@@ -64,7 +65,7 @@ class Plan:
     resolves its stack and the dataset's task."""
     config = config_schema.effective_config(config_schema.validate(config))
     return cls(config=config, methods=stack.resolve(config.method),
-               task=tasks.for_dataset(config.dataset.name))
+               task=tasks.TASKS[DATASETS[config.dataset.name].task])
 
   # -------------------------------------------------------------- identity
 

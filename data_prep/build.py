@@ -20,7 +20,8 @@ import argparse
 import ast
 import sys
 
-from asgml_jax.config_schema import DATASETS, ConfigError, base_config
+from asgml_jax.config_schema import ConfigError, base_config
+from data_prep.registry import DATASETS
 from data_prep.common import BadInputError, prepare
 
 

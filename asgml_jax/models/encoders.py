@@ -23,7 +23,7 @@ encoders (MMTM, Greedy) see all modalities at the same depth.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -173,25 +173,45 @@ def stage_count(kinds) -> int | None:
   return counts.pop() if len(counts) == 1 else None
 
 
+class EncoderKind(NamedTuple):
+  """One encoder name: how it is built from an `EncoderSpec`, and the example
+  shapes it takes (ranks without the batch axis; the schema checks them)."""
+  build: Callable[[Any, int, Any, str], nn.Module]   # (spec, feature_dim, dtype, name)
+  input_ranks: tuple[int, ...]
+  takes: str                                         # the shape, in words
+
+
+def _patch_transformer(spec, feature_dim, dtype, name):
+  return PatchTransformer(
+      feature_dim=feature_dim, patch_size=spec.patch_size, patch_stride=spec.patch_stride,
+      width=spec.transformer_width, depth=spec.transformer_depth,
+      heads=spec.transformer_heads, pooling=spec.transformer_pooling, dropout=spec.dropout,
+      dtype=dtype, name=name)
+
+
+_IMAGES = ((3, 4), "(H, W, C) or (T, H, W, C)")
+# Every encoder name, listed once: `modalities.<m>.encoder` is one of these.
+ENCODERS: dict[str, EncoderKind] = {
+    "resnet18": EncoderKind(
+        lambda spec, d, dtype, name: ResNet18(feature_dim=d, dtype=dtype, name=name), *_IMAGES),
+    "small_cnn": EncoderKind(
+        lambda spec, d, dtype, name: SmallCNN(feature_dim=d, width=spec.cnn_width, dtype=dtype,
+                                              name=name), *_IMAGES),
+    "mlp": EncoderKind(
+        lambda spec, d, dtype, name: MLPEncoder(feature_dim=d, hidden_dim=spec.mlp_hidden_dim,
+                                                dropout=spec.dropout, dtype=dtype, name=name),
+        (1,), "feature vectors (D,)"),
+    "vit": EncoderKind(_patch_transformer, *_IMAGES),
+    "ast": EncoderKind(_patch_transformer, *_IMAGES),
+    "transformer": EncoderKind(
+        lambda spec, d, dtype, name: SequenceTransformer(
+            feature_dim=d, width=spec.transformer_width, depth=spec.transformer_depth,
+            heads=spec.transformer_heads, pooling=spec.transformer_pooling, dropout=spec.dropout,
+            mask_in_last_column=spec.sequence_mask == "last_column", dtype=dtype, name=name),
+        (2,), "sequences (L, D)"),
+}
+
+
 def make_encoder(spec, feature_dim: int, dtype: Any, name: str) -> nn.Module:
   """The encoder an `EncoderSpec` names."""
-  kind = spec.encoder
-  if kind == "resnet18":
-    return ResNet18(feature_dim=feature_dim, dtype=dtype, name=name)
-  if kind == "small_cnn":
-    return SmallCNN(feature_dim=feature_dim, width=spec.cnn_width, dtype=dtype, name=name)
-  if kind == "mlp":
-    return MLPEncoder(feature_dim=feature_dim, hidden_dim=spec.mlp_hidden_dim,
-                      dropout=spec.dropout, dtype=dtype, name=name)
-  if kind in ("vit", "ast"):
-    return PatchTransformer(
-        feature_dim=feature_dim, patch_size=spec.patch_size, patch_stride=spec.patch_stride,
-        width=spec.transformer_width, depth=spec.transformer_depth,
-        heads=spec.transformer_heads, pooling=spec.transformer_pooling, dropout=spec.dropout,
-        dtype=dtype, name=name)
-  if kind == "transformer":
-    return SequenceTransformer(
-        feature_dim=feature_dim, width=spec.transformer_width, depth=spec.transformer_depth,
-        heads=spec.transformer_heads, pooling=spec.transformer_pooling, dropout=spec.dropout,
-        mask_in_last_column=spec.sequence_mask == "last_column", dtype=dtype, name=name)
-  raise ValueError(f"unknown encoder {kind!r} for modality {name!r}")
+  return ENCODERS[spec.encoder].build(spec, feature_dim, dtype, name)

@@ -25,7 +25,7 @@ modality (concat, sum), else None.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -127,19 +127,21 @@ class SharedFusion(nn.Module):
     return rate.astype(self.dtype) * total, split
 
 
+# Every fusion name, listed once: `model.fusion` is one of these;
+# (out_dim, names, condition modality, dtype) -> the fusion layer.
+FUSIONS: dict[str, Callable[..., nn.Module]] = {
+    "concat": lambda out, names, cond, dtype: ConcatFusion(out, dtype, name="fusion"),
+    "sum": lambda out, names, cond, dtype: SumFusion(out, tuple(names), dtype, name="fusion"),
+    "film": lambda out, names, cond, dtype: FiLMFusion(out, tuple(names), cond, dtype,
+                                                       name="fusion"),
+    "gated": lambda out, names, cond, dtype: GatedFusion(out, tuple(names), cond, dtype,
+                                                         name="fusion"),
+    "shared": lambda out, names, cond, dtype: SharedFusion(out, dtype, name="fusion"),
+    "shared_boost": lambda out, names, cond, dtype: SharedFusion(out, dtype, 0.01,
+                                                                 name="fusion"),
+}
+
+
 def make_fusion(kind: str, out_dim: int, names: Sequence[str], condition: str | None,
                 dtype: Any) -> nn.Module:
-  condition = condition or names[0]
-  if kind == "concat":
-    return ConcatFusion(out_dim, dtype, name="fusion")
-  if kind == "sum":
-    return SumFusion(out_dim, tuple(names), dtype, name="fusion")
-  if kind == "film":
-    return FiLMFusion(out_dim, tuple(names), condition, dtype, name="fusion")
-  if kind == "gated":
-    return GatedFusion(out_dim, tuple(names), condition, dtype, name="fusion")
-  if kind == "shared":
-    return SharedFusion(out_dim, dtype, name="fusion")
-  if kind == "shared_boost":
-    return SharedFusion(out_dim, dtype, 0.01, name="fusion")
-  raise ValueError(f"unknown fusion {kind!r}")
+  return FUSIONS[kind](out_dim, names, condition or names[0], dtype)

@@ -1,7 +1,7 @@
 """The tasks a run can train (`tasks/base.py` says what a task provides).
 
-Each dataset names its task (`data_prep/registry.py`); every dataset here is
-a classification dataset.
+Each dataset names its task in `data_prep/registry.py` (every dataset there
+is a classification dataset); the plan looks it up here.
 """
 
 from asgml_jax.tasks.base import Task
@@ -10,10 +10,4 @@ from asgml_jax.tasks.classification import CLASSIFICATION, Classification
 TASKS: dict[str, Task] = {CLASSIFICATION.name: CLASSIFICATION}
 
 
-def for_dataset(name: str) -> Task:
-  """The task of the dataset `name` (every dataset here: classification)."""
-  del name
-  return CLASSIFICATION
-
-
-__all__ = ["CLASSIFICATION", "Classification", "TASKS", "Task", "for_dataset"]
+__all__ = ["CLASSIFICATION", "Classification", "TASKS", "Task"]
