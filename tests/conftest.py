@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -10,6 +11,23 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+
+def _compile_faster() -> None:
+  """LLVM optimisation level 0 for the suite's programs: the suite is bound by
+  XLA compilation, and level 0 compiles a small CNN's train step in ~60 % of
+  the time (MLPs ~70 %). Results move in the last float bits, which every
+  comparison of the suite tolerates (tests/test_golden_variants.py states
+  the goldens' tolerance). Subprocesses inherit it; ASGML_TEST_XLA_OPT=full
+  keeps XLA's default. Set before JAX starts its backend."""
+  if os.environ.get("ASGML_TEST_XLA_OPT", "fast") == "full":
+    return
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "--xla_backend_optimization_level" not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
+
+
+_compile_faster()
 
 from asgml_jax.config_schema import base_config, modality_config  # noqa: E402
 
@@ -133,6 +151,14 @@ def jitted_step(config, *, steps_per_epoch: int = 6, lr_fn=None):
                                    probe_cfg=probe_cfg,
                                    parts=plan.step_parts(steps_per_epoch, spec.num_classes)))
   return state, step, batch
+
+
+@functools.cache
+def variant_record(variant: str) -> dict:
+  """`golden_steps.record(variant, "tiny")`, once per test process: the golden,
+  health and signal checks of a variant read one compiled program's steps."""
+  import golden_steps
+  return golden_steps.record(variant, "tiny")
 
 
 def with_stack(config, stack: str):

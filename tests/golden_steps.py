@@ -1,28 +1,31 @@
-"""Golden values of every method variant: a few train steps of the default config.
+"""Golden values of every method variant: a few train steps of one config.
 
-`record(variant)` runs 4 jitted train steps of `configs/default.py:<variant>`
+`record(variant, size)` runs 4 jitted train steps of `configs/default.py:<variant>`
 from seed 42 on four batches of the synthetic data, and returns the step
 metrics and, for every leaf of the params, batch statistics, optimizer state
-and probe state, its path, shape, sum and sum of absolute values (float64
-sums of the float32 leaf, exact for bit-identical arrays).
+and probe state, its path, shape, dtype, sum and sum of absolute values
+(float64 sums of the float32 leaf).
+
+Two sizes:
+- "tiny" (the default suite; `golden/variant_steps_tiny.json`): the default
+  config with 2-layer MLP encoders on vectors (16,) and (12,), 8-d features
+  (compiles in seconds);
+- "default" (`-m slow`; `golden/variant_steps.json`): the default config
+  itself, small CNNs with BatchNorm on 32x32x1 and 24x24x3 inputs.
 
 The windows that would otherwise stay closed in 4 steps are opened: one step
 per epoch, OPM's warm-up and ARL's start at epoch 1, probes refreshed every
-2 steps. Everything else is the default config.
+2 steps. Everything else is the config's.
 
-`python tests/golden_steps.py [variant ...]` rewrites
-`tests/golden/variant_steps.json` (every variant, or only those named); run it
-only when a change of numbers is intended, and say why in the commit.
+Both files were recorded by the code before the one-plan redesign (the
+default file before the method-modules refactor, re-recorded on purpose for
+cggm, agm, arl, arl_fixed and the three _seedcode variants when their
+reference fidelity was mended); `tests/test_golden_variants.py` states the
+tolerance they are reproduced to.
 
-Re-recorded on purpose since the refactor (issue 16, reference fidelity):
-cggm (the reference's 0.8 gradient-norm clip; its balance formula for S < 0);
-agm (zero-input passes in inference mode, the conditional clip); arl and
-arl_fixed (the unimodal CE on fc(cat(x_m, 0)), the full fusion bias);
-boost_ogm_seedcode, frequency_seedcode, staleness_seedcode (the seeds' model
-with its 512-d hidden layer and no ReLU, the boost noise of the scaled
-gradient, the seeds' staleness list rule).
-(inforeg's variant now gates both modalities by the audio window; in these 4
-steps both windows are open either way, so its values did not change.)
+`python tests/golden_steps.py [--size tiny|default] [variant ...]` rewrites a
+file (every variant, or only those named); run it only when a change of
+numbers is intended, and say why in the commit.
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-GOLDEN_FILE = os.path.join(HERE, "golden", "variant_steps.json")
+GOLDEN_FILES = {"default": os.path.join(HERE, "golden", "variant_steps.json"),
+                "tiny": os.path.join(HERE, "golden", "variant_steps_tiny.json")}
+GOLDEN_FILE = GOLDEN_FILES["default"]
 NUM_STEPS = 4
 BATCH = 32
 
-
-# The variants that existed when the file was recorded (before the method-modules
-# refactor); methods added since pin their numbers in their own tests.
+# The variants that existed when the default file was recorded (before the
+# method-modules refactor); methods added since pin their numbers in their own tests.
 RECORDED_VARIANTS = (
     "baseline", "ogm", "ogm_ge", "frequency", "frequency_control", "staleness", "adaptive",
     "boost", "boost_ogm", "boost_ogm_seedcode", "frequency_seedcode", "staleness_seedcode",
@@ -52,7 +56,18 @@ def golden_variants() -> tuple[str, ...]:
   return RECORDED_VARIANTS
 
 
-def golden_config(variant: str):
+def _tiny(config) -> None:
+  """MLP encoders on vectors, 8-d features (in place, config unlocked)."""
+  shapes = {"audio": (16,), "visual": (12,)}
+  for m in list(config.modalities):
+    mod = config.modalities[m]
+    mod.encoder, mod.input_shape, mod.mlp_hidden_dim = "mlp", shapes[m], 16
+  config.model.feature_dim = 8
+  config.dataset.synthetic.num_train = NUM_STEPS * BATCH
+
+
+def golden_config(variant: str, size: str = "default"):
+  """The validated config of `variant` at `size`, its windows opened."""
   from asgml_jax.config_schema import effective_config, validate
   from configs import default
   config = default.get_config(variant)
@@ -61,6 +76,8 @@ def golden_config(variant: str):
     config.method.arl.start_epoch = 1
     config.probes.eval_freq = 2
     config.probes.train_steps = 2
+    if size == "tiny":
+      _tiny(config)
   return effective_config(validate(config))
 
 
@@ -75,12 +92,14 @@ def _leaves(tree) -> list:
   return out
 
 
-def record(variant: str) -> dict:
+def record(variant: str, size: str = "default") -> dict:
+  """4 steps' metrics and the final state's leaves (module docstring); "health"
+  is the state's non-finite record ([-1, -1] when every step was finite)."""
   import jax.numpy as jnp
   from conftest import jitted_step
   from data_prep.synthetic import SyntheticSpec, generate_split
 
-  config = golden_config(variant)
+  config = golden_config(variant, size)
   state, step, _ = jitted_step(config, steps_per_epoch=1)
   data = generate_split(SyntheticSpec.from_config(config), "train")
   metrics = []
@@ -91,26 +110,32 @@ def record(variant: str) -> dict:
     metrics.append({k: float(v) for k, v in sorted(m.items())})
   return {"metrics": metrics,
           "params": _leaves(state.params), "batch_stats": _leaves(state.batch_stats),
-          "opt_state": _leaves(state.opt_state), "probe_state": _leaves(state.probe_state)}
+          "opt_state": _leaves(state.opt_state), "probe_state": _leaves(state.probe_state),
+          "health": [int(x) for x in np.asarray(state.health)]}
 
 
 def main() -> None:
   sys.path.insert(0, HERE)
-  os.makedirs(os.path.dirname(GOLDEN_FILE), exist_ok=True)
-  only = sys.argv[1:]
-  unknown = sorted(set(only) - set(golden_variants()))
+  args = sys.argv[1:]
+  size = "default"
+  if args[:1] == ["--size"]:
+    size, args = args[1], args[2:]
+  path = GOLDEN_FILES[size]
+  unknown = sorted(set(args) - set(golden_variants()))
   if unknown:
     sys.exit(f"error: not recorded variants: {', '.join(unknown)}")
   out = {}
-  if only:
-    with open(GOLDEN_FILE) as f:
+  if args:
+    with open(path) as f:
       out = json.load(f)
-  for variant in only or golden_variants():
-    print(f"recording {variant}", flush=True)
-    out[variant] = record(variant)
-  with open(GOLDEN_FILE, "w") as f:
+  for variant in args or golden_variants():
+    print(f"recording {variant} ({size})", flush=True)
+    out[variant] = record(variant, size)
+    out[variant].pop("health")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
     json.dump(out, f, indent=0, sort_keys=True)
-  print(f"wrote {GOLDEN_FILE}")
+  print(f"wrote {path}")
 
 
 if __name__ == "__main__":

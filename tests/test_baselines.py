@@ -17,7 +17,7 @@ import pytest
 
 from asgml_jax import loop
 from asgml_jax.plan import Plan
-from conftest import jitted_step, tiny_config, tiny_mlp_config
+from conftest import jitted_step, tiny_config, tiny_mlp_config, variant_record
 
 
 def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
@@ -769,34 +769,53 @@ def test_weight_one_methods_match_joint_training_when_nothing_conflicts(tfds_dir
 
 
 VARIANTS = ["mmpareto", "pcgrad", "dwa", "gradnorm", "opm", "cggm", "inforeg", "agm",
-            "miles", "pmr", "arl", "arl_fixed", "gblend", "unimodal_audio", "unimodal_visual"]
+            "miles", "pmr", "arl", "arl_fixed", "gblend", "unimodal_audio"]
+EXPECTED_SIGNAL = {"mmpareto": "mmpareto/gamma_audio", "pcgrad": "pcgrad/conflicts_fused",
+                   "dwa": "task_weight_fused", "gradnorm": "task_weight_visual",
+                   "opm": "opm/drop_prob_audio", "cggm": "cggm/balance_audio",
+                   "inforeg": "inforeg/window_k_audio", "agm": "agm/coeff_visual",
+                   "miles": "miles/lr_scale_audio", "pmr": "pmr/score_visual",
+                   "arl": "arl/weight_audio", "arl_fixed": "arl/grad_scale_visual",
+                   "gblend": "task_weight_fused"}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_baseline_variants_train_and_log_their_signals(tmp_path, tfds_dir, variant):
-  from asgml_jax import train
+def test_baseline_variants_step_healthily_and_log_their_signals(variant):
+  """Four steps of each variant (the golden record, one compiled program for the
+  golden, health and signal checks): nothing non-finite, the variant's signal
+  among the step's metrics."""
+  record = variant_record(variant)
+  assert record["health"] == [-1, -1], variant
+  last = record["metrics"][-1]
+  assert all(np.isfinite(v) for v in last.values()), variant
+  if variant in EXPECTED_SIGNAL:
+    assert EXPECTED_SIGNAL[variant] in last, f"{variant} logs no {EXPECTED_SIGNAL[variant]}"
+
+
+@pytest.mark.parametrize("variant", ["unimodal_audio", "unimodal_visual"])
+def test_unimodal_variants_keep_one_modality(tfds_dir, variant):
   from configs.variants import apply_variant
-  config = apply_variant(tiny_mlp_config(tfds_dir, num_epochs=1), variant)
-  summary = train.train_and_evaluate(config, str(tmp_path / variant))
-  assert summary["method"] == config.method.name and "error" not in summary
+  plan = Plan.build(apply_variant(tiny_mlp_config(tfds_dir), variant))
+  assert sorted(plan.config.modalities) == [variant.removeprefix("unimodal_")]
+  assert plan.identity.method == "unimodal" and plan.identity.label == variant
+
+
+def test_a_variant_run_writes_its_config_summary_and_signals_to_tensorboard(tmp_path, tfds_dir):
+  """G-Blending end to end (a combiner, an epoch hook that trains branch copies):
+  its summary, config.json and the loss weights in TensorBoard, finite."""
+  from asgml_jax import train
+  from asgml_jax.report import train_signals
+  from asgml_jax.run_dir import train_tag
+  from configs.variants import apply_variant
+  config = apply_variant(tiny_mlp_config(tfds_dir, num_epochs=1), "gblend")
+  summary = train.train_and_evaluate(config, str(tmp_path / "gblend"))
+  assert summary["method"] == "gblend" and "error" not in summary
   assert 0.0 <= summary["final"]["test"]["accuracy"] <= 1.0
-  with open(os.path.join(tmp_path, variant, "config.json")) as f:
-    saved = json.load(f)
-  if variant.startswith("unimodal_"):
-    assert sorted(saved["modalities"]) == [variant.removeprefix("unimodal_")]
-  expected_signal = {"mmpareto": "mmpareto/gamma_audio", "pcgrad": "pcgrad/conflicts_fused",
-                     "dwa": "task_weight_fused", "gradnorm": "task_weight_visual",
-                     "opm": "opm/drop_prob_audio", "cggm": "cggm/balance_audio",
-                     "inforeg": "inforeg/window_k_audio", "agm": "agm/coeff_visual",
-                     "miles": "miles/lr_scale_audio", "pmr": "pmr/score_visual",
-                     "arl": "arl/weight_audio", "arl_fixed": "arl/grad_scale_visual",
-                     "gblend": "task_weight_fused"}.get(variant)
-  if expected_signal:  # logged to TensorBoard, finite
-    from asgml_jax.report import train_signals
-    from asgml_jax.run_dir import train_tag
-    tag = train_tag(expected_signal.replace("/", "__"))
-    signals = train_signals(str(tmp_path / variant), [tag])
-    assert tag in signals and np.all(np.isfinite(signals[tag][1]))
+  with open(os.path.join(tmp_path, "gblend", "config.json")) as f:
+    assert json.load(f)["method"]["name"] == "gblend"
+  tag = train_tag(EXPECTED_SIGNAL["gblend"].replace("/", "__"))
+  signals = train_signals(str(tmp_path / "gblend"), [tag])
+  assert tag in signals and np.all(np.isfinite(signals[tag][1]))
 
 
 def test_unimodal_variant_names_a_configured_modality(tfds_dir):
