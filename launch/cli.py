@@ -110,12 +110,13 @@ def report(err: BaseException) -> None:
   sys.exit(exit_code(err))
 
 
-def run(main) -> None:
+def run(main, argv=None) -> None:
   """`app.run(main)` with flag mistakes, stop signals and user errors
-  (`user_errors`) as one line each; a real bug keeps its traceback."""
+  (`user_errors`) as one line each; a real bug keeps its traceback. argv:
+  the command line (default sys.argv; the tests run launchers in-process)."""
   interrupts.install()
   try:
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, argv=argv, flags_parser=_parse_flags)
   except interrupts.Interrupted as stop:
     print(stop.line(), file=sys.stderr, flush=True)
     sys.exit(stop.exit_code)

@@ -29,6 +29,15 @@ def _compile_faster() -> None:
 
 _compile_faster()
 
+
+def full_optimisation_env() -> dict:
+  """The environment for a subprocess whose time goes into running steps, not
+  compiling them (a real dataset trained for epochs): XLA's default level."""
+  flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                   if not f.startswith("--xla_backend_optimization_level"))
+  return dict(os.environ, XLA_FLAGS=flags, ASGML_TEST_XLA_OPT="full", JAX_PLATFORMS="cpu",
+              TF_CPP_MIN_LOG_LEVEL="3")
+
 from asgml_jax.config_schema import base_config, modality_config  # noqa: E402
 
 
@@ -55,6 +64,35 @@ def _share_compilations_within_the_session() -> None:
 
 _OWN_CACHE_DIR = None
 _share_compilations_within_the_session()
+
+
+# Every test file's tier (`-m unit`, `-m methods`, `-m integration`); `slow`
+# tests are marked where they are written.
+TIERS = {
+    "unit": ("test_boost", "test_ogm_ge", "test_schedule", "test_probes", "test_models",
+             "test_optim_and_step", "test_composition", "test_config",
+             "test_synthetic_and_metrics", "test_xla_flags", "test_import_layers",
+             "test_no_method_names_in_the_trainer", "test_audio_features"),
+    "methods": ("test_baselines", "test_balancebenchmark_methods", "test_reference_fidelity",
+                "test_aug", "test_dgl", "test_di_mml", "test_g2d", "test_greedy", "test_iprm",
+                "test_mslr", "test_valuation", "test_method_stacks", "test_golden_variants",
+                "test_seed_code"),
+    "integration": ("test_train_end_to_end", "test_sweep", "test_parallel", "test_multiprocess",
+                    "test_stop_signals_and_lock", "test_one_line_errors",
+                    "test_checkpoint_integrity", "test_compile_cache", "test_data_prep",
+                    "test_own_data", "test_pretrained", "test_report",
+                    "test_augment_and_real_training", "test_transformer_encoders",
+                    "test_slow_imbalance", "test_slow_kill_resume", "test_slow_mixed_precision"),
+}
+_TIER_OF = {name: tier for tier, names in TIERS.items() for name in names}
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    name = item.path.stem
+    if name not in _TIER_OF:
+      raise pytest.UsageError(f"tests/{name}.py has no tier: add it to TIERS in tests/conftest.py")
+    item.add_marker(getattr(pytest.mark, _TIER_OF[name]))
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -151,6 +189,29 @@ def jitted_step(config, *, steps_per_epoch: int = 6, lr_fn=None):
                                    probe_cfg=probe_cfg,
                                    parts=plan.step_parts(steps_per_epoch, spec.num_classes)))
   return state, step, batch
+
+
+def train_cli_in_process(args: list[str], capsys) -> tuple[int, str, str]:
+  """`python -m launch.train *args` run in this process: (exit code, stdout,
+  stderr). The flags are parsed afresh each time; one subprocess test per
+  launcher checks the real command (tests/test_augment_and_real_training.py)."""
+  from absl import flags
+  from launch import cli
+  from launch import train as launch_train
+  flags.FLAGS.unparse_flags()
+  capsys.readouterr()
+  argv, saved = ["launch.train", *args], sys.argv
+  sys.argv = argv   # ml_collections' config flag reads its overrides from sys.argv
+  try:
+    cli.run(launch_train.main, argv=argv)
+    code = 0
+  except SystemExit as stop:
+    code = stop.code if isinstance(stop.code, int) else 1
+  finally:
+    sys.argv = saved
+    flags.FLAGS.unparse_flags()
+  out = capsys.readouterr()
+  return code, out.out, out.err
 
 
 @functools.cache

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,7 @@ import pytest
 
 import raw_fixtures as rf
 from asgml_jax import augment
-from conftest import ROOT
+from conftest import ROOT, full_optimisation_env
 
 
 def test_crop_box_stays_inside_and_follows_the_area_and_ratio_limits():
@@ -85,18 +87,21 @@ def test_cremad_layout_trains_end_to_end_with_device_augmentation(tmp_path):
 
 
 def test_av_digits_baseline_trains_clearly_above_chance(tfds_dir, tmp_path):
-  """CI builds AV-Digits from ../shared/data and trains the baseline a few epochs."""
+  """CI builds AV-Digits from ../shared/data and trains the baseline a few epochs,
+  through `launch.train` as a user would (the launcher's smoke test; XLA's
+  default optimisation: this test's time is in running steps)."""
   shared = os.path.join(os.path.dirname(ROOT), "shared", "data")
   if not os.path.isdir(shared):
     pytest.skip(f"{shared} not present")
-  from asgml_jax.train import train_and_evaluate
-  from configs.av_digits import get_config
-  c = get_config("baseline")
-  c.dataset.data_dir = tfds_dir
-  c.dataset.raw_dir = shared
-  c.num_epochs = 4
-  summary = train_and_evaluate(c, str(tmp_path / "run"))
-  best = summary["at_best_val"]
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "launch.train", "--config", "configs/av_digits.py:baseline",
+       "--workdir", str(workdir), f"--config.dataset.data_dir={tfds_dir}",
+       f"--config.dataset.raw_dir={shared}", "--config.num_epochs=4"],
+      cwd=ROOT, env=full_optimisation_env(), capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "done: best val acc" in proc.stdout
+  best = json.loads((workdir / "summary.json").read_text())["at_best_val"]
   print("AV-Digits baseline, 4 epochs:", json.dumps(best))
   assert best["validation"]["accuracy"] > 0.25  # chance is 0.10
   assert best["test"]["accuracy"] > 0.2

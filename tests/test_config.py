@@ -1,13 +1,11 @@
 """Config validation: every bad config fails at start with one line naming the key."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 from asgml_jax.config_schema import ConfigError, validate
-from conftest import ROOT, tiny_config
+from conftest import tiny_config, train_cli_in_process
 
 
 def _error(mutate) -> str:
@@ -70,26 +68,20 @@ def test_modality_without_signal_is_named():
     validate(config)
 
 
-def test_command_line_rejects_bad_value_with_one_line(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  result = subprocess.run(
-      [sys.executable, "-m", "launch.train", "--config", "configs/default.py",
-       "--workdir", str(tmp_path / "run"), "--config.batch_size=0"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1] == (
+def test_command_line_rejects_bad_value_with_one_line(tmp_path, capsys):
+  code, _, err = train_cli_in_process(["--config", "configs/default.py", "--workdir",
+                                       str(tmp_path / "run"), "--config.batch_size=0"], capsys)
+  assert code == 2
+  assert err.strip().splitlines()[-1] == (
       "error: config.batch_size: must be a positive integer, got 0")
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
-def test_command_line_rejects_unknown_override(tmp_path):
-  result = subprocess.run(
-      [sys.executable, "-m", "launch.train", "--config", "configs/default.py",
-       "--workdir", str(tmp_path / "run"), "--config.model.fuson=sum"],
-      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
-      timeout=300)
-  assert result.returncode != 0
-  assert "fuson" in result.stderr
+def test_command_line_rejects_unknown_override(tmp_path, capsys):
+  code, _, err = train_cli_in_process(["--config", "configs/default.py", "--workdir",
+                                       str(tmp_path / "run"), "--config.model.fuson=sum"], capsys)
+  assert code != 0
+  assert "fuson" in err
 
 
 def test_a_workdir_refuses_another_config_but_not_keys_added_since_at_their_default(tmp_path):

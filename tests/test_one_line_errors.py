@@ -13,7 +13,7 @@ import pytest
 
 from asgml_jax import input_pipeline, programs, run_dir, train
 from asgml_jax.config_schema import ConfigError
-from conftest import ROOT, tiny_mlp_config
+from conftest import ROOT, tiny_mlp_config, train_cli_in_process
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
 
@@ -38,12 +38,13 @@ def _train_cli(tmp_path, *args, workdir=None):
     (["--config", "configs/default.py", "--config.num_epochs=two"],
      "error: --config.num_epochs=two: invalid literal for int()"),
 ])
-def test_flag_mistakes_are_one_line(tmp_path, args, line):
-  result, workdir = _train_cli(tmp_path, *args)
-  assert result.returncode == 2, result.stderr[-2000:]
-  assert "Traceback" not in result.stderr, result.stderr[-3000:]
-  assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-  assert result.stderr.strip().startswith(line), result.stderr
+def test_flag_mistakes_are_one_line(tmp_path, capsys, args, line):
+  workdir = str(tmp_path / "run")
+  code, _, err = train_cli_in_process(["--workdir", workdir, *args], capsys)
+  assert code == 2, err[-2000:]
+  assert "Traceback" not in err, err[-3000:]
+  assert err.strip().splitlines() == [err.strip()]
+  assert err.strip().startswith(line), err
   assert not os.path.exists(workdir)
 
 

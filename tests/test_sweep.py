@@ -57,6 +57,20 @@ def test_three_seeds_in_one_program_equal_three_separate_runs(tmp_path, tfds_dir
   assert len(finals) == len(SEEDS), "seeds must differ (own init, data order, GE noise)"
 
 
+def test_a_one_seed_sweep_is_a_single_run(tmp_path, tfds_dir, capsys):
+  """One loop: `train_sweep` with one seed and `train_and_evaluate` run the same
+  program, so their summaries agree in every number (not only to a tolerance)."""
+  from asgml_jax import sweep, train
+  config = tiny_mlp_config(tfds_dir)
+  config.method.name = "ogm_ge"
+  single = train.train_and_evaluate(with_seed(config, 7), str(tmp_path / "single"))
+  (swept,) = sweep.train_sweep(config, [7], [str(tmp_path / "sweep")])
+  assert "sweep:" not in capsys.readouterr().out   # no seed axis: the single run's program
+  skip = {"workdir", "seconds_per_epoch"}
+  assert {k: v for k, v in single.items() if k not in skip} == \
+      {k: v for k, v in swept.items() if k not in skip}
+
+
 @pytest.mark.parametrize("variant,field", [("miles", "miles_lr_scale"),
                                            ("pmr", "pmr_prototypes"),
                                            ("gblend", "task_weights")])

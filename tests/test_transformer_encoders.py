@@ -127,7 +127,7 @@ def test_ogm_conv_leaves_are_the_patch_embeddings(tfds_dir):
   assert {k.rsplit("/", 2)[-2] for k in min_2d if k.endswith("/bias")} == {"query", "key", "value"}
 
 
-@pytest.mark.parametrize("variant", ["baseline", "boost_ogm"])
+@pytest.mark.parametrize("variant", ["baseline", pytest.param("boost_ogm", marks=pytest.mark.slow)])
 def test_transformers_train_an_epoch(tmp_path, tfds_dir, variant):
   from asgml_jax import train
   c = apply_variant(_tiny_transformers(tfds_dir), variant)
