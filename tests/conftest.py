@@ -195,12 +195,16 @@ def train_cli_in_process(args: list[str], capsys) -> tuple[int, str, str]:
   """`python -m launch.train *args` run in this process: (exit code, stdout,
   stderr). The flags are parsed afresh each time; one subprocess test per
   launcher checks the real command (tests/test_augment_and_real_training.py)."""
+  import logging as python_logging
+
   from absl import flags
+  from absl import logging as absl_logging
   from launch import cli
   from launch import train as launch_train
   flags.FLAGS.unparse_flags()
   capsys.readouterr()
   argv, saved = ["launch.train", *args], sys.argv
+  handlers, verbosity = list(python_logging.root.handlers), absl_logging.get_verbosity()
   sys.argv = argv   # ml_collections' config flag reads its overrides from sys.argv
   try:
     cli.run(launch_train.main, argv=argv)
@@ -210,6 +214,9 @@ def train_cli_in_process(args: list[str], capsys) -> tuple[int, str, str]:
   finally:
     sys.argv = saved
     flags.FLAGS.unparse_flags()
+    # absl's app.run routes Python logging to stderr: undo it for the next tests
+    python_logging.root.handlers[:] = handlers
+    absl_logging.set_verbosity(verbosity)
   out = capsys.readouterr()
   return code, out.out, out.err
 

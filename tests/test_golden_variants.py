@@ -26,7 +26,6 @@ variant serves all three).
 
 import json
 
-import numpy as np
 import pytest
 
 import golden_steps
