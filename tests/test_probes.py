@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from asgml_jax.probes import ProbeConfig, init_probe_state, refresh, utilization_gap
-from conftest import jitted_step, tiny_config
+from conftest import jitted_step, tiny_config, tiny_mlp_config
 
 
 @pytest.mark.parametrize("method", ["baseline", "boost_ogm"])
@@ -18,7 +18,7 @@ def test_encoder_gradients_identical_whatever_the_probes_do(method):
   optimizer does not read the probe scores, so are the updated encoder params."""
   results = []
   for train_steps, lr in ((10, 1e-3), (1, 0.5)):
-    config = tiny_config("/tmp/unused")
+    config = tiny_mlp_config("/tmp/unused")
     config.method.name = method
     config.probes.train_steps, config.probes.learning_rate = train_steps, lr
     state, step, batch = jitted_step(config)
