@@ -25,7 +25,9 @@ tolerance they are reproduced to.
 
 `python tests/golden_steps.py [--size tiny|default] [variant ...]` rewrites a
 file (every variant, or only those named); run it only when a change of
-numbers is intended, and say why in the commit.
+numbers is intended, and say why in the commit. With `--out FILE` it writes
+the records to FILE instead and leaves the goldens alone (how the slow test
+computes the default config's records in a process of its own).
 """
 
 from __future__ import annotations
@@ -117,22 +119,26 @@ def record(variant: str, size: str = "default") -> dict:
 def main() -> None:
   sys.path.insert(0, HERE)
   args = sys.argv[1:]
-  size = "default"
-  if args[:1] == ["--size"]:
-    size, args = args[1], args[2:]
-  path = GOLDEN_FILES[size]
+  size, out_file = "default", None
+  while args[:1] in (["--size"], ["--out"]):
+    if args[0] == "--size":
+      size = args[1]
+    else:
+      out_file = args[1]
+    args = args[2:]
+  path = out_file or GOLDEN_FILES[size]
   unknown = sorted(set(args) - set(golden_variants()))
   if unknown:
     sys.exit(f"error: not recorded variants: {', '.join(unknown)}")
   out = {}
-  if args:
+  if args and not out_file:
     with open(path) as f:
       out = json.load(f)
   for variant in args or golden_variants():
     print(f"recording {variant} ({size})", flush=True)
     out[variant] = record(variant, size)
     out[variant].pop("health")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
     json.dump(out, f, indent=0, sort_keys=True)
   print(f"wrote {path}")
