@@ -73,7 +73,7 @@ def modality_config(encoder: str = "small_cnn", input_shape=(32, 32, 1),
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every key an experiment may set, with the SPEC §6 defaults.
+  """Every key an experiment may set, with the paper protocol's defaults.
 
   `config_dict.placeholder(T)` below is ml_collections' typed None: the key
   defaults to None and `--config.key=...` is still type-checked as T. None
@@ -88,7 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
   # or stack of methods, as "a+b"). Set it to tell apart runs of one
   # method with different settings (an ablation).
   c.label = ""
-  # Seeds of `launch.sweep` when --seeds is not given (SPEC §6: 42, 0, 1, 2, 3;
+  # Seeds of `launch.sweep` when --seeds is not given (the paper protocol: 42, 0, 1, 2, 3;
   # the 3-frame CREMA-D config uses 42, 123, 456, 789, 1024).
   c.sweep_seeds = (42, 0, 1, 2, 3)
 
@@ -143,7 +143,7 @@ def base_config() -> ml_collections.ConfigDict:
       compute_dtype="float32",
   ))
 
-  # Decoupled probes (SPEC §3), on in every run: they only watch.
+  # Decoupled probes (docs/methods.md, decoupled probes), on in every run: they only watch.
   c.probes = ml_collections.ConfigDict(dict(
       kind="linear",          # linear | mlp_1layer
       hidden_dim=256,
@@ -163,7 +163,7 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.loss = ml_collections.ConfigDict(dict(
-      unimodal_weight=1.0,  # gamma of SPEC §2; 0 disables the unimodal terms
+      unimodal_weight=1.0,  # gamma of the loss (docs/methods.md); 0 disables the unimodal terms
   ))
 
   # The methods (asgml_jax/methods/): `stack` composes several, a
@@ -176,7 +176,7 @@ def base_config() -> ml_collections.ConfigDict:
       stack="",
       # Which implementation each method follows:
       # design: this project's (documented in each method module);
-      # seed_code: every difference of the seeds' PyTorch code (SPEC §10), the
+      # seed_code: every difference of the seeds' PyTorch code (docs/methods.md, protocols), the
       #   options of `SEED_CODE_PRESET` forced whatever they are set to;
       # reference: each method of the stack as its public repository trains it
       #   (its variant's settings and its `reference` options forced).
@@ -379,7 +379,7 @@ def _validate_dataset(config) -> None:
     entry.check(config)
 
 
-# SPEC §10: every difference of the seeds' PyTorch code, as (key, value).
+# docs/methods.md, protocols: every difference of the seeds' PyTorch code, as (key, value).
 _GENERIC_SEED_CODE = (
     ("probes.ema_init", "zero"),
     ("probes.learning_rate", 1e-3),
@@ -404,8 +404,9 @@ def protocol_of(config) -> str:
 
 
 def effective_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config a run uses: its protocol's settings forced (SPEC §10's preset for
-  seed_code; each stacked method's reference settings for reference)."""
+  """The config a run uses: its protocol's settings forced (for seed_code the
+  seeds' settings, docs/methods.md, protocols; for reference each stacked
+  method's reference settings)."""
   protocol = protocol_of(config)
   if protocol == "design":
     return config

@@ -85,7 +85,7 @@ def joint_schedule(inner) -> optax.GradientTransformationExtraArgs:
 
 
 def make_optimizer(config, parts: list) -> optax.GradientTransformationExtraArgs:
-  """The full gradient transformation of a run from its stack's parts (SPEC §4.5):
+  """The full gradient transformation of a run from its stack's parts (docs/methods.md):
 
       chain(combiner?, edits by rank..., schedule(inner), post..., lr_scales?)
 

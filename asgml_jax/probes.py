@@ -4,7 +4,7 @@ A probe measures how much class information an encoder's features carry
 (its *utilization score*) without influencing the encoder: its inputs are
 `jax.lax.stop_gradient(features)` and it has its own parameters, optimizer
 (Adam, as the research code) and state, none of which is part of the model's
-parameter tree. Every `eval_freq` steps (SPEC §3) the batch is split in
+parameter tree. Every `eval_freq` steps (docs/methods.md, decoupled probes) the batch is split in
 halves: the probes take `train_steps` steps on the first half and are scored
 on the second (an honest, held-out signal). The scores feed boost/adaptive
 through an EMA (α = 0.1) initialised at the first measurement (design) or at

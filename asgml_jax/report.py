@@ -1,7 +1,7 @@
 """Sweep reports: mean ± std over seeds per variant, as tables (md/CSV/JSON) and plots.
 
 Reads ordinary run directories (a single run's or a sweep's
-<variant>/seed_<s>): `summary.json` for the run summary (SPEC §7), the
+<variant>/seed_<s>): `summary.json` for the run summary (docs/methods.md, metrics), the
 eval history kept in the latest checkpoint's meta, and the per-step train
 signals from the TensorBoard event files. Runs are grouped into variants by
 their config (the variant or the stack of methods, `_seedcode` when the seeds'

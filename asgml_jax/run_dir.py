@@ -117,7 +117,7 @@ def check_config_matches_workdir(config, workdir: str, defaults: dict) -> None:
 
 
 def summarize(history: list[dict], config, workdir: str, identity: RunIdentity) -> dict:
-  """Run summary (SPEC §7): best-by-validation, final, convergence, wall-clock."""
+  """Run summary (docs/methods.md, metrics): best-by-validation, final, convergence, wall-clock."""
   key = identity.selection_metric
   best = max(history, key=lambda h: (h["validation"][key], -h["epoch"]))
   final = history[-1]
@@ -131,7 +131,7 @@ def summarize(history: list[dict], config, workdir: str, identity: RunIdentity) 
       "at_best_val": {"validation": best["validation"], "test": best["test"]},
       "final": {"validation": final["validation"], "test": final["test"]},
       "convergence_epoch": convergence,
-      # SPEC §7: mean probe utilization gap over the last 10 epochs.
+      # docs/methods.md, metrics: mean probe utilization gap over the last 10 epochs.
       "utilization_gap_last10": {
           split: float(np.mean([h[split]["utilization_gap"] for h in history[-10:]]))
           for split in ("validation", "test")},

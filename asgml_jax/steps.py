@@ -1,7 +1,7 @@
 """Pure, module-level train and eval steps.
 
 `train_step` is the whole of one optimisation step as a function of pytrees:
-forward, the loss of SPEC §2, gradients, per-modality signals, and an explicit
+forward, the loss (docs/methods.md), gradients, per-modality signals, and an explicit
 `tx.update(grads, opt_state, params, **extra_args)` (Flax's
 `TrainState.apply_gradients` cannot pass extra args, so it is not used).
 Static things (model, tx, loss weight) are bound with functools.partial before
@@ -30,7 +30,7 @@ def multimodal_loss(outputs: Mapping[str, Any], batch: Mapping[str, jnp.ndarray]
                     unimodal_logits: Mapping[str, jnp.ndarray] | None = None,
                     task: Task = CLASSIFICATION):
   """L = ℓ(fused) + γ·Σ_m gate_m·ℓ(unimodal_m), ℓ the task's head loss
-  (classification: cross-entropy, SPEC §2).
+  (classification: cross-entropy, docs/methods.md, model and loss).
 
   `update_gates[m]` is 1 when modality m's encoder updates this step (always,
   for joint training); a skipped modality's unimodal term is switched off.

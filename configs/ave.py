@@ -1,11 +1,11 @@
-"""AVE (SPEC §8): 28 classes, OGM-GE layout (audio_spec/*.pkl, visual/<id>/*.jpg).
+"""AVE (the README's data section): 28 classes, OGM-GE layout (audio_spec/*.pkl, visual/<id>/*.jpg).
 
 ResNet-18 on the pickled spectrogram and on 3 frames (stored at 256, cropped to
 224 on the device); official train/val/test lists. Set the raw directory with
 `--config.dataset.raw_dir` or $AVE_RAW_DIR. The spectrogram's shape is read
 from the raw files when the dataset is built; `input_shape` below is the
 OGM-GE one (257, 1004) and a mismatch is reported by name.
-Protocol as CREMA-D (SPEC §6); sweep seeds 42, 0, 1, 2, 3.
+Protocol as CREMA-D (the paper protocol); sweep seeds 42, 0, 1, 2, 3.
 """
 
 import os

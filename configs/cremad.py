@@ -1,4 +1,4 @@
-"""CREMA-D (SPEC §6, §8): ResNet-18 audio (257x188 spectrogram) + visual frames.
+"""CREMA-D (the README's data section): ResNet-18 audio (257x188 spectrogram) + visual frames.
 
 `configs/cremad.py:<variant>` is the 1-frame protocol (sweep seeds 42, 0, 1, 2, 3);
 `configs/cremad_3frame.py:<variant>` the 3-frame one. Raw data: the public

@@ -1,4 +1,4 @@
-"""CREMA-D, 3 frames per clip (SPEC §6: sweep seeds 42, 123, 456, 789, 1024).
+"""CREMA-D, 3 frames per clip (the paper protocol: sweep seeds 42, 123, 456, 789, 1024).
 
 Everything else as `configs/cremad.py`.
 """

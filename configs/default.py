@@ -8,7 +8,7 @@ Small CNN encoders and 64-d features keep a run to a few minutes on 2 CPU cores.
 Variants: `configs/default.py:<variant>`, one of `configs.variants.VARIANTS`
 (baseline, ogm, ogm_ge, frequency, frequency_control, staleness, adaptive,
 boost, boost_ogm and the `_seedcode` ones). Frequency throttles and staleness
-delays audio, the dominant modality here, as Phase 1 did on CREMA-D.
+delays audio, the dominant modality here, as ASGML's first CREMA-D experiments did.
 """
 
 from asgml_jax.config_schema import base_config, modality_config

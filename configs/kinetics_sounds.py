@@ -1,8 +1,8 @@
-"""Kinetics-Sounds (SPEC §8): raw videos, 128-bin fbank (1024 frames) + 3 frames.
+"""Kinetics-Sounds (the README's data section): raw videos, 128-bin fbank (1024 frames) + 3 frames.
 
 Raw directory (`--config.dataset.raw_dir` or $KS_RAW_DIR) with the videos and
 train/test[/validation] lists (data_prep/kinetics_sounds.py). Protocol as
-CREMA-D (SPEC §6); sweep seeds 42, 0, 1, 2, 3.
+CREMA-D (the paper protocol); sweep seeds 42, 0, 1, 2, 3.
 """
 
 import os

@@ -1,4 +1,4 @@
-"""CMU-MOSEI from MMSA's unaligned_39.pkl (SPEC §8): text, audio, vision; 3 classes.
+"""CMU-MOSEI from MMSA's unaligned_39.pkl (README, data): text, audio, vision; 3 classes.
 
 Each modality is mean-pooled over time when the dataset is built
 (data_prep/mmsa.py) and encoded by a 2-layer MLP. Name the pickle with

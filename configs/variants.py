@@ -8,7 +8,7 @@ A variant is a named preset over the method registry (asgml_jax/methods/):
 - named stacks (`boost_ogm` = the stack ogm_ge,boost with each part's preset
   and its own alphas; `baseline` = no method);
 - `<variant>_seedcode`: the variant with the seeds' PyTorch behaviour
-  (SPEC §10) through `method.protocol=seed_code`; any variant also runs
+  (docs/methods.md, protocols) through `method.protocol=seed_code`; any variant also runs
   as its reference repository trains it with `--config.method.protocol=reference`;
 - `unimodal_<modality>`: that one modality of the dataset alone (its encoder
   and the fusion layer as its classifier, no unimodal loss term).

@@ -1,6 +1,6 @@
 """AV-Digits: a spoken digit (FSDD) paired with a handwritten digit (MNIST).
 
-The project's real-data benchmark that trains on a CPU (SPEC §8). Raw layout
+The project's real-data benchmark that trains on a CPU (the README's data section). Raw layout
 (`manual_dir`, e.g. `../shared/data`):
 
     fsdd/recordings/{digit}_{speaker}_{index}.wav   8 kHz mono, 6 speakers x 10 x 50

@@ -92,7 +92,7 @@ def require_file(path: str, what: str) -> str:
 def carve_validation(ids, fraction: float, seed: int) -> tuple[list, list]:
   """(train, validation): a fixed, seeded `fraction` of `ids` held out.
 
-  For datasets without a validation split (SPEC §8): model selection must not
+  For datasets without a validation split (the README's data section): model selection must not
   look at test, so a validation set is carved from train. The carve-out is a
   function of the sorted ids and the seed only, never of directory order.
   """

@@ -9,7 +9,7 @@ Raw layout (`manual_dir`):
   NEU, HAP, SAD, FEA, DIS, ANG.
 - Split: OGM-GE's test list (744 clips, shipped as `splits/cremad_test.txt`);
   train is every other clip of the release (6,698 of 7,442); validation is a
-  fixed seeded fraction of train (SPEC §8), so test is never used to select.
+  fixed seeded fraction of train (the README's data section), so test is never used to select.
 - Audio: `audio.cremad_spectrogram` (22,050 Hz, tiled to 3 s, clipped, STFT
   512/353, log) -> (257, 188, 1) float32. Clips under 1 s are rejected:
   OGM-GE's `np.tile(x, 3)[:3 s]` gives them a shorter spectrogram.

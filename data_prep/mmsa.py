@@ -6,8 +6,9 @@ Da), "vision" (N, T, Dv), "regression_labels" (N,), optional "audio_lengths",
 
 - The dataset is named from its feature sizes (text/audio/vision): MOSI
   768/5/20, MOSEI 768/74/35, CH-SIMS 768/33/709. The seeds' "MOSEI"
-  `unaligned_39.pkl` has 768/33/709 features — it is CH-SIMS (SPEC §10) and is
-  built and named as such. Unknown sizes get a generic `mmsa_<Dt>_<Da>_<Dv>`.
+  `unaligned_39.pkl` has 768/33/709 features — it is CH-SIMS (the seeds'
+  code read it as MOSEI) and is built and named as such. Unknown sizes get
+  a generic `mmsa_<Dt>_<Da>_<Dv>`.
 - Each modality is mean-pooled over time, masking padding: audio/vision by
   their `*_lengths`, text by the BERT attention mask when the pickle has
   `text_bert` (else every step). Non-finite values (MOSEI's audio has -inf)

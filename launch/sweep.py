@@ -7,7 +7,7 @@ r"""Seed sweeps and method grids, each variant's seeds in one compiled program.
 Writes one ordinary run directory per (variant, seed): WORKDIR/<variant>/seed_<s>
 (config.json, checkpoints, TensorBoard events, summary.json), so
 `python -m launch.report WORKDIR` tabulates it and rerunning the same command
-resumes it. `--seeds` defaults to the config's `sweep_seeds` (SPEC §6).
+resumes it. `--seeds` defaults to the config's `sweep_seeds` (the paper protocol).
 Config overrides (`--config.num_epochs=5`) apply to every variant.
 """
 

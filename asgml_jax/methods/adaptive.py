@@ -1,10 +1,10 @@
-"""Adaptive staleness (SPEC §4.3): each encoder's update period τ_m from its
+"""Adaptive staleness (docs/methods.md): each encoder's update period τ_m from its
 normalised gradient-norm and loss-descent signals (or the probes').
 
 Stage `schedule` (`asgml_jax.transforms.schedule`, mode "adaptive",
 `AdaptiveConfig`); every key of `method.adaptive` is a field of that config.
 
-Reference: ASGML's own method (SPEC §4); the reference protocol is the design.
+Reference: ASGML's own method (docs/methods.md); its reference protocol is the design.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Probe-guided boost (SPEC §4.4): the encoders the decoupled probes find
+"""Probe-guided boost (docs/methods.md): the encoders the decoupled probes find
 under-used get their gradients scaled up.
 
 Math: `asgml_jax.transforms.boost`. Stage `edit`, after OGM-GE (rank 60):
-OGM-GE throttles the dominant, boost then pushes the weak (SPEC §4.5).
+OGM-GE throttles the dominant, boost then pushes the weak (docs/methods.md, composition).
 
-Reference: ASGML's own method (the research team's design, SPEC §4.4); the
+Reference: ASGML's own method (the research team's design, docs/methods.md); the
 reference protocol is the design.
 """
 

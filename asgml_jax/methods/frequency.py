@@ -1,4 +1,4 @@
-"""Frequency control (SPEC §4.1): throttled encoders update every k-th step;
+"""Frequency control (docs/methods.md): throttled encoders update every k-th step;
 and its control condition, which throttles the other modalities instead.
 
 Stage `schedule` (`asgml_jax.transforms.schedule`, mode "frequency"). The
@@ -6,7 +6,7 @@ throttled set is named in `method.frequency.throttled` or chosen every step by
 the probes ("probe": the highest utilization score; the control condition
 throttles the lowest).
 
-Reference: ASGML's own method (SPEC §4); the reference protocol is the design.
+Reference: ASGML's own method (docs/methods.md); its reference protocol is the design.
 """
 
 from __future__ import annotations

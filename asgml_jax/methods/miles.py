@@ -7,7 +7,7 @@ epoch hook reading the validation accuracies (fused and per unimodal head).
 Its variant gives each modality a separate head, judged on validation.
 
 Reference: no official code; the rule as a third-party reimplementation does
-it (BASELINES.md §MILES); the reference protocol is its variant's settings.
+it (docs/methods.md, the baselines); the reference protocol is its variant's settings.
 """
 
 from __future__ import annotations

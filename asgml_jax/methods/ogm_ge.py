@@ -1,9 +1,9 @@
 """OGM and OGM-GE (Peng et al., CVPR 2022): on-the-fly gradient modulation of
 the dominant encoder, with (GE) or without Gaussian gradient enhancement.
 
-The math is `asgml_jax.transforms.ogm_ge` (BASELINES.md §OGM-GE); this module
+The math is `asgml_jax.transforms.ogm_ge` (docs/methods.md, the baselines); this module
 binds it to `config.method.ogm` and places it in the `edit` stage before boost
-(SPEC §4.5: OGM-GE throttles the dominant, boost then pushes the weak).
+(docs/methods.md, composition: OGM-GE throttles the dominant, boost then pushes the weak).
 Both methods read the block `method.ogm`; they cannot stack with each other
 (the same modulation twice).
 
@@ -11,7 +11,7 @@ Reference: GeWu-Lab/OGM-GE_CVPR2022, main.py (`train_epoch`).
 
 Design vs reference (a choice the user sees, not an accident): by default the
 variants train on CE(fused) + γ·Σ CE(unimodal) with γ = 1 (as the seeds'
-code) and modulate every encoder leaf (SPEC §5: conv and dense, N
+code) and modulate every encoder leaf (docs/encoders.md: conv and dense, N
 modalities). The official code trains on CE(fused) alone and modulates only
 the 4-D (conv) gradients; `method.protocol=reference` sets both
 (`loss.unimodal_weight=0`, `method.ogm.leaves=conv`). Its optimizer (SGD lr

@@ -5,7 +5,7 @@ the parts the trainer gets from them.
 is empty, `config.method.name` does (a method, or a named stack such as
 `boost_ogm`; `baseline` is the empty stack). The order the user writes does
 not matter: parts run in the canonical order of `base.STAGES` (combine, edit
-by rank, schedule, post), which for the methods of SPEC §4.5 is
+by rank, schedule, post), which for ASGML's methods (docs/methods.md, composition) is
 chain(OGM-GE, boost, schedule(weight decay, momentum, lr)). Loss terms add up
 in the same order.
 
@@ -187,7 +187,7 @@ def plots() -> tuple[tuple[str, str], ...]:
 
 
 def seed_code_settings() -> tuple[tuple[str, Any], ...]:
-  """Every method's seed-code settings (SPEC §10), in registry order, once each."""
+  """Every method's seed-code settings (docs/methods.md), in registry order, once each."""
   out = {}
   for method in registry.all_methods():
     for key, value in method.protocols.seed_code:

@@ -1,9 +1,9 @@
-"""Staleness (SPEC §4.2): named encoders apply their gradient of τ steps ago.
+"""Staleness (docs/methods.md): named encoders apply their gradient of τ steps ago.
 
 Stage `schedule` (`asgml_jax.transforms.schedule`, mode "staleness"): a ring
 buffer of each stale encoder's last τ gradients lives in the optimizer state.
 
-Reference: ASGML's own method (SPEC §4); the reference protocol is the design.
+Reference: ASGML's own method (docs/methods.md); its reference protocol is the design.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Parameter tree (the contract every per-modality intervention relies on):
 `heads` holds the classifier after a `fusion_dim` layer and the per-modality
 unimodal heads, and exists only when the model needs one of them: for concat
 or sum fusion straight to classes, the unimodal logits are read off the fusion
-layer itself (split weight, SPEC §2), so there is nothing to put in `heads`
+layer itself (split weight, docs/methods.md, model and loss), so there is nothing to put in `heads`
 (unless `unimodal_heads="separate"`, the seeds' code). `logit_mixer` (only
 with `logit_mixer=True`, AMCo) is a Linear(C -> C) on the fused logits.
 `mid_fusion` (only with `mid_fusion="mmtm"`, Greedy) holds the MMTM blocks

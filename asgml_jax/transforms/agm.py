@@ -2,7 +2,7 @@
 of each modality's output scaled by c_m.
 
 Reference (Lingy12/AGM_ICCV2023, model/CREMAD_net.py `GradMod`, run/CREMAD_main.py
-`train`; BASELINES.md §AGM), for two modalities:
+`train`; docs/methods.md, the baselines), for two modalities:
 
 - m_a = ½(f(a,v) − f(0,v) + f(a,0)), m_v = ½(f(a,v) − f(a,0) + f(0,v)), f the
   fused logits with the other inputs zeroed; the loss is CE(m_a + m_v);

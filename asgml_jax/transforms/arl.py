@@ -2,7 +2,7 @@
 Learning") as an optax transformation plus a loss-weight schedule.
 
 Reference (shicaiwei123/ICCV2025-ARL, main_arl_variance.py and
-models/backbone.py `ResNet_weight`; BASELINES.md §ARL), two modalities:
+models/backbone.py `ResNet_weight`; docs/methods.md, the baselines), two modalities:
 
 - unimodal logits z_m from the shared fusion layer with the other
   modality's features zeroed (for concat fusion: the split logits with the
@@ -21,7 +21,7 @@ before the step's new w is computed, so the scaling uses the previous step's
 coefficients (0.5 each on the first step after `start`). `scaling="coefficients"`
 reproduces this: w is kept in the state and replaced after use.
 `scaling="fixed"` is the seeds' code, which multiplies every encoder
-gradient by 1 + 0.5 = 1.5 (kept on purpose, SPEC §10 style).
+gradient by 1 + 0.5 = 1.5 (kept on purpose, as the seed-code protocol keeps the seeds' choices).
 
 N modalities ([inferred]): d_other of m is the mean d of the other
 modalities, w = softmax(T·[d_other_m·q_m]_m); for N = 2 the reference.

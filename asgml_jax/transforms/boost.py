@@ -1,4 +1,4 @@
-"""Continuous boost (ASGML seed v2, SPEC §4.4): push the weak encoders harder.
+"""Continuous boost (ASGML seed v2, docs/methods.md): push the weak encoders harder.
 
 From the probe utilization scores s_m (EMA of split-batch probe accuracies):
   gap = max s − min s;          gap < 1e-8  ->  computed scale_m = 1

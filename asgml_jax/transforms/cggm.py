@@ -1,6 +1,6 @@
 """CGGM (Guo et al., NeurIPS 2024) as an optax transformation plus a loss term.
 
-Reference (zrguo/CGGM, src/msatrain.py; BASELINES.md §CGGM):
+Reference (zrguo/CGGM, src/msatrain.py; docs/methods.md, the baselines):
 
 - an auxiliary classifier per modality on the *detached* encoder features,
   with its own Adam (cls_lr); its CE updates the classifier only;

@@ -8,7 +8,7 @@ as `task_weights` (the tasks are ("fused", *modalities), as for DWA).
 writes them into this state.
 
 Weight rule (MultiBench, training_structures/gradient_blend.py,
-`train_unimodal` / `train_multimodal` with delta=False; BASELINES.md
+`train_unimodal` / `train_multimodal` with delta=False; docs/methods.md, the baselines
 §G-Blending): w_k = |L^V_k / O_k²| with O_k = L^V_k − L^T_k, the holdout and
 train losses of a copy of task k's branch trained gb_epoch epochs after the
 training; O_k < 0 (the holdout loss below the train loss) is set to 1e-4, so

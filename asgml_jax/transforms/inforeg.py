@@ -1,6 +1,6 @@
 """InfoReg (Huang et al., CVPR 2025) as an optax transformation.
 
-Reference (GeWu-Lab/InfoReg_CVPR2025, main.py; BASELINES.md §InfoReg):
+Reference (GeWu-Lab/InfoReg_CVPR2025, main.py; docs/methods.md, the baselines):
 
 - anchor θ0 = the encoder parameters at the start of each epoch;
 - prime-learning window: T(e) = the encoder's Fisher-information trace of
@@ -34,7 +34,7 @@ Where the reference is silent, buggy or two-modality only ([inferred]):
 - T is accumulated from the gradient after the proximal term, as the
   reference reads `.grad` after adding it; the weights are the leaves named
   `kernel` (Flax's Conv and Dense weights), not biases or BatchNorm.
-- The threshold defaults to BASELINES.md's 0.05 (one version of the code
+- The threshold defaults to the formula sheet's 0.05 (one version of the code
   uses 0.04).
 """
 

@@ -2,7 +2,7 @@
 validation accuracies of each unimodal head.
 
 No official code; the rule is a third-party reimplementation's
-(BASELINES.md §MILES):
+(docs/methods.md, the baselines):
 
 - loss CE(fused) + γ·Σ_m CE(unimodal head m), γ = 1, separate heads;
 - after each epoch, on the *validation* split: u_m = (acc_all − acc_other)/acc_all,

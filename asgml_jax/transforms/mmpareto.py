@@ -1,6 +1,6 @@
 """MMPareto (Wei & Hu, ICML 2024) as an optax gradient transformation.
 
-Reference math (GeWu-Lab/MMPareto_ICML2024, code/MMPareto.py; BASELINES.md).
+Reference math (GeWu-Lab/MMPareto_ICML2024, code/MMPareto.py; docs/methods.md, the baselines).
 Per modality m, with g_mm = ∇_{θ_m} L_fused and g_m = ∇_{θ_m} L_m flattened
 over all of encoder m's parameters:
 

@@ -1,11 +1,11 @@
 """The multi-task baselines (PCGrad, DWA, GradNorm) as optax transformations.
 
-The tasks are the losses of SPEC §2: the fused CE and each modality's
+The tasks are the model's losses (docs/methods.md, model and loss): the fused CE and each modality's
 unimodal CE, in the order ("fused", *modalities). Each transformation
 replaces the incoming summed gradient by its own combination of the per-task
 gradients (`loss_grads`, unweighted) that `steps.train_step` computes with
 `per_loss_grads=True`; everything after it (weight decay, momentum, lr) is
-the run's base optimizer. Formulas: BASELINES.md §"GradNorm, PCGrad, DWA",
+the run's base optimizer. Formulas: docs/methods.md, the baselines,
 from the papers.
 
 - PCGrad (Yu et al., 2020): g_i' = g_i, then for j ≠ i in a random order,

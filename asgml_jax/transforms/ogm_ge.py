@@ -1,6 +1,6 @@
 """OGM / OGM-GE (Peng et al., CVPR 2022) as an optax gradient transformation.
 
-Reference math (GeWu-Lab/OGM-GE_CVPR2022, main.py; `reference/BASELINES.md`):
+Reference math (GeWu-Lab/OGM-GE_CVPR2022, main.py; docs/methods.md, the baselines):
   score_m = Σ_i softmax(z_m)[i, y_i]   (batch *sum*, split-weight unimodal logits)
   N = 2:  ratio_v = s_v / s_a, ratio_a = 1 / ratio_v
           ratio_v > 1: coeff_v = 1 − tanh(α·relu(ratio_v)), coeff_a = 1
@@ -10,13 +10,13 @@ Reference math (GeWu-Lab/OGM-GE_CVPR2022, main.py; `reference/BASELINES.md`):
           one scalar per tensor (torch.std: unbiased), on both modalities
   active while modulation_starts ≤ epoch ≤ modulation_ends.
 
-N modalities (this project's generalisation, BASELINES.md): ratio_m =
+N modalities (this project's generalisation, docs/methods.md, the baselines): ratio_m =
 score_m / mean_{j≠m} score_j, coeff_m = 1 − tanh(α·relu(ratio_m)) where
 ratio_m > 1, else 1. For N = 2 the reference's tie (s_a == s_v) throttles the
 first modality (its `else` branch); that tie rule is kept, so N = 2 is exact.
 
 Leaves: the reference modulates only 4-D (conv) gradients; `leaves="conv"`
-reproduces it, the default `"all"` modulates every encoder leaf (SPEC §5), and
+reproduces it, the default `"all"` modulates every encoder leaf (docs/encoders.md), and
 `"min_2d"` is the seeds' code (leaves with ≥ 2-D gradients). `noise_on`
 `"all"` (reference) or `"dominant"` (seeds' code: only throttled modalities).
 Only `updates["encoders"]` is touched; fusion and heads pass through.

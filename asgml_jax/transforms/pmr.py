@@ -2,7 +2,7 @@
 the weaker modality.
 
 Reference (fanyunfeng-bit/Modal-Imbalance-PMR, main_Prototype_grad.py;
-BASELINES.md §PMR):
+docs/methods.md, the baselines):
 
 - prototypes p_{m,c}: class means of encoder m's features (inference mode)
   over the first len(loader)//10 training batches, computed before training

@@ -1,5 +1,5 @@
 """When (and with which gradient) each encoder updates: joint, frequency,
-staleness, adaptive (SPEC §4.1–4.3), wrapped around the inner optimizer.
+staleness, adaptive (docs/methods.md), wrapped around the inner optimizer.
 
 The inner optimizer (weight decay + SGD momentum + lr) keeps a separate state
 per encoder and one for the shared part (fusion, heads). A *skipped* encoder
@@ -29,7 +29,7 @@ the chain made of it (OGM-GE, boost), so a stale gradient carries the
 modulation of the step it was computed at.
 
 `next_gates` predicts the update flags of the next step, read by the train
-step to gate the unimodal loss terms (SPEC §2). For adaptive, the next τ is
+step to gate the unimodal loss terms (docs/methods.md, model and loss). For adaptive, the next τ is
 not known before the next gradient; the prediction uses the current τ.
 
 Extra args read: `step` (global step); `encoder_mask` ({m: bool}, optional:
@@ -54,7 +54,8 @@ MODES = ("joint", "frequency", "staleness", "adaptive")
 
 @dataclasses.dataclass(frozen=True)
 class AdaptiveConfig:
-  """SPEC §4.3 defaults; the `seed_code`-style fields reproduce SPEC §10."""
+  """The defaults of docs/methods.md (ASGML's interventions); the `seed_code`-style
+  fields reproduce the seeds' code (docs/methods.md, protocols)."""
   tau_base: float = 2.0
   tau_max: float = 8.0
   beta: float = 0.5
@@ -97,7 +98,8 @@ def _ratio(values: jnp.ndarray, eps: float) -> jnp.ndarray:
 
 def adaptive_tau(cfg: AdaptiveConfig, step, grad_norms: jnp.ndarray, loss_drop: jnp.ndarray,
                  have_window, probe_scores: jnp.ndarray | None) -> jnp.ndarray:
-  """τ_m of SPEC §4.3 from the signals of one step (arrays over modalities, sorted)."""
+  """τ_m (docs/methods.md) from the signals of one step
+  (arrays over modalities, sorted)."""
   g_signal = _ratio(grad_norms, 1e-12)
   d_signal = jnp.where(have_window, _ratio(loss_drop, 1e-8), jnp.ones_like(loss_drop))
   if cfg.source == "probe":
