@@ -241,6 +241,10 @@ def with_stack(config, stack: str):
   for name in stack.split(","):
     for req in (methods.get(name).settings.requires if name in names else ()):
       set_dotted(config, req.key, req.value)
+  model = config.model
+  if "gradnorm" in stack.split(",") and not (
+      model.fusion in ("concat", "sum") and model.unimodal_heads == "split"):
+    config.method.gradnorm.layer = "encoders"   # the other method's heads share no fusion layer
   return config
 
 

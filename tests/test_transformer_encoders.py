@@ -233,13 +233,17 @@ def test_bfloat16_features_are_the_float32_features(kind):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [m.name for m in methods.all_methods()
-                                  if not m.composition.alone and not m.epoch.teachers])
+                                  if not m.composition.alone and not m.epoch.teachers
+                                  and not any(r.key == "model.mid_fusion"
+                                              for r in m.settings.requires)])
 def test_every_method_steps_on_transformer_encoders(name):
   """Each multimodal method alone, 2 jitted steps on a vit + a sequence
   transformer: healthy, finite metrics (what test_method_stacks checks on
   MLPs). `unimodal` (one modality, nothing to balance) and the ensemble `ume`
   are left out, and so is `umt`, whose teachers are trained runs
-  (tests/test_balancebenchmark_methods.py trains and checks them)."""
+  (tests/test_balancebenchmark_methods.py trains and checks them), and
+  `greedy`, whose MMTM blocks join encoders stage by stage (CNN or MLP
+  stages; a transformer has none)."""
   from asgml_jax.config_schema import effective_config
   from conftest import two_healthy_steps, with_stack
   c = tiny_config("/tmp/unused")

@@ -101,7 +101,8 @@ def blocks() -> dict:
 
 
 def only_modality(config, name: str):
-  """Drops every modality but `name`; method settings that named another forget it."""
+  """Drops every modality but `name`; method settings that named another forget
+  it, and blocks between modalities (MMTM) go."""
   names = sorted(config.modalities.keys())
   if name not in names:
     raise ValueError(f"variant {unimodal.VARIANT_PREFIX}{name}: the config has no modality {name!r} "
@@ -119,5 +120,6 @@ def only_modality(config, name: str):
   config.method.name = "unimodal"
   config.method.stack = ""
   config.model.condition_modality = None
+  config.model.mid_fusion = "none"   # MMTM blocks join two modalities' stages: none is left to join
   config.loss.unimodal_weight = 0.0  # the fused logits are the unimodal logits
   return config

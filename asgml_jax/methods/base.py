@@ -366,7 +366,7 @@ class Step(_Record):
   feature_gate: Callable | None = _one(
       "both gate the features between the encoders and the fusion", loss=True)
   mid_fusion_control: Callable | None = _one(
-      "both control the MMTM blocks between the encoders", loss=True)
+      "both control the MMTM blocks between the encoders")
   fused_loss: Callable | None = _one("both replace the fused loss", loss=True)
   unimodal_logits: Callable | None = _one(
       "both replace the logits of the unimodal losses", loss=True)

@@ -20,7 +20,8 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Logging, Method, Optax, Protocols, Settings, Signal, Step
+from asgml_jax.methods.base import (Composition, Logging, Method, Optax, Protocols, Settings,
+                                    Signal, Step)
 from asgml_jax.transforms.cggm import cggm, direction_loss, fusion_blocks
 
 
@@ -81,4 +82,7 @@ CGGM = Method(
     optax=Optax(stage="edit", rank=10, transform=transform),
     step=Step(loss_term=loss_term),
     logging=Logging(signals=(Signal("cggm_balance", "cggm/balance", "CGGM balance B"),
-                             Signal("aux_accuracy", "cggm/aux_acc"))))
+                             Signal("aux_accuracy", "cggm/aux_acc"))),
+    composition=Composition(excludes={
+        "reconboost": "cggm compares each classifier with its modality's block of a concat or "
+                      "sum fusion layer; reconboost's learners share one boosted head"}))
