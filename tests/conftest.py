@@ -87,12 +87,19 @@ TIERS = {
 _TIER_OF = {name: tier for tier, names in TIERS.items() for name in names}
 
 
+_TIER_ORDER = {"integration": 0, "methods": 1, "unit": 2}
+
+
 def pytest_collection_modifyitems(config, items):
   for item in items:
     name = item.path.stem
     if name not in _TIER_OF:
       raise pytest.UsageError(f"tests/{name}.py has no tier: add it to TIERS in tests/conftest.py")
     item.add_marker(getattr(pytest.mark, _TIER_OF[name]))
+  # The long runs first, the short checks last: the xdist workers hand out tests
+  # in this order, so the suite does not end waiting on one worker's long test.
+  # (Stable: each file's tests keep their order.)
+  items.sort(key=lambda item: _TIER_ORDER[_TIER_OF[item.path.stem]])
 
 
 def pytest_sessionfinish(session, exitstatus):
