@@ -28,7 +28,8 @@ class Dataset(NamedTuple):
   """defaults(): its keys under config.dataset.<name>; check(config): value
   checks when it is the run's dataset; builder(config, data_dir, kwargs) ->
   (TFDS builder, raw dir or None); task: what its labels are (asgml_jax/tasks/);
-  from_raw: built from raw files (raw_dir or an already prepared data_dir)."""
+  from_raw: built from files under raw_dir (or an already prepared data_dir);
+  MMSA reads one pickle, which its own check locates."""
   defaults: Callable[[], ml_collections.ConfigDict]
   builder: Callable
   check: Callable | None = None
@@ -192,6 +193,12 @@ def _mmsa_defaults():
 def _mmsa_check(config) -> None:
   ds = config.dataset.mmsa
   cc.require(bool(ds.file), "dataset.mmsa.file", "name the MMSA pickle to read")
+  # The pickle is the raw data: an absolute path needs no raw_dir, a bare file
+  # name is read from raw_dir (or not at all once data_dir holds the build).
+  cc.require(os.path.isabs(os.path.expanduser(ds.file)) or bool(config.dataset.raw_dir)
+             or bool(config.dataset.data_dir), "dataset.mmsa.file",
+             f"{ds.file!r} is a relative name: give the pickle's absolute path, or set "
+             "dataset.raw_dir to the folder holding it")
   cc.one_of(ds.label, ("three_class", "binary"), "dataset.mmsa.label")
   cc.one_of(ds.pooling, ("mean", "none"), "dataset.mmsa.pooling")
 
@@ -199,7 +206,8 @@ def _mmsa_check(config) -> None:
 def _mmsa(config, data_dir, kwargs):
   from data_prep import mmsa  # imports TFDS: only to build
   ds, raw = config.dataset, _raw(config)
-  path = ds.mmsa.file if os.path.isabs(ds.mmsa.file) or not raw else os.path.join(raw, ds.mmsa.file)
+  file = os.path.expanduser(ds.mmsa.file)
+  path = file if os.path.isabs(file) or not raw else os.path.join(raw, file)
   return mmsa.builder_for_file(path, pooling=ds.mmsa.pooling, **kwargs), raw
 
 
@@ -226,7 +234,7 @@ DATASETS: dict[str, Dataset] = {
     "ave": Dataset(_ave_defaults, _ave, _ave_check),
     "kinetics_sounds": Dataset(_kinetics_sounds_defaults, _kinetics_sounds,
                                _frames_check("kinetics_sounds")),
-    "mmsa": Dataset(_mmsa_defaults, _mmsa, _mmsa_check),
+    "mmsa": Dataset(_mmsa_defaults, _mmsa, _mmsa_check, from_raw=False),
     "npz": Dataset(_npz_defaults, _npz),
 }
 

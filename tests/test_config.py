@@ -111,3 +111,19 @@ def test_a_workdir_refuses_another_config_but_not_keys_added_since_at_their_defa
   host.dataset.placement = "host"
   with pytest.raises(ConfigError, match="config.dataset.placement: differs"):
     check_config_matches_workdir(host, workdir, schema_defaults())
+
+
+def test_an_mmsa_pickle_given_by_absolute_path_needs_no_raw_dir(tmp_path, monkeypatch):
+  """configs/mosei.py documents `MOSEI_PKL=~/data/MOSEI/unaligned_50.pkl python -m
+  launch.train ...`: the pickle is the raw data, so its absolute path is enough;
+  a bare file name is read from dataset.raw_dir and is refused without one."""
+  from configs import mosei
+  monkeypatch.setenv("MOSEI_PKL", str(tmp_path / "unaligned_50.pkl"))
+  validate(mosei.get_config())
+  monkeypatch.setenv("MOSEI_PKL", "unaligned_50.pkl")
+  with pytest.raises(ConfigError, match=r"dataset\.mmsa\.file: 'unaligned_50\.pkl' is a relative "
+                     r"name: give the pickle's absolute path, or set dataset\.raw_dir"):
+    validate(mosei.get_config())
+  config = mosei.get_config()
+  config.dataset.raw_dir = str(tmp_path)
+  validate(config)
