@@ -278,6 +278,38 @@ def test_mmcosine_evaluates_with_cosine_logits_or_as_the_reference_with_the_plai
                              atol=1e-5)
 
 
+def test_mmcosine_gradient_at_an_all_zero_feature_row_is_torchs_not_nan():
+  """main_CD.py:114-115 (GeWu-Lab/MMCosine_ICASSP23) normalises with
+  torch.nn.functional.normalize, v / max(‖v‖₂, eps), eps = 1e-12: at an
+  all-zero row the denominator is the constant eps, so the row's gradient is
+  the numerator's, g·s·normalize(W)ᵀ / eps (finite); elsewhere it is the
+  float64 derivative of the same formula (central differences)."""
+  from asgml_jax.methods.mmcosine import cosine_logits
+  rng = np.random.default_rng(0)
+  feats = rng.normal(size=(4, 6))
+  feats[1] = 0.0
+  kernel = rng.normal(size=(6, 3))
+  upstream = rng.normal(size=(4, 3))
+  scaling = 10.0
+
+  def reference(f):
+    return np.sum(_normalize(f, 1) @ _normalize(kernel, 0) * scaling * upstream)
+
+  grad = np.asarray(jax.grad(lambda f: jnp.sum(
+      cosine_logits({"a": f}, jnp.asarray(kernel, jnp.float32), ["a"], scaling)["a"]
+      * upstream))(jnp.asarray(feats, jnp.float32)), np.float64)
+  assert np.all(np.isfinite(grad))
+  np.testing.assert_allclose(grad[1], scaling * upstream[1] @ _normalize(kernel, 0).T / 1e-12,
+                             rtol=1e-5)
+  numeric, h = np.zeros_like(feats), 1e-6
+  for i, j in itertools.product([0, 2, 3], range(6)):
+    up, down = feats.copy(), feats.copy()
+    up[i, j] += h
+    down[i, j] -= h
+    numeric[i, j] = (reference(up) - reference(down)) / (2 * h)
+  np.testing.assert_allclose(grad[[0, 2, 3]], numeric[[0, 2, 3]], rtol=1e-4, atol=1e-5)
+
+
 # ------------------------------------------------------------------ Diagnosing & Re-learning
 
 

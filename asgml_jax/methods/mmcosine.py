@@ -60,10 +60,20 @@ def preset(config) -> None:
   config.loss.unimodal_weight = 0.0         # CE(Σ_m cosine logits) alone
 
 
+NORMALIZE_EPS = 1e-12   # torch.nn.functional.normalize's default eps
+
+
 def _normalize(x, axis):
-  """torch.nn.functional.normalize: x / max(‖x‖₂, 1e-12) along `axis`."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-  return x / jnp.maximum(norm, 1e-12)
+  """torch.nn.functional.normalize: x / max(‖x‖₂, eps) along `axis`, with its
+  gradient. At an all-zero row (a dead feature vector after ReLU) torch's
+  gradient is g / eps through the numerator and 0 through the clamped norm;
+  a plain sqrt would put 0/0 = NaN there, so ‖x‖ is taken on a squared norm
+  that is replaced by 1 where it is 0 (the value is unchanged, the gradient of
+  the discarded branch is 0)."""
+  squared = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  nonzero = squared > 0
+  norm = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, squared, 1.0)), 0.0)
+  return x / jnp.maximum(norm, NORMALIZE_EPS)
 
 
 def cosine_logits(features, kernel, names, scaling: float) -> dict:
