@@ -105,6 +105,25 @@ def test_cml_penalty_is_active_on_some_batches():
   assert 3 <= active <= 17
 
 
+def test_cml_penalty_passes_no_gradient_at_an_exact_tie():
+  """CML_trainer.py:22 (GeWu-Lab/BalanceBenchmark) returns Python's
+  `max(0, torch.sub(conf_x, conf).sum())`: at a tie (gain exactly 0, e.g. a
+  modality whose contribution is all zero) that is the int 0, which has no
+  gradient, so the loss's gradient is the cross-entropies' alone."""
+  from asgml_jax.methods.cml import cml_loss
+  rng = np.random.default_rng(3)
+  c = rng.normal(size=(2, 8, 4)).astype(np.float32)
+  c[0] = 0.0                       # removing modality 0 changes nothing: gain == 0
+  labels = jnp.asarray(rng.integers(0, 4, size=8))
+
+  def loss(contrib, lam):
+    return cml_loss(contrib.sum(0), contrib, labels, jnp.asarray([0, 1]), lam)[0]
+  with_penalty = jax.grad(loss)(jnp.asarray(c), 1.0)
+  without = jax.grad(loss)(jnp.asarray(c), 0.0)
+  np.testing.assert_allclose(np.asarray(with_penalty), np.asarray(without), rtol=1e-6, atol=1e-7)
+  assert float(loss(jnp.asarray(c), 1.0)) == pytest.approx(float(loss(jnp.asarray(c), 0.0)))
+
+
 @pytest.mark.parametrize("three", [False, True])
 def test_cml_step_loss_is_the_reference_loss_of_the_models_outputs(three):
   from asgml_jax.methods.cml import removal_order

@@ -76,7 +76,10 @@ def cml_loss(fused, contributions, labels, order, lam: float):
   for i in range(num - 1):
     partial = current - contributions[order[i]]
     ce = ce + cross_entropy(partial, labels)
-    gap = jnp.maximum(0.0, jnp.sum(_confidence(partial) - _confidence(current)))
+    gain = jnp.sum(_confidence(partial) - _confidence(current))
+    # Python's max(0, gain) of the reference: gain's gradient where gain > 0,
+    # none at a tie (jnp.maximum would pass half of it there).
+    gap = jnp.where(gain > 0, gain, 0.0)
     penalty = penalty + gap
     per_modality = per_modality.at[order[i]].add(gap)
     current = partial
