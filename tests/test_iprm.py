@@ -67,6 +67,8 @@ def _config(three=False):
 def test_iprm_two_steps_are_the_reference_probe_rebalance_and_update(three):
   from asgml_jax.plan import Plan
   config = _config(three)
+  # njustkmg/IJCAI25-IPRM README.md:8 and :12 run every script with --alpha 0.8
+  assert config.method.iprm.alpha == 0.8
   lr = 0.05
   state, step, batch = jitted_step(config, lr_fn=lambda s: lr)
   model = Plan.build(config).model(4)
@@ -81,7 +83,7 @@ def test_iprm_two_steps_are_the_reference_probe_rebalance_and_update(three):
     params64 = jax.tree.map(lambda x: np.asarray(x, np.float64), state.params)
     lam, hat, loss = reference_probe_and_loss(params64, f64(out["features"]),
                                               f64(out["unimodal_logits"]), labels,
-                                              lam_prev, hat_prev, 0.9)
+                                              lam_prev, hat_prev, 0.8)
 
     def reference_loss(p):        # the rebalance loss with λ̂ a constant (autograd)
       from asgml_jax.methods.iprm import slerp

@@ -22,8 +22,9 @@ u_m = head_m(f_m) are separate Linear(D → C) heads (`model.unimodal_heads=sepa
 λ_t (not λ̂). For two modalities this is `main_av.py` exactly; N ≥ 3 is
 `tri_cls` (a head per pair). The reference's three-modality script scores the
 third modality with the second one's head (`out_m3 = model.head_m2(m3)`); here
-each modality has its own. α = 0.9 is the variant's value (the scripts take
-`--alpha` without a default; 0.9 keeps λ a smooth average of the probes).
+each modality has its own. α = 0.8: the scripts require `--alpha` (no
+default, main_av.py:46) and every command of the reference README passes
+`--alpha 0.8`.
 The model's concat fusion layer is built but unused (no loss reaches it).
 
 The probe, next to ASGML's (`asgml_jax/probes.py`): ASGML's probes are
@@ -57,7 +58,7 @@ from asgml_jax.models.encoders import dense_init
 
 def defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      alpha=0.9,        # λ_t = α λ_{t−1} + (1 − α) λ̂_{t−1}
+      alpha=0.8,        # λ_t = α λ_{t−1} + (1 − α) λ̂_{t−1}
   ))
 
 
