@@ -957,3 +957,41 @@ def test_amco_step_equals_the_reference_with_a_dependent_modality():
   assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5)
   got = optax.tree_utils.tree_get(new.opt_state, "amco_dependent")
   assert {m: bool(got[m]) for m in names} == nxt
+
+
+def reference_amco_validation_logits(features, weight, bias, key):
+  """BalanceBenchmark avclassify_model.py: `BaseClassifierAMCoModel` has no
+  `validation_step` of its own; `BaseClassifierModel.validation_step` (:303-324)
+  runs the forward pass, then `self.unimodality_calculate()` (:311), the AMCo
+  model's (:357-385) with mask=None and no dependent modality:
+  unimodal[m] = mm(x_m, fc_out.weight[:, block_m]ᵀ) + fc_out.bias / N and
+  output = Σ_m unimodal[m] (:378); `out = self.unimodal_result['output']` (:318)
+  is what the loss and the prediction read; `linear_star` is not applied."""
+  unimodal, start = {}, 0
+  for m in key:
+    d = features[m].shape[1]
+    unimodal[m] = features[m] @ weight[:, start:start + d].T + bias / len(key)
+    start += d
+  return sum(unimodal.values()), unimodal
+
+
+@pytest.mark.parametrize("choice", ["default", "mixer"])
+def test_amco_evaluates_as_the_reference_with_the_sum_of_split_logits(choice):
+  from asgml_jax import steps
+  from asgml_jax.models import model_from_config
+  from asgml_jax.probes import probe_config_from
+  overrides = {"method.amco.eval_logits": "mixer"} if choice == "mixer" else {}
+  config = _config("amco", **overrides)
+  assert config.method.amco.eval_logits == ("mixer" if choice == "mixer" else "sum")
+  state, step, batch = jitted_step(config)
+  state, _ = step(state, batch)
+  model = model_from_config(config, 4)
+  got = steps.eval_step(state, batch, model=model, probe_cfg=probe_config_from(config, 4),
+                        eval_logits=Plan.build(config).evaluation(1).eval_logits)
+  names, feats, out, _, kernel, bias, _ = _outputs(config, state, batch)
+  fused, unimodal = reference_amco_validation_logits(feats, kernel.T, bias, names)
+  want = out if choice == "mixer" else fused       # out: linear_star(Σ_m u_m)
+  assert np.abs(out - fused).max() > 1e-3          # the two choices differ here
+  np.testing.assert_allclose(np.asarray(got["logits"]), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got["logits_audio"]), unimodal["audio"], rtol=1e-5,
+                             atol=1e-5)

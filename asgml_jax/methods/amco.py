@@ -14,12 +14,21 @@ and m is dependent for the next batch when its share of the softmax over
 the concatenated [ũ_1 … ũ_N] (batch mean) exceeds σ; at each epoch's start
 no modality is. So nothing is masked in epoch 0, and from epoch 1 on a
 dependent modality loses all its logits within a few batches (l reaches ε
-= 0.3 after 3 batches). Prediction: M(Σ_m u_m), no mask.
+= 0.3 after 3 batches). Prediction: Σ_m u_m, no mask and no M, as the
+reference evaluates (`eval_logits="sum"`, below); `eval_logits="mixer"`
+predicts with M(Σ_m u_m), the output the fused loss trains.
 
 Reference: GeWu-Lab/BalanceBenchmark, balancemm/trainer/AMCo_trainer.py
 (`train_loop`: the mask and l_t; `training_step`: the losses, each backward'ed,
 and the dependent flags) and balancemm/models/avclassify_model.py
 (`BaseClassifierAMCoModel`: `linear_star`, the masked sum). σ = 0.5, ε = 0.3.
+Evaluation: the AMCo model inherits `BaseClassifierModel.validation_step`
+(avclassify_model.py:303-324), which runs the forward pass and then calls
+`self.unimodality_calculate()` again (:311); the AMCo model's version
+(:357-385, no mask, no dependent modality) rebuilds the output as Σ_m u_m
+and `linear_star` is not applied, so the loss and predictions the reference
+reports are those of Σ_m u_m. That is this module's default, so published
+AMCo numbers are comparable.
 Deviation: the reference expands its mask to shape (2, C) and multiplies the
 (B, C) logits with it, which only broadcasts for a batch of 2 (or 1): as
 written it stops with a shape error on the first batch after a modality
@@ -38,22 +47,25 @@ import optax
 
 from asgml_jax import config_checks as cc
 from asgml_jax.losses import cross_entropy
-from asgml_jax.methods.base import (Logging, Method, Optax, Protocols, Requirement, Settings,
-                                    Signal, Step)
+from asgml_jax.methods.base import (Evaluation, Logging, Method, Optax, Protocols, Requirement,
+                                    Settings, Signal, Step)
 
 _MASK_SALT = 0xA3C0
+EVAL_LOGITS = ("sum", "mixer")
 
 
 def defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       sigma=0.5,             # σ: share of the prediction mass that makes a modality dependent
       eps=0.3,               # ε: l at which the whole mask is on
+      eval_logits="sum",     # sum: predict with Σ_m u_m (the reference) | mixer: M(Σ_m u_m)
   ))
 
 
 def check_block(config) -> None:
   cc.in_range(config, "method.amco.sigma", 0, 1)
   cc.positive(config, "method.amco.eps")
+  cc.one_of(config.method.amco.eval_logits, EVAL_LOGITS, "method.amco.eval_logits")
 
 
 def check(config) -> None:
@@ -143,6 +155,19 @@ def unimodal_logits(ctx):
   return logits
 
 
+def eval_logits(ctx):
+  """Validation/test predict with Σ_m u_m (the concat fusion's output, before
+  M), or with M's output (`eval_logits="mixer"`); unimodal accuracies read u_m."""
+  mixer = ctx.config.method.amco.eval_logits == "mixer"
+
+  def replace(state, batch, outputs):
+    if mixer:
+      return outputs
+    fused = sum(outputs["unimodal_logits"][m] for m in ctx.names)
+    return {**outputs, "logits": fused}
+  return replace
+
+
 AMCO = Method(
     name="amco", summary="AMCo: the dominant modality's class logits masked, more every batch",
     settings=Settings(
@@ -153,9 +178,11 @@ AMCO = Method(
                               "amco masks the split logits of the fusion layer"),
                   Requirement("model.logit_mixer", True, "amco predicts with M(Σ_m u_m)")),
         preset=preset),
-    protocols=Protocols(reference=(("loss.unimodal_weight", 1.0),)),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 1.0),
+                                   ("method.amco.eval_logits", "sum"))),
     optax=Optax(stage="post", transform=transform),
     step=Step(fused_loss=fused_loss, unimodal_logits=unimodal_logits),
+    evaluation=Evaluation(eval_logits=eval_logits),
     logging=Logging(
         signals=(Signal("amco_dependent", "amco/dependent", "AMCo: modality masked (dependent)"),
                  Signal("amco_share", "amco/share"))))
