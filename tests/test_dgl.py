@@ -85,3 +85,36 @@ def test_dgl_encoders_get_no_gradient_from_the_fused_loss():
   new, _ = step(state, batch)
   assert largest_change(new.params["encoders"], state.params["encoders"]) == 0.0
   assert largest_change(new.params["fusion"], state.params["fusion"]) > 1e-4
+
+
+def test_dgl_evaluates_the_unimodal_logits_with_the_whole_bias_as_the_reference():
+  """shicaiwei123/ICCV2025-GDL main_dgl.py:200-210 (`valid`): the unimodal
+  predictions are argmax of out_a, out_v from the model's forward, which
+  models/fusion_modules.py:57-58 computes as fc_out(cat(x, 0)) and
+  fc_out(cat(0, y)): W_m x_m + b with fc_out's whole bias; the fused one is
+  fc_out(cat(x, y)) (:56)."""
+  from asgml_jax import steps
+  from asgml_jax.models import model_from_config
+  from asgml_jax.plan import Plan
+  from asgml_jax.probes import probe_config_from
+  config = _config()
+  state, step, batch = jitted_step(config)
+  state, _ = step(state, batch)
+  model = model_from_config(config, 4)
+  names = model.modality_names
+  got = steps.eval_step(state, batch, model=model, probe_cfg=probe_config_from(config, 4),
+                        eval_logits=Plan.build(config).evaluation(1).eval_logits)
+  out = model.apply({"params": state.params}, {m: batch[m] for m in names}, train=False)
+  f64 = lambda x: np.asarray(x, np.float64)
+  feats = {m: f64(out["features"][m]) for m in names}
+  weight = f64(state.params["fusion"]["kernel"]).T          # fc_out.weight (C, Σ D)
+  bias = f64(state.params["fusion"]["bias"])
+  assert np.abs(bias).max() > 1e-4                          # the bias matters here
+  zeros = {m: np.zeros_like(f) for m, f in feats.items()}
+  for m in names:
+    cat = np.concatenate([feats[k] if k == m else zeros[k] for k in names], 1)
+    np.testing.assert_allclose(np.asarray(got[f"logits_{m}"]), cat @ weight.T + bias,
+                               rtol=1e-5, atol=1e-5)
+  full = np.concatenate([feats[k] for k in names], 1)
+  np.testing.assert_allclose(np.asarray(got["logits"]), full @ weight.T + bias, rtol=1e-5,
+                             atol=1e-5)

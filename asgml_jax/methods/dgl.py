@@ -18,6 +18,11 @@ still read the plain features); α is `loss.unimodal_weight` (the reference's
 boost when stacked). N modalities: every u_m with the others zeroed, as the
 reference's two. Needs the concat fusion (the reference's CREMA-D runs; its
 sum/FiLM/gated variants are not ported).
+
+Evaluation as the reference's `valid` (main_dgl.py:200-210): the fused
+prediction is fc(cat(x_1, …, x_N)) and each modality's is the same u_m as in
+training, fc on that modality with the others zeroed (fusion_modules.py:57-58),
+so with the layer's whole bias b, not the split heads' b/N.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import Method, Optax, Protocols, Requirement, Settings, Step
+from asgml_jax.methods.base import (Evaluation, Method, Optax, Protocols, Requirement, Settings,
+                                    Step)
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -83,6 +89,18 @@ def unimodal_logits(ctx):
   return logits
 
 
+def eval_logits(ctx):
+  """Validation/test unimodal logits: u_m with the whole bias (the fused ones
+  are the model's, fc on all features)."""
+  names = ctx.names
+
+  def replace(state, batch, outputs):
+    fusion = state.params["fusion"]
+    return {**outputs, "unimodal_logits": decoupled_unimodal_logits(
+        outputs["features"], fusion["kernel"], fusion["bias"], names)}
+  return replace
+
+
 def transform(ctx):
   return [optax.clip_by_global_norm(ctx.config.method.dgl.clip_norm)]
 
@@ -98,4 +116,5 @@ DGL = Method(
         preset=preset),
     protocols=Protocols(reference=(("loss.unimodal_weight", 4.0),)),
     optax=Optax(stage="edit", rank=80, transform=transform),
-    step=Step(feature_gate=feature_gate, unimodal_logits=unimodal_logits))
+    step=Step(feature_gate=feature_gate, unimodal_logits=unimodal_logits),
+    evaluation=Evaluation(eval_logits=eval_logits))
