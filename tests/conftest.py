@@ -162,6 +162,7 @@ def variant_config(variant: str, *, data_dir: str = "/tmp/unused", three: bool =
     config.modalities.text = modality_config("mlp", (10,), mlp_hidden_dim=16)
     config.dataset.synthetic.signal.text = 0.3
   config = apply_variant(config, variant)
+  needed_settings(config)
   for m in config.modalities:
     config.modalities[m].dropout = 0.0
   for key, value in settings.items():
@@ -236,6 +237,16 @@ def variant_record(variant: str) -> dict:
   return golden_steps.record(variant, "tiny")
 
 
+def needed_settings(config):
+  """Settings a method has no default for because they are the user's to
+  choose (refused when missing), filled in for tests that run every method:
+  MSLR's learning-rate factors."""
+  from asgml_jax.methods.stack import requested_names
+  if "mslr" in requested_names(config.method) and not config.method.mslr.factors:
+    config.method.mslr.factors = "audio=0.5"
+  return config
+
+
 def with_stack(config, stack: str):
   """`config` running the method stack `stack`, with the settings its methods
   require (and the throttled/stale modality the schedules name) filled in."""
@@ -252,7 +263,7 @@ def with_stack(config, stack: str):
   if "gradnorm" in stack.split(",") and not (
       model.fusion in ("concat", "sum") and model.unimodal_heads == "split"):
     config.method.gradnorm.layer = "encoders"   # the other method's heads share no fusion layer
-  return config
+  return needed_settings(config)
 
 
 def two_healthy_steps(config, what) -> dict:

@@ -55,3 +55,15 @@ def test_bad_factors_are_refused_in_one_line(factors, message):
   config.method.mslr.factors = factors
   with pytest.raises(ConfigError, match=message):
     validate(config)
+
+
+@pytest.mark.parametrize("factors", ["", "audio=1.0", "audio=1,visual=1"])
+def test_mslr_with_every_encoder_at_the_base_rate_is_refused(factors):
+  """That run is the baseline under another name (the variant's default
+  factors="" used to be exactly that)."""
+  config = tiny_mlp_config("/tmp/unused")
+  config.method.name = "mslr"
+  config.method.mslr.factors = factors
+  with pytest.raises(ConfigError, match=r"method\.mslr\.factors: every encoder at the base "
+                     r"learning rate is the baseline; name the encoders"):
+    validate(config)

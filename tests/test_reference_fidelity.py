@@ -295,13 +295,13 @@ def test_agm_zero_input_passes_run_in_inference_mode():
 
 def _reference_config(variant):
   from configs.variants import apply_variant
-  from conftest import tiny_mlp_config
+  from conftest import needed_settings, tiny_mlp_config
   config = tiny_mlp_config("/tmp/unused")
   config.method.frequency.throttled = "audio"
   config.method.staleness.modalities = "audio"
   config = apply_variant(config, variant)
   config.method.protocol = "reference"
-  return config
+  return needed_settings(config)
 
 
 def _variants():

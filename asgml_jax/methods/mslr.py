@@ -52,6 +52,17 @@ def check_block(config) -> None:
   cc.require(all(v > 0 for v in factors.values()), "method.mslr.factors", "must be > 0")
 
 
+def check(config) -> None:
+  """A run of MSLR with every encoder at the base rate is the baseline under
+  another name: refused, so a results table never holds an MSLR row that is
+  not one (the factors come from the user's unimodal runs, nothing to guess)."""
+  factors = _factors(config)
+  cc.require(any(v != 1.0 for v in factors.values()), "method.mslr.factors",
+             "every encoder at the base learning rate is the baseline; name the encoders "
+             "that train at another rate, e.g. --config.method.mslr.factors=audio=0.5 (the "
+             "ratio of each modality's best unimodal learning rate to the base rate)")
+
+
 def drop_modality(config, name: str) -> None:
   m = config.method.mslr
   m.factors = ",".join(item for item in cc.names_list(m.factors)
@@ -85,6 +96,7 @@ def transform(ctx):
 MSLR = Method(
     name="mslr", summary="MSLR: each encoder trains at its own (fixed) learning rate",
     settings=Settings(
-        block="mslr", defaults=defaults, check_block=check_block, drop_modality=drop_modality),
+        block="mslr", defaults=defaults, check_block=check_block, check=check,
+        drop_modality=drop_modality),
     optax=Optax(stage="post", transform=transform),
     logging=Logging(signals=(Signal("mslr_lr_factor", "mslr/lr_factor"),)))
