@@ -769,11 +769,37 @@ def test_lfm_step_loss_is_the_references_mix(three):
                                                  rel=1e-5)
 
 
+def test_lfm_neurips_code_trains_on_the_mean_of_separate_heads_from_its_alpha():
+  """njustkmg/NeurIPS24-LFM Crema_epoch_learnable.py: o_a, o_v from separate
+  heads cls_a, cls_v (model/AudioVideo.py:54-55); loss_cls = CE(0.5·o_v +
+  0.5·o_a) (:115), loss = 2·(cls_k[0]·loss_cls + cls_k[1]·Alignment(o_a, o_v))
+  (:114-116) with cls_k = [0.05, 0.95] before the first hypergradient (:250);
+  `Alignment` (:37-44) as BalanceBenchmark's."""
+  config = _config("lfm", **{"method.protocol": "reference"})
+  assert config.method.lfm.code == "neurips" and config.model.fusion == "sum"
+  state, step, batch = jitted_step(config)
+  _, metrics = step(state, batch)
+  from asgml_jax.models import model_from_config
+  model = model_from_config(config, 4)
+  out = model.apply({"params": state.params}, {m: batch[m] for m in model.modality_names},
+                    train=True)
+  labels = np.asarray(batch["label"])
+  # cls_a, cls_v: the sum fusion's per-modality Linear layers, read off the parameters
+  feats = {m: np.asarray(out["features"][m], np.float64) for m in model.modality_names}
+  fc = {m: jax.tree.map(lambda x: np.asarray(x, np.float64), state.params["fusion"][f"fc_{m}"])
+        for m in model.modality_names}
+  o_a, o_v = (feats[m] @ fc[m]["kernel"] + fc[m]["bias"] for m in ("audio", "visual"))
+  align = reference_lfm_alignment(o_a, o_v)
+  assert float(metrics["lfm/alignment"]) == pytest.approx(align, rel=1e-4)
+  assert float(metrics["loss"]) == pytest.approx(
+      2 * (0.05 * _ce(0.5 * o_v + 0.5 * o_a, labels) + 0.95 * align), rel=1e-5)
+
+
 def test_lfm_alpha_follows_the_references_schedule_and_clip():
   from asgml_jax.methods.lfm import ALPHA_INIT, next_alpha
   grads = [300.0, -50.0] + [2000.0] * 10 + [-1e5] * 30 + [1e5] * 5
   want = reference_lfm_alpha_schedule(grads)
-  alpha = np.asarray(ALPHA_INIT)
+  alpha = np.asarray(ALPHA_INIT["balancebenchmark"])
   for epoch, g in enumerate(grads):
     alpha = next_alpha(alpha, g, epoch, 1e-4)
     np.testing.assert_allclose(alpha, want[epoch], rtol=1e-6)
@@ -785,7 +811,8 @@ def test_lfm_hypergradient_is_torchs_hessian_vector_product(tfds_dir):
   here as reverse over reverse, grad_θ ⟨∇L_total(θ), stop_gradient(∇CE)⟩ — then the
   mean of the first parameter's entries; the hook writes next_alpha of it."""
   from asgml_jax.epoch_hooks import EpochHooks
-  from asgml_jax.methods.lfm import first_kernel, next_alpha
+  from asgml_jax.methods.lfm import next_alpha
+  from asgml_jax.models.encoders import first_weight
   from asgml_jax.losses import cross_entropy
   from configs.variants import apply_variant
   import optax
@@ -813,12 +840,88 @@ def test_lfm_hypergradient_is_torchs_hessian_vector_product(tfds_dir):
   total_grad = jax.grad(lambda p: alpha[0] * losses(p)[0] + alpha[1] * losses(p)[1])
   hvp = jax.grad(lambda p: sum(jnp.vdot(a, jax.lax.stop_gradient(b)) for a, b in zip(
       jax.tree.leaves(total_grad(p)), jax.tree.leaves(g_cls))))(state.params)
-  want_grad = float(jnp.mean(first_kernel(hvp["encoders"]["audio"])))
+  # the MLP's first layer: fc1 of torch's Sequential(Linear, ReLU, Linear)
+  want_grad = float(jnp.mean(hvp["encoders"]["audio"]["fc1"]["kernel"]))
+  assert first_weight(hvp["encoders"]["audio"], "mlp").shape == (
+      config.modalities.audio.input_shape[-1], config.modalities.audio.mlp_hidden_dim)
   assert abs(want_grad) > 1e-6
   after = hooks.epoch_end(state, [{}], next_epoch=21)
   got = np.asarray(optax_get(after.opt_state, "lfm_alpha"))
   np.testing.assert_allclose(got, next_alpha(np.asarray(alpha), want_grad, 21, 200.0), rtol=1e-4)
   assert abs(got[1] - 0.5) > 1e-3
+
+
+@pytest.mark.parametrize("encoder, shape, first", [
+    ("resnet18", (32, 32, 1), (7, 7, 1, 64)), ("small_cnn", (16, 16, 1), (3, 3, 1, 32)),
+    ("vit", (8, 8, 3), (4, 4, 3, 8)), ("transformer", (6, 5), (5, 8))])
+def test_lfm_reads_the_weight_torch_lists_first(encoder, shape, first):
+  """LFM_trainer.py:57-70 takes `hessian_vector_prod[0]`, the gradient of
+  `model.parameters()`'s first tensor: the first encoder's first-built layer.
+  For torchvision's ResNet-18 that is `conv1`, the 7×7 stem convolution
+  (torchvision/models/resnet.py, `ResNet.__init__` builds conv1 first); the
+  params tree's sorted leaves would give stage1_block1's 3×3 kernel."""
+  from asgml_jax.config_schema import modality_config
+  from asgml_jax.models import model_from_config
+  from asgml_jax.models.encoders import first_weight
+  config = tiny_mlp_config("/tmp/unused")
+  small = dict(transformer_width=8, transformer_depth=1, transformer_heads=2)
+  extra = {"vit": dict(patch_size=4, **small), "transformer": dict(sequence_mask="none", **small)}
+  config.modalities.audio = modality_config(encoder, shape, **extra.get(encoder, {}))
+  if encoder == "resnet18":
+    config.model.feature_dim = 512                 # the reference's widths (64 in the stem)
+  model = model_from_config(config, 4)
+  inputs = {m: jnp.zeros((2, *config.modalities[m].input_shape)) for m in model.modality_names}
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), inputs, train=False))
+  encoder_params = params["params"]["encoders"]["audio"]
+  assert first_weight(encoder_params, encoder).shape == first
+  if encoder == "resnet18":
+    assert next(leaf for leaf in jax.tree.leaves(encoder_params) if leaf.ndim >= 2).shape \
+        == (3, 3, 64, 64)                          # what sorted order would have read
+
+
+def test_lfm_neurips_hypergradient_rows_and_mode(tfds_dir):
+  """Crema_epoch_learnable.py `getAlpha_Learnable`: the first half (:59) of a
+  batch of 16 held-out rows (:217-227), CE on 0.5·o_v + 0.5·o_a (:71), the
+  mean of hessian_vector_prod[0] (:87); the model is in training mode for
+  epoch 0 (built in train mode) and in eval() from epoch 1 on (`val()` at
+  :136 leaves it there). With dropout on, epoch 1's gradient is the
+  inference-mode one and epoch 0's is not."""
+  import optax
+
+  from asgml_jax.epoch_hooks import EpochHooks
+  from asgml_jax.losses import cross_entropy
+  from asgml_jax.methods.lfm import alignment, next_alpha
+  from configs.variants import apply_variant
+  config = apply_variant(tiny_mlp_config(tfds_dir), "lfm")
+  config.method.protocol = "reference"
+  config.model.fusion = "sum"
+  config.batch_size = 64                      # BalanceBenchmark's rule would take 16 rows
+  config.method.lfm.lr_alpha = 200.0
+  setup = loop.setup_run(Plan.build(config))
+  state = loop.fresh_state(setup, 42)
+  alpha = jnp.asarray([0.5, 0.5])
+  state = state.replace(opt_state=optax.tree_utils.tree_set(state.opt_state, lfm_alpha=alpha))
+  hooks = EpochHooks(setup, [loop.run_keys(42)[1]], stacked=False)
+  batch = jax.tree.map(lambda x: jnp.asarray(x[:8]), setup.data.eval_splits["validation"])
+  names = setup.names
+
+  def losses(p):
+    out = setup.model.apply({"params": p}, {m: batch[m] for m in names}, train=False)
+    o_a, o_v = out["unimodal_logits"]["audio"], out["unimodal_logits"]["visual"]
+    return cross_entropy(0.5 * o_v + 0.5 * o_a, batch["label"]), alignment(o_a, o_v)
+
+  g_cls = jax.grad(lambda p: losses(p)[0])(state.params)
+  total_grad = jax.grad(lambda p: alpha[0] * losses(p)[0] + alpha[1] * losses(p)[1])
+  hvp = jax.grad(lambda p: sum(jnp.vdot(a, jax.lax.stop_gradient(b)) for a, b in zip(
+      jax.tree.leaves(total_grad(p)), jax.tree.leaves(g_cls))))(state.params)
+  want_grad = float(jnp.mean(hvp["encoders"]["audio"]["fc1"]["kernel"]))
+  assert abs(want_grad) > 1e-6
+  after = hooks.epoch_end(state, [{}], next_epoch=1)
+  got = np.asarray(optax_get(after.opt_state, "lfm_alpha"))
+  np.testing.assert_allclose(got, next_alpha(np.asarray(alpha), want_grad, 1, 200.0), rtol=1e-4)
+  first = hooks.prepare(state)
+  first_alpha = np.asarray(optax_get(first.opt_state, "lfm_alpha"))
+  assert abs(first_alpha[1] - next_alpha(np.asarray(alpha), want_grad, 0, 200.0)[1]) > 1e-6
 
 
 def optax_get(tree, field):

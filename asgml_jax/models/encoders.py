@@ -174,11 +174,17 @@ def stage_count(kinds) -> int | None:
 
 
 class EncoderKind(NamedTuple):
-  """One encoder name: how it is built from an `EncoderSpec`, and the example
-  shapes it takes (ranks without the batch axis; the schema checks them)."""
+  """One encoder name: how it is built from an `EncoderSpec`, the example
+  shapes it takes (ranks without the batch axis; the schema checks them), and
+  the path of its first weight in its params: the tensor PyTorch's
+  `module.parameters()` yields first for the same network (its first-built
+  layer: a ResNet's stem convolution, a ViT's patch embedding). A params tree
+  is a dict whose leaves JAX visits in sorted key order, so "first" cannot be
+  read off the tree (`stage1_block1` sorts before `stem_conv`)."""
   build: Callable[[Any, int, Any, str], nn.Module]   # (spec, feature_dim, dtype, name)
   input_ranks: tuple[int, ...]
   takes: str                                         # the shape, in words
+  first_weight: tuple[str, ...]
 
 
 def _patch_transformer(spec, feature_dim, dtype, name):
@@ -193,23 +199,32 @@ _IMAGES = ((3, 4), "(H, W, C) or (T, H, W, C)")
 # Every encoder name, listed once: `modalities.<m>.encoder` is one of these.
 ENCODERS: dict[str, EncoderKind] = {
     "resnet18": EncoderKind(
-        lambda spec, d, dtype, name: ResNet18(feature_dim=d, dtype=dtype, name=name), *_IMAGES),
+        lambda spec, d, dtype, name: ResNet18(feature_dim=d, dtype=dtype, name=name), *_IMAGES,
+        ("stem_conv", "kernel")),
     "small_cnn": EncoderKind(
         lambda spec, d, dtype, name: SmallCNN(feature_dim=d, width=spec.cnn_width, dtype=dtype,
-                                              name=name), *_IMAGES),
+                                              name=name), *_IMAGES, ("conv1", "kernel")),
     "mlp": EncoderKind(
         lambda spec, d, dtype, name: MLPEncoder(feature_dim=d, hidden_dim=spec.mlp_hidden_dim,
                                                 dropout=spec.dropout, dtype=dtype, name=name),
-        (1,), "feature vectors (D,)"),
-    "vit": EncoderKind(_patch_transformer, *_IMAGES),
-    "ast": EncoderKind(_patch_transformer, *_IMAGES),
+        (1,), "feature vectors (D,)", ("fc1", "kernel")),
+    "vit": EncoderKind(_patch_transformer, *_IMAGES, ("patch_embed", "kernel")),
+    "ast": EncoderKind(_patch_transformer, *_IMAGES, ("patch_embed", "kernel")),
     "transformer": EncoderKind(
         lambda spec, d, dtype, name: SequenceTransformer(
             feature_dim=d, width=spec.transformer_width, depth=spec.transformer_depth,
             heads=spec.transformer_heads, pooling=spec.transformer_pooling, dropout=spec.dropout,
             mask_in_last_column=spec.sequence_mask == "last_column", dtype=dtype, name=name),
-        (2,), "sequences (L, D)"),
+        (2,), "sequences (L, D)", ("embed", "kernel")),
 }
+
+
+def first_weight(encoder_params, encoder: str):
+  """The encoder's first weight (`EncoderKind.first_weight`) in its params."""
+  node = encoder_params
+  for key in ENCODERS[encoder].first_weight:
+    node = node[key]
+  return node
 
 
 def make_encoder(spec, feature_dim: int, dtype: Any, name: str) -> nn.Module:
