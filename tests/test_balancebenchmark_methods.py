@@ -370,23 +370,36 @@ def test_purity_equals_the_reference(seed):
   assert purity(labels, clusters) == pytest.approx(reference_purity_score(labels, clusters))
 
 
-def test_min_max_scale_and_kmeans_find_separable_classes():
-  from asgml_jax.clustering import feature_purity, min_max_scale
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(50, 3)) * [1.0, 10.0, 0.0] + [0.0, 5.0, 2.0]
-  scaled = min_max_scale(x)
-  np.testing.assert_allclose(scaled.min(0)[:2], -1.0)
-  np.testing.assert_allclose(scaled.max(0)[:2], 1.0)
-  np.testing.assert_allclose(scaled[:, 2], -1.0)        # a constant column: scikit-learn's −1
-  i = 7
-  np.testing.assert_allclose(scaled[i, 1], 2 * (x[i, 1] - x[:, 1].min())
-                             / (x[:, 1].max() - x[:, 1].min()) - 1)
-  labels = np.repeat(np.arange(5), 40)
-  centres = rng.normal(scale=8.0, size=(5, 6))
-  blobs = centres[labels] + rng.normal(size=(200, 6))
-  assert feature_purity(blobs, labels, 5) == 1.0
-  noise = rng.normal(size=(200, 6))
-  assert feature_purity(noise, labels, 5) < 0.5
+def reference_feature_purity(features, labels, num_classes):
+  """ours.py:108-111 (GeWu-Lab/Diagnosing_Relearning_ECCV2024; BalanceBenchmark
+  ReLearning_trainer.py:100-103 the same), on `.cpu().numpy()` features:
+  scaler = preprocessing.MinMaxScaler(feature_range=(-1,1));
+  result = scaler.fit_transform(result);
+  y_pred = KMeans(n_clusters=n_classes, random_state=0).fit_predict(result);
+  purity_score(label, y_pred)."""
+  from sklearn import preprocessing
+  from sklearn.cluster import KMeans
+  result = preprocessing.MinMaxScaler(feature_range=(-1, 1)).fit_transform(
+      np.asarray(features, np.float32))
+  y_pred = KMeans(n_clusters=num_classes, random_state=0).fit_predict(result)
+  return reference_purity_score(np.asarray(labels).copy(), y_pred)
+
+
+@pytest.mark.parametrize("spread", [0.6, 1.2, 3.0])
+def test_feature_purity_is_the_references_scikit_learn_pipeline(spread):
+  """6-class mixtures from separable to overlapping (where k-means' seeding
+  decides the clusters), and a column whose range is below float32
+  resolution (scikit-learn leaves it at its minimum)."""
+  from asgml_jax.clustering import feature_purity
+  rng = np.random.default_rng(1)
+  labels = np.repeat(np.arange(6), 30)
+  centres = rng.normal(scale=2.0, size=(6, 5))
+  x = (centres[labels] + spread * rng.normal(size=(180, 5))).astype(np.float32)
+  x[:, 4] = np.float32(0.5) + np.float32(1e-9) * rng.normal(size=180).astype(np.float32)
+  want = reference_feature_purity(x, labels, 6)
+  assert feature_purity(x, labels, 6) == want
+  if spread == 0.6:
+    assert want > 0.9                         # the clusters are found
 
 
 @pytest.mark.parametrize("reinit_epoch,reinit_num", [(20, 3), (8, 3), (1, 2), (5, 1)])
@@ -396,9 +409,22 @@ def test_relearning_runs_after_the_references_epochs(reinit_epoch, reinit_num):
   assert [e for e in range(70) if reinit_due(e, reinit_epoch, reinit_num)] == want
 
 
+def test_relearning_keeps_the_published_runs_schedule():
+  """code/script/ours.sh: --epochs 90 --reinit_epoch 20 (after 20, 40, 60)."""
+  from asgml_jax.methods.relearning import reinit_every
+  config = _config("relearning")
+  assert config.method.relearning.reinit_epoch == -1
+  for epochs, every in ((90, 20), (20, 4), (50, 11), (3, 1)):
+    config.num_epochs = epochs
+    assert reinit_every(config) == every
+  config.method.relearning.reinit_epoch = 7
+  assert reinit_every(config) == 7
+
+
 def _relearning_setup(tfds_dir):
   from configs.variants import apply_variant
   config = apply_variant(tiny_mlp_config(tfds_dir), "relearning")
+  config.method.relearning.reinit_epoch = 8
   return loop.setup_run(Plan.build(config))
 
 

@@ -18,13 +18,16 @@ reference. The initial encoder parameters are kept in the optimizer state
 
 Reference: GeWu-Lab/Diagnosing_Relearning_ECCV2024, code/ours.py (`main`'s
 re-init condition, `reinit_score`, `reinit`, `purity_score`; λ = 3,
-reinit_num = 3, reinit_epoch = 20 of 50 epochs) and BalanceBenchmark's
-`ReLearning_trainer.py` (the same for N modalities). The default
-reinit_epoch is 8: the reference re-initialises after 40 % and 80 % of its 50
-epochs, 8 does so in the 20-epoch schedules of the project's configs; a run
-shorter than reinit_epoch + 1 epochs trains without any re-initialisation.
-k-means is `asgml_jax.clustering` (scikit-learn's algorithm, not its random
-draws). N modalities: per modality, as BalanceBenchmark does.
+reinit_num = 3) and BalanceBenchmark's `ReLearning_trainer.py` (the same for
+N modalities). Schedule: ours.py's argparse defaults are 50 epochs with
+reinit_epoch = 20 (re-inits after epochs 20 and 40); the published run,
+code/script/ours.sh, trains 90 epochs with reinit_epoch = 20 (after 20, 40,
+60: 22 %, 44 %, 67 % of the run). `reinit_epoch=-1` (the default) keeps that
+run's proportion: round(num_epochs · 20/90), at least 1 (4 in a 20-epoch
+run: re-inits after epochs 4, 8, 12). A run shorter than reinit_epoch + 1
+epochs trains without any re-initialisation. k-means and the scaling are
+scikit-learn's, called as the reference calls them (`asgml_jax.clustering`).
+N modalities: per modality, as BalanceBenchmark does.
 """
 
 from __future__ import annotations
@@ -46,19 +49,31 @@ from asgml_jax.methods.base import (PARAMS, Epoch, Logging, Method, Optax, Proto
 def defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       move_lambda=3.0,       # λ: α = tanh(λ·purity gap)
-      reinit_epoch=8,        # re-initialise after epochs 8, 16, ... (0-based) ...
+      reinit_epoch=-1,       # re-initialise after epochs k, 2k, ... (0-based); -1: k = round(E·20/90)
       reinit_num=3,          # ... at most this many times
   ))
 
 
 def check_block(config) -> None:
   cc.positive(config, "method.relearning.move_lambda")
-  cc.positive(config, "method.relearning.reinit_epoch", integer=True)
+  if config.method.relearning.reinit_epoch != -1:
+    cc.positive(config, "method.relearning.reinit_epoch", integer=True)
   cc.positive(config, "method.relearning.reinit_num", integer=True)
 
 
 def preset(config) -> None:
   config.loss.unimodal_weight = 0.0         # the reference trains on CE(fused) alone
+
+
+PUBLISHED_RUN = (20, 90)   # code/script/ours.sh: --reinit_epoch 20 --epochs 90
+
+
+def reinit_every(config) -> int:
+  """reinit_epoch, with -1 resolved to the published run's proportion."""
+  k = int(config.method.relearning.reinit_epoch)
+  if k != -1:
+    return k
+  return max(1, round(config.num_epochs * PUBLISHED_RUN[0] / PUBLISHED_RUN[1]))
 
 
 def reinit_due(epoch: int, reinit_epoch: int, reinit_num: int) -> bool:
@@ -116,7 +131,7 @@ class Relearning:
 
   def epoch_end(self, state, validation, data_key, next_epoch: int) -> dict:
     epoch, b, ctx = next_epoch - 1, self.block, self.ctx
-    if not reinit_due(epoch, b.reinit_epoch, b.reinit_num):
+    if not reinit_due(epoch, reinit_every(self.ctx.config), b.reinit_num):
       return {}
     data, classes = ctx.data, ctx.num_classes
     variables = state.variables()
