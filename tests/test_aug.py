@@ -55,18 +55,22 @@ def reference_turn_loss(p, model, batch, m, n_added):
           - 0.5 * torch_ce(add_fea, kl)), out
 
 
-def trained_by(path: str, m: str, n_added: int) -> bool:
-  """Whether a parameter has a gradient in modality m's turn (else torch skips it)."""
+def trained_by(path: str, m: str, n_added: int, learners_in_optimizer: bool = True) -> bool:
+  """Whether modality m's turn steps a parameter: it has a gradient and is one
+  of the optimizer's. train_CREMAD.py:201 builds the SGD optimizer from
+  model.parameters() before the epoch loop; the learners `add_layer` appends
+  later (model/AudioVideo.py:67-74) are not among them
+  (`learners_in_optimizer=False`, the reference as written)."""
   if path.startswith(f"encoders/{m}/"):
     return True
   if path.startswith("method_layers/aug/"):
     name = path.split("/")[2]
-    return name in ("fc_out", f"embedding_{m}") or any(
-        name == f"learner_{m}_{k}" for k in range(n_added))
+    return name in ("fc_out", f"embedding_{m}") or (learners_in_optimizer and any(
+        name == f"learner_{m}_{k}" for k in range(n_added)))
   return False
 
 
-def torch_sgd_turn(params, bufs, grads, m, counts, zeroed=()):
+def torch_sgd_turn(params, bufs, grads, m, counts, zeroed=(), learners=True):
   """optimizer.step(): parameters with a gradient (modality m's) step; those of
   `zeroed` modalities hold a zero gradient (PyTorch 1.11's zero_grad) and step too;
   the rest have None and are skipped."""
@@ -75,9 +79,9 @@ def torch_sgd_turn(params, bufs, grads, m, counts, zeroed=()):
   new, new_bufs = [], dict(bufs)
   for (path, w), g in zip(flat, gflat):
     key = "/".join(str(getattr(k, "key", k)) for k in path)
-    if trained_by(key, m, counts[m]):
+    if trained_by(key, m, counts[m], learners):
       pass
-    elif any(trained_by(key, z, counts[z]) for z in zeroed):
+    elif any(trained_by(key, z, counts[z], learners) for z in zeroed):
       g = jnp.zeros_like(w)
     else:
       new.append(w)
@@ -89,13 +93,19 @@ def torch_sgd_turn(params, bufs, grads, m, counts, zeroed=()):
   return jax.tree.unflatten(jax.tree.structure(params), new), new_bufs
 
 
-@pytest.mark.parametrize("skipped", ["untouched", "zero_grad"])
-def test_aug_two_batches_are_the_reference_turns_with_torch_sgd(skipped):
+@pytest.mark.parametrize("skipped, learners", [("untouched", True), ("zero_grad", True),
+                                               ("zero_grad", False)])
+def test_aug_two_batches_are_the_reference_turns_with_torch_sgd(skipped, learners):
   """untouched: PyTorch >= 2 (zero_grad sets None); zero_grad: PyTorch 1.11, the
   reference's version, where the audio parameters' zeroed gradients make the
-  visual turn's step apply momentum and weight decay to them."""
+  visual turn's step apply momentum and weight decay to them; learners=False:
+  the learners are not the optimizer's (the reference as written, and what
+  `method.protocol=reference` sets)."""
   from asgml_jax.plan import Plan
-  config = _config(**{"method.aug.skipped": skipped})
+  settings = {"method.aug.skipped": skipped, "method.aug.train_learners": learners}
+  config = _config(**settings)
+  if skipped == "zero_grad" and not learners:
+    assert _config(**{"method.protocol": "reference"}).method.aug.train_learners is False
   state, step, batch = jitted_step(config, lr_fn=lambda s: LR)
   counts = {"audio": 1, "visual": 2}             # learners already assigned to both
   state = state.replace(opt_state=optax.tree_utils.tree_set(
@@ -107,7 +117,7 @@ def test_aug_two_batches_are_the_reference_turns_with_torch_sgd(skipped):
       (loss, out), grads = jax.value_and_grad(reference_turn_loss, has_aux=True)(
           params, model, batch, m, counts[m])
       zeroed = ("audio",) if (skipped == "zero_grad" and m == "visual") else ()
-      params, bufs = torch_sgd_turn(params, bufs, grads, m, counts, zeroed)
+      params, bufs = torch_sgd_turn(params, bufs, grads, m, counts, zeroed, learners)
       probs = np.asarray(jax.nn.softmax(out, 1), np.float64)
       scores[m] += sum(probs[i][int(batch["label"][i])] for i in range(len(probs)))
     state, metrics = step(state, batch)
@@ -119,11 +129,17 @@ def test_aug_two_batches_are_the_reference_turns_with_torch_sgd(skipped):
   got = optax.tree_utils.tree_get(state.opt_state, "aug_score")
   for m in scores:
     assert float(got[m]) == pytest.approx(scores[m], rel=1e-5)
-  # the third, unassigned learner slot of audio was never touched
+  # the third, unassigned learner slot of audio was never touched, nor (as the
+  # reference) any assigned learner when they are not the optimizer's
   init = jitted_step(config, lr_fn=lambda s: LR)[0].params["method_layers"]["aug"]
-  np.testing.assert_array_equal(np.asarray(state.params["method_layers"]["aug"]["learner_audio_1"]
-                                           ["kernel"]),
-                                np.asarray(init["learner_audio_1"]["kernel"]))
+  now = state.params["method_layers"]["aug"]
+  untouched = ["learner_audio_1"] + ([] if learners else ["learner_audio_0", "learner_visual_0"])
+  for name in untouched:
+    np.testing.assert_array_equal(np.asarray(now[name]["kernel"]),
+                                  np.asarray(init[name]["kernel"]))
+  if learners:
+    assert np.abs(np.asarray(now["learner_audio_0"]["kernel"])
+                  - np.asarray(init["learner_audio_0"]["kernel"])).max() > 1e-6
 
 
 def test_aug_prediction_is_the_merged_shared_classifier_outputs():
@@ -161,3 +177,15 @@ def test_aug_assigns_learners_by_the_references_rule_and_epochs():
   assert assign({"audio": 98.0, "visual": 100.0}, 1.0) == "audio"
   assert assign({"audio": 120.0, "visual": 100.0}, 1.25) == "audio"   # 1.2 < λ − 0.01
   assert assign({"a": 50.0, "b": 80.0, "c": 79.0}, 1.0) == "a"
+
+
+def test_aug_merges_with_the_references_default_without_its_variant():
+  """train_CREMAD.py:166 `--merge_alpha` default 0.4, the audio weight of
+  `merge_alpha * out_a + (1 - merge_alpha) * out_v` (:128), also when aug
+  runs in a stack (no variant preset); other modality sets weigh 1/N."""
+  from asgml_jax.methods.aug import _merge
+  from conftest import tiny_mlp_config, with_stack
+  config = with_stack(tiny_mlp_config("/tmp/unused"), "aug,ogm_ge")
+  assert _merge(config) == {"audio": 0.4, "visual": 0.6}
+  config.modalities.text = config.modalities.audio
+  assert _merge(config) == pytest.approx({"audio": 1 / 3, "text": 1 / 3, "visual": 1 / 3})

@@ -15,7 +15,8 @@ The reference (`train_CREMAD.py` `train_audio_video`, model/AudioVideo.py
 learner's CE weighted by 1 − ½·p(y) of what came before it — the boosting
 of the residual). Each batch: both encoders' features from one forward pass,
 then one optimizer step per modality in turn on loss_m (encoder m, E_m, its
-active learners and fc; the rest are skipped: no momentum, no weight decay),
+active learners (below) and fc; the rest are skipped: no momentum, no weight
+decay),
 the second modality's head seeing fc after the first step. score_m sums
 softmax(out_m)(y) over the epoch's training examples. After epoch 0 and
 every num_epochs/10 epochs (the epoch count in `check_epochs`), with
@@ -23,9 +24,18 @@ ratio = score_a / score_v: ratio > λ + 0.01 gives the visual modality a new
 learner, ratio < λ − 0.01 the audio one (λ = 1, `--lam`). N ≥ 3: the modality
 with the lowest score gets one when max/min > λ + 0.01 (for N = 2 the
 reference's rule, with the sorted first modality as "a"). Prediction:
-Σ_m w_m out_m, w = `merge_weights` (the reference's `--merge_alpha 0.4`:
-audio 0.4, visual 0.6, the variant's values when the modalities are audio
-and visual; otherwise 1/N each).
+Σ_m w_m out_m, w = `merge_weights`; by default the reference's
+`--merge_alpha 0.4` (audio 0.4, visual 0.6) when the modalities are audio and
+visual, otherwise 1/N each.
+
+The reference never trains its learners: its SGD optimizer is built once
+from `model.parameters()` before the epoch loop (train_CREMAD.py:201), and
+`add_layer` (model/AudioVideo.py:67-74) appends a new `nn.Linear` that is
+never handed to it, so every learner keeps its initial values while it
+contributes to the loss and the prediction. `train_learners=True` (the
+default) trains them, as the paper's boosting describes;
+`train_learners=False` (`method.protocol=reference`) keeps them at their
+initial values, as the code runs.
 
 In JAX the learners are preallocated: as many slots per modality as there
 are check epochs before the last epoch (a learner added after the last epoch
@@ -74,14 +84,24 @@ def defaults() -> ml_collections.ConfigDict:
       # untouched: a parameter without a gradient is skipped (PyTorch >= 2) | zero_grad:
       # the batch's earlier turns' parameters get a zero-gradient step (PyTorch 1.11)
       skipped="untouched",
+      # True: the boosting learners train from when they are assigned | False: they
+      # stay at their initial values, as the reference's optimizer never receives them
+      train_learners=True,
   ))
 
 
+REFERENCE_MERGE = {"audio": 0.4, "visual": 0.6}   # --merge_alpha 0.4 (train_CREMAD.py:166)
+
+
 def _merge(config) -> dict:
-  """{m: w_m} of the prediction: 1/N each, or every modality named in merge_weights."""
+  """{m: w_m} of the prediction: every modality named in merge_weights; empty:
+  the reference's default for audio + visual (merge_alpha = 0.4 on audio,
+  train_CREMAD.py:128, :166), 1/N each for any other set of modalities."""
   names = cc.modality_names(config)
   text = config.method.aug.merge_weights
   if not text.strip():
+    if set(names) == set(REFERENCE_MERGE):
+      return dict(REFERENCE_MERGE)
     return {m: 1.0 / len(names) for m in names}
   weights = cc.parse_named_floats(text, names, math.nan)
   missing = [m for m, w in weights.items() if math.isnan(w)]
@@ -107,10 +127,6 @@ def drop_modality(config, name: str) -> None:
   a.merge_weights = ",".join(item for item in cc.names_list(a.merge_weights)
                              if item.partition("=")[0].strip() != name)
 
-
-def preset(config) -> None:
-  if set(config.modalities.keys()) == {"audio", "visual"}:
-    config.method.aug.merge_weights = "audio=0.4,visual=0.6"   # --merge_alpha 0.4
 
 
 def check_epochs(num_epochs: int, checks: int) -> list[int]:
@@ -190,13 +206,15 @@ def transform(ctx):
   return [keep_learners(ctx.names)]
 
 
-def _shared_keep(params, stepped: tuple, counts: dict):
+def _shared_keep(params, stepped: tuple, counts: dict, train_learners: bool = True):
   """Which non-encoder parameters a turn steps: fc_out, and the embedding and
-  active learners of the modalities in `stepped`; everything else (other
-  modalities' heads, unused model layers) is skipped."""
+  (with `train_learners`) active learners of the modalities in `stepped`;
+  everything else (other modalities' heads, unused model layers) is skipped."""
   def stepped_layer(name: str):
     if name == "fc_out" or name in {f"embedding_{m}" for m in stepped}:
       return jnp.bool_(True)
+    if not train_learners:
+      return jnp.bool_(False)
     kind, _, k = name.rpartition("_")             # learner_<m>_<k>: on while k < n_m
     return next((counts[m] > int(k) for m in stepped if kind == f"learner_{m}"),
                 jnp.bool_(False))
@@ -213,6 +231,7 @@ def sub_steps(ctx):
   names = ctx.names
   residual_weight = ctx.config.method.aug.residual_weight
   zero_grad = ctx.config.method.aug.skipped == "zero_grad"
+  train_learners = bool(ctx.config.method.aug.train_learners)
 
   def run(sub):
     labels = sub.step.labels
@@ -243,7 +262,7 @@ def sub_steps(ctx):
       updates, opt_state = sub.update(
           grads, opt_state, params, outputs, so_far, probe_state,
           encoder_mask={n: jnp.bool_(n in stepped) for n in names},
-          shared_keep=_shared_keep(params, stepped, counts),
+          shared_keep=_shared_keep(params, stepped, counts, train_learners),
           aug_scores={n: (scores[m] if n == m else jnp.float32(0.0)) for n in names})
       params = optax.apply_updates(params, updates)
       total_grads = jax.tree.map(jnp.add, total_grads, grads)
@@ -320,9 +339,10 @@ AUG = Method(
     name="aug",
     summary="AUG: a classifier shared by the modalities, each step one update per modality, "
             "and boosting learners assigned to the modality that classifies worse",
-    settings=Settings(block="aug", defaults=defaults, check_block=check_block, preset=preset,
+    settings=Settings(block="aug", defaults=defaults, check_block=check_block,
                       drop_modality=drop_modality),
-    protocols=Protocols(reference=(("method.aug.skipped", "zero_grad"),)),
+    protocols=Protocols(reference=(("method.aug.skipped", "zero_grad"),
+                                   ("method.aug.train_learners", False))),
     optax=Optax(stage="post", transform=transform),
     step=Step(sub_steps=sub_steps, layers=layers),
     evaluation=Evaluation(eval_logits=eval_logits),
