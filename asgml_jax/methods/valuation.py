@@ -54,6 +54,10 @@ Shapley value) and balancemm/datasets/__init__.py. Where they differ:
   the stronger modality), BalanceBenchmark one per modality per drawn row,
   and its d counts each pair twice; here the paper's rule, extended to N as
   "keep only the modality with the largest gap" with the pairs counted once.
+- Level: BalanceBenchmark's trainer config (configs/trainer_config.yaml,
+  `Sample: method: 'Modality-level'`) selects the modality level; the
+  default here is the sample level, the paper's titular method and its
+  code's `sample_level.py`; `level=modality` is BalanceBenchmark's choice.
 `start_epoch` (BalanceBenchmark's `modulation_starts` = 1; the paper's
 `warmup` = 5 of 60 epochs) is the first epoch trained on re-sampled rows.
 N modalities: Shapley over all subsets (2^N inference passes of the fusion).
