@@ -26,6 +26,7 @@ from asgml_jax.methods import stack as method_stack
 from asgml_jax.models.encoders import ENCODERS, stage_count
 from asgml_jax.models.fusion import FUSIONS
 from asgml_jax.models.mid_fusion import POSITIONS as mmtm_positions
+from asgml_jax.transforms.zero_grad import ZERO_GRAD_SCOPES
 from data_prep.registry import DATASETS
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
@@ -160,6 +161,10 @@ def base_config() -> ml_collections.ConfigDict:
       weight_decay=1e-4,
       lr_step_epochs=40,  # StepLR(step_size, gamma) in epochs
       lr_decay=0.1,
+      # what a parameter group without a gradient gets (transforms/zero_grad.py):
+      # set_to_none: skipped (PyTorch >= 2) | zeros_per_batch: a zero-gradient step if
+      # it was stepped earlier in the batch | zeros: ... earlier in the run (PyTorch < 2)
+      zero_grad="set_to_none",
   ))
 
   c.loss = ml_collections.ConfigDict(dict(
@@ -259,6 +264,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            f"must be in [0, 1), got {config.optimizer.momentum!r}")
   _require(config.optimizer.weight_decay >= 0, "optimizer.weight_decay",
            f"must be >= 0, got {config.optimizer.weight_decay!r}")
+  _one_of(config.optimizer.zero_grad, tuple(ZERO_GRAD_SCOPES), "optimizer.zero_grad")
   _require(0.0 < config.optimizer.lr_decay <= 1.0, "optimizer.lr_decay",
            f"must be in (0, 1], got {config.optimizer.lr_decay!r}")
   _require(config.loss.unimodal_weight >= 0, "loss.unimodal_weight",

@@ -41,6 +41,7 @@ from asgml_jax.probes import ProbeConfig, probe_config_from
 from asgml_jax.run_dir import RunIdentity
 from asgml_jax.state import create_train_state
 from asgml_jax.tasks import Task
+from asgml_jax.transforms.zero_grad import ZERO_GRAD_SCOPES, zeroed_gradient_steps
 from data_prep.registry import DATASETS
 
 TEACHER_PREFIX = methods.unimodal.VARIANT_PREFIX
@@ -137,8 +138,10 @@ class Plan:
       if m.optax.stage in ("combine", "edit"):
         parts += m.optax.transform(ctx)
     schedules = [m for m in self.methods if m.optax.stage == "schedule"]
-    parts.append(schedules[0].optax.schedule(ctx, inner) if schedules
-                 else optim.joint_schedule(inner))
+    schedule = (schedules[0].optax.schedule(ctx, inner) if schedules
+                else optim.joint_schedule(inner))
+    scope = ZERO_GRAD_SCOPES[self.config.optimizer.zero_grad]
+    parts.append(schedule if scope is None else zeroed_gradient_steps(schedule, scope))
     for m in self.methods:
       if m.optax.stage == "post":
         parts += m.optax.transform(ctx)

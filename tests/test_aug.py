@@ -102,10 +102,14 @@ def test_aug_two_batches_are_the_reference_turns_with_torch_sgd(skipped, learner
   the learners are not the optimizer's (the reference as written, and what
   `method.protocol=reference` sets)."""
   from asgml_jax.plan import Plan
-  settings = {"method.aug.skipped": skipped, "method.aug.train_learners": learners}
+  settings = {"optimizer.zero_grad": ("zeros_per_batch" if skipped == "zero_grad"
+                                     else "set_to_none"),
+              "method.aug.train_learners": learners}
   config = _config(**settings)
-  if skipped == "zero_grad" and not learners:
-    assert _config(**{"method.protocol": "reference"}).method.aug.train_learners is False
+  if skipped == "zero_grad" and not learners:       # what the reference protocol sets
+    reference = _config(**{"method.protocol": "reference"})
+    assert reference.method.aug.train_learners is False
+    assert reference.optimizer.zero_grad == "zeros_per_batch"
   state, step, batch = jitted_step(config, lr_fn=lambda s: LR)
   counts = {"audio": 1, "visual": 2}             # learners already assigned to both
   state = state.replace(opt_state=optax.tree_utils.tree_set(

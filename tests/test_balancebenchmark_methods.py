@@ -533,18 +533,31 @@ def _sgd_torch(p, g, buf, lr, momentum, wd):
   return p - lr * buf, buf
 
 
-@pytest.mark.parametrize("projection", ["replace", "none"])
-def test_mla_step_is_the_references_turns(projection):
-  """main.py `train_epoch` (gs_flag): one forward; for audio then visual:
-  CE(fc_out(f_m)).backward(); `before_update`; optimizer.step() (SGD skips the
-  parameters without a gradient: the other encoder); zero_grad. Two batches, so
-  the second batch's turns are projected and momentum carries over. Derivatives
-  come from jax.grad of the plain model; the turns, the skipping, the projection
-  and torch's SGD are written out here."""
+@pytest.mark.parametrize("projection, zero_grad", [("replace", "set_to_none"),
+                                                    ("none", "set_to_none"),
+                                                    ("none", "zeros_per_batch")])
+def test_mla_step_is_the_references_turns(projection, zero_grad):
+  """main.py `train_epoch` (gs_flag, :432-466 of
+  Cecile-hi/Multimodal-Learning-with-Alternating-Unimodal-Adaptation): one
+  forward; for audio then visual: CE(fc_out(f_m)).backward(); `before_update`;
+  optimizer.step(); optimizer.zero_grad(); after the turns `del p.grad` for
+  every parameter. Under PyTorch >= 2 the step skips the parameters without a
+  gradient (the other encoder); under the repository's torch 1.8.1
+  (requirements.txt) zero_grad() left the audio encoder a zero gradient, so
+  the visual turn's step gives it weight decay and momentum too
+  (`zeros_per_batch`, what `method.protocol=reference` sets). Two batches, so
+  the second batch's turns are projected and momentum carries over.
+  Derivatives come from jax.grad of the plain model; the turns, the skipping,
+  the projection and torch's SGD are written out here."""
   from asgml_jax.methods.mla import project_kernel_grad, projector_step
   from asgml_jax.models import model_from_config
   from asgml_jax.losses import cross_entropy
-  config = _config("mla", **{"method.mla.projection": projection})
+  config = _config("mla", **{"method.mla.projection": projection,
+                             "optimizer.zero_grad": zero_grad})
+  if zero_grad == "zeros_per_batch":
+    reference = _config("mla", **{"method.protocol": "reference"})
+    assert (reference.method.mla.projection, reference.optimizer.zero_grad) == (
+        "none", "zeros_per_batch")
   assert config.model.fusion == "shared"
   state, step, batch = jitted_step(config)
   opt = config.optimizer
@@ -580,6 +593,14 @@ def test_mla_step_is_the_references_turns(projection):
           params["encoders"][m], bufs["encoders"][m] = new_p, new_b
         else:
           params["fusion"], bufs["fusion"] = new_p, new_b
+      if zero_grad == "zeros_per_batch":          # the earlier turns' zeroed gradients
+        for e in names[:names.index(m)]:
+          moved = jax.tree.map(lambda p, b: sgd(p, np.zeros_like(p), b),
+                               params["encoders"][e], bufs["encoders"][e])
+          params["encoders"][e] = jax.tree.map(lambda x: x[0], moved,
+                                               is_leaf=lambda x: isinstance(x, tuple))
+          bufs["encoders"][e] = jax.tree.map(lambda x: x[1], moved,
+                                             is_leaf=lambda x: isinstance(x, tuple))
   assert largest_change(state.params, params) > 1e-3
   assert param_mismatch(ours.params, params) <= 1
 
@@ -1024,6 +1045,35 @@ def test_reconboost_losses_and_skipped_parameters_equal_the_reference():
       np.testing.assert_allclose(out, rate * (unimodal["audio"] + unimodal["visual"]), rtol=1e-5,
                                  atol=1e-6)
       assert float(new.params["fusion"]["boost_rate"]) != rate
+    state = new
+
+
+def test_reconboost_under_torch_1_12_steps_every_parameter_that_had_a_gradient():
+  """BalanceBenchmark's README installs torch 1.12.1, whose
+  `optimizer.zero_grad()` (ReconBoost_trainer.py:247, :293) fills `.grad` with
+  zeros and nothing deletes them: after the first stage 2 (epoch 1) every
+  parameter holds a gradient, so stage 1 of visual (epoch 2) also steps the
+  audio encoder and the boost rate, on a zero gradient: with plain SGD
+  (momentum 0) p ← p − lr·wd·p exactly. In epoch 0 the visual encoder has
+  never had one and stays put."""
+  lr, wd = 0.05, 0.01
+  config = _config("reconboost", **{"method.protocol": "reference", "optimizer.momentum": 0.0,
+                                    "optimizer.weight_decay": wd})
+  assert config.optimizer.zero_grad == "zeros"
+  state, step, batch = jitted_step(config, steps_per_epoch=1, lr_fn=lambda s: lr)
+  for epoch in range(3):
+    new, _ = step(state, batch)
+    if epoch == 0:
+      assert largest_change(new.params["encoders"]["visual"],
+                            state.params["encoders"]["visual"]) == 0
+    if epoch == 2:
+      for got, old in zip(jax.tree.leaves(new.params["encoders"]["audio"]),
+                          jax.tree.leaves(state.params["encoders"]["audio"])):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(old) * (1 - lr * wd),
+                                   rtol=1e-6, atol=1e-9)
+      rate = float(state.params["fusion"]["boost_rate"])
+      assert float(new.params["fusion"]["boost_rate"]) == pytest.approx(rate * (1 - lr * wd),
+                                                                         rel=1e-6)
     state = new
 
 

@@ -201,3 +201,49 @@ def test_joint_schedule_equals_the_inner_optimizer():
     params = optax.apply_updates(params, updates)
   for a, b in zip(jax.tree.leaves(history[-1][2]), jax.tree.leaves(params)):
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scope", ["batch", "run"])
+def test_zeroed_gradient_steps_follow_torch_before_2(scope):
+  """torch.optim.SGD(momentum=0.9, weight_decay=0.1) under PyTorch < 2.0: a
+  parameter whose .grad was zeroed (not deleted) steps on d = 0 + wd·p, and
+  buf = 0.9·buf + d. Two updates in train step 0 (a then b: b's update steps
+  a on zeros), then one in step 1 with only a's gradient: b steps on zeros
+  when nothing deleted the gradients ("run"), not after `del p.grad` at the
+  batch's end ("batch")."""
+  from asgml_jax.transforms.zero_grad import zeroed_gradient_steps
+  lr, mom, wd = 0.1, 0.9, 0.1
+  inner = optax.chain(optax.add_decayed_weights(wd), optax.trace(decay=mom),
+                      optax.scale(-lr))
+  tx = zeroed_gradient_steps(modality_schedule(inner, "joint"), scope)
+  params = {"encoders": {"a": jnp.asarray([1.0, -2.0]), "b": jnp.asarray([0.5])},
+            "fusion": jnp.asarray([3.0])}
+  grads = {"encoders": {"a": jnp.asarray([0.2, 0.4]), "b": jnp.asarray([-1.0])},
+           "fusion": jnp.asarray([0.3])}
+  state = tx.init(params)
+  # torch, written out: p, buf per parameter; None = never had a gradient
+  ref = {k: [np.asarray(v, np.float64), None] for k, v in
+         (("a", params["encoders"]["a"]), ("b", params["encoders"]["b"]),
+          ("fusion", params["fusion"]))}
+  g_np = {"a": np.asarray(grads["encoders"]["a"]), "b": np.asarray(grads["encoders"]["b"]),
+          "fusion": np.asarray(grads["fusion"])}
+
+  def torch_step(with_grad, zeroed):
+    for k in with_grad + zeroed:
+      p, buf = ref[k]
+      d = (g_np[k] if k in with_grad else 0.0) + wd * p
+      buf = d if buf is None else mom * buf + d
+      ref[k] = [p - lr * buf, buf]
+
+  plan = [(0, "a", [], []), (0, "b", ["a"], ["a"]), (1, "a", ["b"] if scope == "run" else [], [])]
+  for step, own, zeroed, _ in plan:
+    mask = {"a": jnp.bool_(own == "a"), "b": jnp.bool_(own == "b")}
+    masked = {"encoders": {m: g if m == own else jnp.zeros_like(g)
+                           for m, g in grads["encoders"].items()}, "fusion": grads["fusion"]}
+    updates, state = tx.update(masked, state, params, step=jnp.asarray(step),
+                               encoder_mask=mask)
+    params = optax.apply_updates(params, updates)
+    torch_step([own, "fusion"], zeroed)
+    for k in ("a", "b"):
+      np.testing.assert_allclose(np.asarray(params["encoders"][k]), ref[k][0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(params["fusion"]), ref["fusion"][0], rtol=1e-6)

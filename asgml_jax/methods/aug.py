@@ -47,10 +47,11 @@ The reference runs PyTorch 1.11, where `optimizer.zero_grad()` leaves zero
 gradients (not None) on the first modality's parameters, so the second
 modality's step still applies momentum and weight decay to them (`del p.grad`
 at the end of the batch makes them None again for the next batch's first
-step). `skipped="untouched"` (default) leaves a parameter without a gradient
-alone (PyTorch ≥ 2.0, as MLA and ReconBoost here); `skipped="zero_grad"`
-(`method.protocol=reference`) gives the parameters of the batch's earlier
-turns a zero-gradient step (momentum and weight decay) in each later turn. The KS script's confidence network `w_network` is a
+step). By default a parameter without a gradient is left alone (PyTorch ≥
+2.0); `method.protocol=reference` sets `optimizer.zero_grad=zeros_per_batch`
+(asgml_jax/transforms/zero_grad.py, as for MLA): the parameters of the
+batch's earlier turns get a zero-gradient step (momentum and weight decay)
+in each later turn. The KS script's confidence network `w_network` is a
 separate variant of the method, not in the CREMA-D script, and not ported.
 """
 
@@ -81,9 +82,6 @@ def defaults() -> ml_collections.ConfigDict:
       lam=1.0,               # λ of the score-ratio rule
       checks=10,             # learners are assigned after epoch 0 and every num_epochs/checks
       merge_weights="",      # "<m>=<w>,..." of the prediction; empty: 1/N each
-      # untouched: a parameter without a gradient is skipped (PyTorch >= 2) | zero_grad:
-      # the batch's earlier turns' parameters get a zero-gradient step (PyTorch 1.11)
-      skipped="untouched",
       # True: the boosting learners train from when they are assigned | False: they
       # stay at their initial values, as the reference's optimizer never receives them
       train_learners=True,
@@ -115,7 +113,6 @@ def check_block(config) -> None:
   cc.at_least(config, "method.aug.residual_weight", 0)
   cc.positive(config, "method.aug.lam")
   cc.positive(config, "method.aug.checks")
-  cc.one_of(config.method.aug.skipped, ("untouched", "zero_grad"), "method.aug.skipped")
   try:
     _merge(config)
   except ValueError as err:
@@ -230,7 +227,6 @@ def sub_steps(ctx):
   heads = layers(ctx)
   names = ctx.names
   residual_weight = ctx.config.method.aug.residual_weight
-  zero_grad = ctx.config.method.aug.skipped == "zero_grad"
   train_learners = bool(ctx.config.method.aug.train_learners)
 
   def run(sub):
@@ -256,13 +252,12 @@ def sub_steps(ctx):
       # the reference's tmp_a / tmp_v: Σ_i softmax(out_m)_i(y_i)
       scores[m] = jax.lax.stop_gradient(batch_scores({m: out}, labels)[m])
       so_far = {n: losses.get(n, jnp.float32(0.0)) for n in names}
-      # the turn steps modality m's parameters; with zero_grad also (with their
-      # zero gradient) those of the batch's earlier turns
-      stepped = names[:names.index(m) + 1] if zero_grad else (m,)
+      # the turn steps modality m's parameters (under optimizer.zero_grad=
+      # zeros_per_batch the optimizer also steps those of the batch's earlier turns)
       updates, opt_state = sub.update(
           grads, opt_state, params, outputs, so_far, probe_state,
-          encoder_mask={n: jnp.bool_(n in stepped) for n in names},
-          shared_keep=_shared_keep(params, stepped, counts, train_learners),
+          encoder_mask={n: jnp.bool_(n == m) for n in names},
+          shared_keep=_shared_keep(params, (m,), counts, train_learners),
           aug_scores={n: (scores[m] if n == m else jnp.float32(0.0)) for n in names})
       params = optax.apply_updates(params, updates)
       total_grads = jax.tree.map(jnp.add, total_grads, grads)
@@ -341,7 +336,7 @@ AUG = Method(
             "and boosting learners assigned to the modality that classifies worse",
     settings=Settings(block="aug", defaults=defaults, check_block=check_block,
                       drop_modality=drop_modality),
-    protocols=Protocols(reference=(("method.aug.skipped", "zero_grad"),
+    protocols=Protocols(reference=(("optimizer.zero_grad", "zeros_per_batch"),
                                    ("method.aug.train_learners", False))),
     optax=Optax(stage="post", transform=transform),
     step=Step(sub_steps=sub_steps, layers=layers),

@@ -6,7 +6,12 @@ previous one's; predictions fuse the modalities by their confidence.
 Each batch: one forward of every encoder, then for each modality m in turn
 (sorted order) one optimizer update on CE(head(f_m)) that trains encoder m
 and the head only (the other encoders are skipped: no momentum, no weight
-decay, as PyTorch skips parameters without a gradient). Turn k of the batch
+decay, as PyTorch >= 2.0 skips parameters without a gradient). The reference
+pins torch 1.8.1 (requirements.txt), whose `optimizer.zero_grad()` leaves
+zero gradients: a later turn of the batch steps the earlier turns' encoders
+too (weight decay and momentum on a zero gradient) until `del p.grad` at the
+batch's end; `method.protocol=reference` sets that
+(`optimizer.zero_grad=zeros_per_batch`, asgml_jax/transforms/zero_grad.py). Turn k of the batch
 sees the head after turns < k. Before each update but the run's very first,
 the head's weight gradient goes through the gradient-search projector P
 (orthogonal weight modification), with r the mean of f_m over the batch and
@@ -200,7 +205,8 @@ MLA = Method(
                   Requirement("model.unimodal_heads", "split",
                               "mla's unimodal predictions are the shared head on each modality")),
         preset=preset),
-    protocols=Protocols(reference=(("method.mla.projection", "none"),)),
+    protocols=Protocols(reference=(("method.mla.projection", "none"),
+                                   ("optimizer.zero_grad", "zeros_per_batch"))),
     optax=Optax(stage="edit", rank=5, transform=transform),
     step=Step(sub_steps=sub_steps),
     evaluation=Evaluation(eval_logits=eval_logits),

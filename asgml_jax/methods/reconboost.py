@@ -14,7 +14,13 @@ over the data, in the order
   (+ α·MSE(softmax(o_m), softmax(o_prev)), the reconcilement term, which the
   reference detaches on both sides: it is logged and adds no gradient). Only
   encoder m and the head train; the other encoders and ρ are skipped (no
-  momentum, no weight decay), as PyTorch skips parameters without a gradient.
+  momentum, no weight decay), as PyTorch >= 2.0 skips parameters without a
+  gradient. BalanceBenchmark installs torch 1.12.1 (its README), whose
+  `optimizer.zero_grad()` leaves zero gradients and nothing deletes them, so
+  there every parameter stepped once is stepped in every later update
+  (weight decay and momentum on a zero gradient);
+  `method.protocol=reference` sets that (`optimizer.zero_grad=zeros`,
+  asgml_jax/transforms/zero_grad.py).
 - stage 2: CE(ρ·Σ_m o_m), everything trains.
 
 One of the reference's epochs is 2·t_epochs·N passes over the data (a stage 1
@@ -131,5 +137,6 @@ RECONBOOST = Method(
                   Requirement("model.unimodal_heads", "split",
                               "reconboost's learners are the shared head on each modality")),
         preset=preset),
-    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0),)),
+    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0),
+                                   ("optimizer.zero_grad", "zeros"))),
     step=Step(fused_loss=fused_loss))
