@@ -210,3 +210,32 @@ def test_di_mml_schedule_follows_the_reference_proportions():
                              "method.di_mml.contrast_epoch": -1, "num_epochs": 170})) == (150, 20)
   assert schedule(_config(**{"method.di_mml.fusion_epochs": -1,
                              "method.di_mml.contrast_epoch": -1, "num_epochs": 20})) == (18, 2)
+
+
+def test_di_mml_fusion_layer_starts_stage_2_with_a_fresh_optimizer():
+  """main_CFT_stage2.py:284-285 builds `optim.SGD(classifier.parameters(),
+  momentum=0.9, weight_decay=1e-4)` for stage 2 over the fusion module alone,
+  so its first update is torch's first SGD step, buf = d_p = g + wd·w,
+  w ← w − lr·buf, however long stage 1 ran (in which the stage-1 script has
+  no fusion module); the encoders are not in that optimizer and stay put."""
+  from asgml_jax.plan import Plan
+  lr, wd = 0.05, 0.01
+  config = _config(**{"optimizer.momentum": 0.9, "optimizer.weight_decay": wd})
+  state, step, batch = jitted_step(config, lr_fn=lambda s: lr)        # 6 steps per epoch
+  for _ in range(12):                                                  # stage 1: epochs 0, 1
+    state, _ = step(state, batch)
+  assert int(state.step) == 12
+  model = Plan.build(config).model(4)
+  names = ("audio", "visual")
+  inputs, labels = {m: batch[m] for m in names}, batch["label"]
+
+  def stage2_loss(fusion):
+    feats = model.apply({"params": state.params}, inputs, train=False)["features"]
+    x = jnp.concatenate([feats["audio"], feats["visual"]], 1)
+    return _ce(x @ fusion["kernel"] + fusion["bias"], labels)
+
+  grad = jax.grad(stage2_loss)(state.params["fusion"])
+  new, _ = step(state, batch)
+  want = jax.tree.map(lambda w, g: w - lr * (g + wd * w), state.params["fusion"], grad)
+  _assert_params(new.params["fusion"], want)
+  _assert_params(new.params["encoders"], state.params["encoders"])

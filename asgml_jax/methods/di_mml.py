@@ -39,8 +39,13 @@ still at its init).
 
 Schedule: the reference trains 150 + 20 epochs and starts L_con at epoch 20;
 here `fusion_epochs=-1` gives round(num_epochs · 20/170) fusion epochs and
-`contrast_epoch=-1` round(S · 20/150). The run keeps one learning-rate schedule
-(the reference restarts lr 1e-3 for stage 2). BatchNorm running statistics
+`contrast_epoch=-1` round(S · 20/150). Each stage's optimizer steps only its
+own parameters: stage 1 everything but the fusion layer, stage 2 the fusion
+layer alone, which therefore starts stage 2 as from the fresh SGD the
+reference's `main_CFT_stage2.py` builds (:284-285: over the fusion module,
+momentum 0.9, weight decay 1e-4), with no momentum carried from stage 1. The
+run keeps one learning-rate schedule (the reference restarts lr 1e-3 for
+stage 2). BatchNorm running statistics
 still follow the train-mode forward of the step in stage 2 (the reference's
 encoders are in eval mode there); the features the fusion layer learns from are
 inference-mode ones.
@@ -226,12 +231,21 @@ def fused_loss(ctx):
       zeros = {m: jnp.zeros((), jnp.float32) for m in names}
       return cross_entropy(logits, labels), (zeros, dict(zeros))
 
-    total, (align, con) = jax.lax.cond(epoch >= first_fusion, fusion, detached, None)
+    fusion_stage = epoch >= first_fusion
+    total, (align, con) = jax.lax.cond(fusion_stage, fusion, detached, None)
+    # Each stage's optimizer holds only its own parameters (the reference builds
+    # a fresh SGD over the fusion module for stage 2): the other stage's are
+    # skipped by the optimizer, no weight decay and no momentum, so the fusion
+    # layer starts stage 2 with an empty momentum buffer.
+    stepped = {"encoder_mask": {m: ~fusion_stage for m in names},
+               "shared_keep": {k: jax.tree.map(lambda _, on=(fusion_stage if k == "fusion"
+                                                             else ~fusion_stage): on, v)
+                               for k, v in params.items() if k != "encoders"}}
     metrics = {**{f"di_mml/align_{m}": v for m, v in align.items()},
                **{f"di_mml/contrast_{m}": v for m, v in con.items()},
                **{f"di_mml/own_dims_{m}": exclusive_count(top, m) for m in names},
                "di_mml/fusion_stage": (epoch >= first_fusion).astype(jnp.float32)}
-    return total, {"metrics": metrics}
+    return total, {"metrics": metrics, "tx_args": stepped}
   return loss
 
 
