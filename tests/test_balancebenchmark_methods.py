@@ -853,27 +853,43 @@ def test_lfm_alpha_follows_the_references_schedule_and_clip():
   assert want[41][1] == pytest.approx(0.95) and want[-1][1] == pytest.approx(0.05)
 
 
+def _lfm_hook_at_half(config):
+  """(setup, state with α = (½, ½), the epoch hooks, the first 8 validation rows)."""
+  import optax
+
+  from asgml_jax.epoch_hooks import EpochHooks
+  config.method.lfm.lr_alpha = 200.0           # so that α moves visibly
+  setup = loop.setup_run(Plan.build(config))
+  state = loop.fresh_state(setup, 42)
+  state = state.replace(opt_state=optax.tree_utils.tree_set(
+      state.opt_state, lfm_alpha=jnp.asarray([0.5, 0.5])))   # away from the clip
+  hooks = EpochHooks(setup, [loop.run_keys(42)[1]], stacked=False)
+  batch = jax.tree.map(lambda x: jnp.asarray(x[:8]), setup.data.eval_splits["validation"])
+  return setup, state, hooks, batch
+
+
+def _torch_hypergradient(losses, alpha, params):
+  """torch.autograd.grad(∇L_total, θ, grad_outputs=∇CE), written as reverse over
+  reverse: grad_θ ⟨∇(α₀·CE + α₁·A)(θ), stop_gradient(∇CE)⟩."""
+  g_cls = jax.grad(lambda p: losses(p)[0])(params)
+  total_grad = jax.grad(lambda p: alpha[0] * losses(p)[0] + alpha[1] * losses(p)[1])
+  return jax.grad(lambda p: sum(jnp.vdot(a, jax.lax.stop_gradient(b)) for a, b in zip(
+      jax.tree.leaves(total_grad(p)), jax.tree.leaves(g_cls))))(params)
+
+
 def test_lfm_hypergradient_is_torchs_hessian_vector_product(tfds_dir):
   """getAlpha_Learnable: torch.autograd.grad(∇L_total, θ, grad_outputs=∇CE) — written
   here as reverse over reverse, grad_θ ⟨∇L_total(θ), stop_gradient(∇CE)⟩ — then the
   mean of the first parameter's entries; the hook writes next_alpha of it."""
-  from asgml_jax.epoch_hooks import EpochHooks
   from asgml_jax.methods.lfm import next_alpha
   from asgml_jax.models.encoders import first_weight
   from asgml_jax.losses import cross_entropy
   from configs.variants import apply_variant
-  import optax
   config = apply_variant(tiny_mlp_config(tfds_dir), "lfm")
   for m in config.modalities:
     config.modalities[m].dropout = 0.0
-  config.method.lfm.lr_alpha = 200.0           # so that α moves visibly
-  setup = loop.setup_run(Plan.build(config))
-  state = loop.fresh_state(setup, 42)
-  alpha = jnp.asarray([0.5, 0.5])              # away from the clip
-  state = state.replace(opt_state=optax.tree_utils.tree_set(state.opt_state, lfm_alpha=alpha))
-  hooks = EpochHooks(setup, [loop.run_keys(42)[1]], stacked=False)
-  batch = jax.tree.map(lambda x: jnp.asarray(x[:8]), setup.data.eval_splits["validation"])
-  names = setup.names
+  setup, state, hooks, batch = _lfm_hook_at_half(config)
+  alpha, names = jnp.asarray([0.5, 0.5]), setup.names
 
   def losses(p):
     out = setup.model.apply({"params": p}, {m: batch[m] for m in names}, train=True)
@@ -883,10 +899,7 @@ def test_lfm_hypergradient_is_torchs_hessian_vector_product(tfds_dir):
                 for j, k in pairs) / len(pairs)
     return cross_entropy(out["logits"], batch["label"]), align
 
-  g_cls = jax.grad(lambda p: losses(p)[0])(state.params)
-  total_grad = jax.grad(lambda p: alpha[0] * losses(p)[0] + alpha[1] * losses(p)[1])
-  hvp = jax.grad(lambda p: sum(jnp.vdot(a, jax.lax.stop_gradient(b)) for a, b in zip(
-      jax.tree.leaves(total_grad(p)), jax.tree.leaves(g_cls))))(state.params)
+  hvp = _torch_hypergradient(losses, alpha, state.params)
   # the MLP's first layer: fc1 of torch's Sequential(Linear, ReLU, Linear)
   want_grad = float(jnp.mean(hvp["encoders"]["audio"]["fc1"]["kernel"]))
   assert first_weight(hvp["encoders"]["audio"], "mlp").shape == (
@@ -933,9 +946,6 @@ def test_lfm_neurips_hypergradient_rows_and_mode(tfds_dir):
   epoch 0 (built in train mode) and in eval() from epoch 1 on (`val()` at
   :136 leaves it there). With dropout on, epoch 1's gradient is the
   inference-mode one and epoch 0's is not."""
-  import optax
-
-  from asgml_jax.epoch_hooks import EpochHooks
   from asgml_jax.losses import cross_entropy
   from asgml_jax.methods.lfm import alignment, next_alpha
   from configs.variants import apply_variant
@@ -943,24 +953,15 @@ def test_lfm_neurips_hypergradient_rows_and_mode(tfds_dir):
   config.method.protocol = "reference"
   config.model.fusion = "sum"
   config.batch_size = 64                      # BalanceBenchmark's rule would take 16 rows
-  config.method.lfm.lr_alpha = 200.0
-  setup = loop.setup_run(Plan.build(config))
-  state = loop.fresh_state(setup, 42)
-  alpha = jnp.asarray([0.5, 0.5])
-  state = state.replace(opt_state=optax.tree_utils.tree_set(state.opt_state, lfm_alpha=alpha))
-  hooks = EpochHooks(setup, [loop.run_keys(42)[1]], stacked=False)
-  batch = jax.tree.map(lambda x: jnp.asarray(x[:8]), setup.data.eval_splits["validation"])
-  names = setup.names
+  setup, state, hooks, batch = _lfm_hook_at_half(config)
+  alpha, names = jnp.asarray([0.5, 0.5]), setup.names
 
   def losses(p):
     out = setup.model.apply({"params": p}, {m: batch[m] for m in names}, train=False)
     o_a, o_v = out["unimodal_logits"]["audio"], out["unimodal_logits"]["visual"]
     return cross_entropy(0.5 * o_v + 0.5 * o_a, batch["label"]), alignment(o_a, o_v)
 
-  g_cls = jax.grad(lambda p: losses(p)[0])(state.params)
-  total_grad = jax.grad(lambda p: alpha[0] * losses(p)[0] + alpha[1] * losses(p)[1])
-  hvp = jax.grad(lambda p: sum(jnp.vdot(a, jax.lax.stop_gradient(b)) for a, b in zip(
-      jax.tree.leaves(total_grad(p)), jax.tree.leaves(g_cls))))(state.params)
+  hvp = _torch_hypergradient(losses, alpha, state.params)
   want_grad = float(jnp.mean(hvp["encoders"]["audio"]["fc1"]["kernel"]))
   assert abs(want_grad) > 1e-6
   after = hooks.epoch_end(state, [{}], next_epoch=1)
