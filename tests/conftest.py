@@ -266,6 +266,21 @@ def with_stack(config, stack: str):
   return needed_settings(config)
 
 
+def evaluated_after_a_step(config):
+  """(state, batch, eval_step outputs) after one train step of `config`: what
+  validation reads (the stack's eval_logits hook applied) on the first batch."""
+  from asgml_jax import steps
+  from asgml_jax.models import model_from_config
+  from asgml_jax.plan import Plan
+  from asgml_jax.probes import probe_config_from
+  state, step, batch = jitted_step(config)
+  state, _ = step(state, batch)
+  got = steps.eval_step(state, batch, model=model_from_config(config, 4),
+                        probe_cfg=probe_config_from(config, 4),
+                        eval_logits=Plan.build(config).evaluation(1).eval_logits)
+  return state, batch, got
+
+
 def two_healthy_steps(config, what) -> dict:
   """Two jitted steps of `config` on one batch: the health flag stays clear and
   every metric is finite; returns the last step's metrics."""

@@ -18,7 +18,8 @@ import pytest
 
 from asgml_jax import loop
 from asgml_jax.plan import Plan, teacher_config, teacher_dir, with_seed
-from conftest import jitted_step, largest_change, param_mismatch, tiny_mlp_config
+from conftest import (evaluated_after_a_step, jitted_step, largest_change, param_mismatch,
+                      tiny_mlp_config)
 from conftest import variant_config as _config
 
 
@@ -279,16 +280,9 @@ def test_mmcosine_evaluates_with_cosine_logits_or_as_the_reference_with_the_plai
   """Design (BalanceBenchmark's `validation_step`): Σ cosine logits;
   reference (MMCosine_ICASSP23 `valid`): the model's plain fused output. Both
   score the unimodal heads with the cosine logits."""
-  from asgml_jax import steps
-  from asgml_jax.models import model_from_config
-  from asgml_jax.probes import probe_config_from
   config = _config("mmcosine", **{"method.protocol": protocol})
   assert config.method.mmcosine.eval_logits == ("plain" if protocol == "reference" else "cosine")
-  state, step, batch = jitted_step(config)
-  state, _ = step(state, batch)
-  model = model_from_config(config, 4)
-  got = steps.eval_step(state, batch, model=model, probe_cfg=probe_config_from(config, 4),
-                        eval_logits=Plan.build(config).evaluation(1).eval_logits)
+  state, batch, got = evaluated_after_a_step(config)
   names, feats, out, _, kernel, _, _ = _outputs(config, state, batch)
   cos = reference_mmcosine_logits(feats, kernel.T, names, 10.0)
   want = out if protocol == "reference" else sum(cos.values())
@@ -1157,17 +1151,10 @@ def reference_amco_validation_logits(features, weight, bias, key):
 
 @pytest.mark.parametrize("choice", ["default", "mixer"])
 def test_amco_evaluates_as_the_reference_with_the_sum_of_split_logits(choice):
-  from asgml_jax import steps
-  from asgml_jax.models import model_from_config
-  from asgml_jax.probes import probe_config_from
   overrides = {"method.amco.eval_logits": "mixer"} if choice == "mixer" else {}
   config = _config("amco", **overrides)
   assert config.method.amco.eval_logits == ("mixer" if choice == "mixer" else "sum")
-  state, step, batch = jitted_step(config)
-  state, _ = step(state, batch)
-  model = model_from_config(config, 4)
-  got = steps.eval_step(state, batch, model=model, probe_cfg=probe_config_from(config, 4),
-                        eval_logits=Plan.build(config).evaluation(1).eval_logits)
+  state, batch, got = evaluated_after_a_step(config)
   names, feats, out, _, kernel, bias, _ = _outputs(config, state, batch)
   fused, unimodal = reference_amco_validation_logits(feats, kernel.T, bias, names)
   want = out if choice == "mixer" else fused       # out: linear_star(Σ_m u_m)

@@ -93,17 +93,12 @@ def test_dgl_evaluates_the_unimodal_logits_with_the_whole_bias_as_the_reference(
   models/fusion_modules.py:57-58 computes as fc_out(cat(x, 0)) and
   fc_out(cat(0, y)): W_m x_m + b with fc_out's whole bias; the fused one is
   fc_out(cat(x, y)) (:56)."""
-  from asgml_jax import steps
   from asgml_jax.models import model_from_config
-  from asgml_jax.plan import Plan
-  from asgml_jax.probes import probe_config_from
+  from conftest import evaluated_after_a_step
   config = _config()
-  state, step, batch = jitted_step(config)
-  state, _ = step(state, batch)
+  state, batch, got = evaluated_after_a_step(config)
   model = model_from_config(config, 4)
   names = model.modality_names
-  got = steps.eval_step(state, batch, model=model, probe_cfg=probe_config_from(config, 4),
-                        eval_logits=Plan.build(config).evaluation(1).eval_logits)
   out = model.apply({"params": state.params}, {m: batch[m] for m in names}, train=False)
   f64 = lambda x: np.asarray(x, np.float64)
   feats = {m: f64(out["features"][m]) for m in names}
