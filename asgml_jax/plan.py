@@ -81,7 +81,16 @@ class Plan:
     return RunIdentity(method=stack.method_name(self.config),
                        stack=tuple(m.name for m in self.methods),
                        label=stack.run_label(self.config), defaults=schema_defaults(),
-                       task=self.task.name, selection_metric=self.task.selection_metric)
+                       task=self.task.name, selection_metric=self.task.selection_metric,
+                       unread=self.unread_groups)
+
+  @property
+  def unread_groups(self) -> tuple[str, ...]:
+    """The config groups of the methods outside the stack ("method.<block>"),
+    which no part of the run reads."""
+    used = {m.settings.block for m in self.methods}
+    return tuple(sorted(f"method.{m.settings.block}" for m in methods.all_methods()
+                        if m.settings.block is not None and m.settings.block not in used))
 
   @property
   def needs_teachers(self) -> bool:

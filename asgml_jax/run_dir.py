@@ -28,6 +28,12 @@ from asgml_jax.workdir_lock import WorkdirBusy, WorkdirLock
 
 # Keys whose value may change between a run and its resumption.
 RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "sweep_seeds")
+# Keys the schema no longer has: {key: (its value when it did nothing, what
+# replaced it)}. A run saved with that value resumes; with another it is
+# refused, since the replacement would now decide what its value did.
+REMOVED_KEYS = {
+    "method.aug.skipped": ("untouched", "optimizer.zero_grad=zeros_per_batch"),
+}
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 
@@ -45,6 +51,9 @@ class RunIdentity(NamedTuple):
   defaults: dict
   task: str = "classification"
   selection_metric: str = "accuracy"
+  # config groups no part of the run reads (the blocks of methods outside its
+  # stack): a workdir's experiment does not depend on them
+  unread: tuple[str, ...] = ()
 
 
 class WorkdirError(Exception):
@@ -90,24 +99,34 @@ def _write_json_atomically(path: str, payload) -> None:
   os.replace(path + ".tmp", path)
 
 
-def check_config_matches_workdir(config, workdir: str, defaults: dict) -> None:
+def check_config_matches_workdir(config, workdir: str, defaults: dict,
+                                 unread: tuple[str, ...] = ()) -> None:
   """A workdir belongs to one experiment: resuming it with another config
   would silently mix two runs, so refuse and name the keys that differ.
 
   A key the saved config lacks (added to the schema after the run started)
   is no difference while the current value is its default: the run behaved
-  as the default says."""
+  as the default says. Keys under `unread` (groups the run never reads,
+  e.g. other methods' settings, whose defaults may change between versions)
+  are no difference either."""
   path = os.path.join(workdir, CONFIG_FILE)
   current = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
     old, new = flatten(saved), flatten(current)
+    for key, (inert, replacement) in REMOVED_KEYS.items():
+      if key in old and key not in new:
+        if old.pop(key) != inert:
+          raise ConfigError(
+              f"config.{key}: the run in {workdir} was started with a setting this version "
+              f"no longer has; it is now {replacement}: use a new --workdir")
     added_at_default = {k for k in new if k not in old and k in defaults
                         and new[k] == defaults[k]}
     differ = sorted(k for k in set(old) | set(new)
                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
-                    and k not in added_at_default)
+                    and k not in added_at_default
+                    and not any(k.startswith(prefix + ".") for prefix in unread))
     if differ:
       raise ConfigError(
           f"config.{differ[0]}: differs from the run already in {workdir} "
@@ -177,7 +196,7 @@ class RunDir:
       except WorkdirBusy as err:
         raise WorkdirError(str(err)) from None
       try:
-        check_config_matches_workdir(config, self.workdir, identity.defaults)
+        check_config_matches_workdir(config, self.workdir, identity.defaults, identity.unread)
       except BaseException:
         self.lock.release()
         raise

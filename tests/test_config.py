@@ -127,3 +127,39 @@ def test_an_mmsa_pickle_given_by_absolute_path_needs_no_raw_dir(tmp_path, monkey
   config = mosei.get_config()
   config.dataset.raw_dir = str(tmp_path)
   validate(config)
+
+
+def test_a_workdir_ignores_unused_methods_settings_and_removed_inert_keys(tmp_path):
+  """A run directory written by an earlier version resumes although the
+  defaults of methods it never ran have changed since (IPRM's α was 0.9) and
+  a key it held at its inert value was removed (AUG's `skipped`, now
+  optimizer.zero_grad); an IPRM run saved with the old α is refused, and so
+  is one that had set the removed key."""
+  import json
+
+  from asgml_jax.plan import Plan, schema_defaults
+  from asgml_jax.run_dir import CONFIG_FILE, check_config_matches_workdir
+  workdir = str(tmp_path / "run")
+  config = tiny_config(str(tmp_path))
+  unread = Plan.build(config).identity.unread
+  assert "method.iprm" in unread and "method.aug" in unread
+  check_config_matches_workdir(config, workdir, schema_defaults(), unread)
+  path = tmp_path / "run" / CONFIG_FILE
+  saved = json.loads(path.read_text())
+  saved["method"]["iprm"]["alpha"] = 0.9
+  saved["method"]["aug"]["skipped"] = "untouched"
+  path.write_text(json.dumps(saved))
+  check_config_matches_workdir(config, workdir, schema_defaults(), unread)
+  path.write_text(json.dumps(saved))
+  iprm = tiny_config(str(tmp_path))
+  iprm.method.name = "iprm"
+  iprm.model.unimodal_heads = "separate"
+  with pytest.raises(ConfigError, match=r"config\.method\.iprm\.alpha: differs"):
+    check_config_matches_workdir(iprm, workdir, schema_defaults(),
+                                 Plan.build(iprm).identity.unread)
+  saved["method"]["iprm"]["alpha"] = 0.8
+  saved["method"]["aug"]["skipped"] = "zero_grad"
+  path.write_text(json.dumps(saved))
+  with pytest.raises(ConfigError, match=r"config\.method\.aug\.skipped: .* no longer has; it is "
+                     r"now optimizer\.zero_grad=zeros_per_batch"):
+    check_config_matches_workdir(config, workdir, schema_defaults(), unread)
