@@ -95,7 +95,9 @@ def make_optimizer(config, parts: list) -> optax.GradientTransformationExtraArgs
   chain(joint(inner))); lr_scales are the per-encoder learning-rate factors
   (`modalities.<m>.lr_scale`) when any is not 1. Gradient edits come before
   weight decay and momentum, as the PyTorch code edits `.grad` before
-  `optimizer.step()`. The plan (`asgml_jax/plan.py`) orders the parts.
+  `optimizer.step()`. The plan (`asgml_jax/plan.py`) orders the parts and
+  wraps the schedule in `transforms.zero_grad.zeroed_gradient_steps` when
+  `optimizer.zero_grad` asks for PyTorch < 2.0's semantics.
   """
   scales = encoder_lr_scales(config)
   return optax.chain(*parts, *([scale_encoder_updates(scales)] if scales else []))
