@@ -125,7 +125,6 @@ def drop_modality(config, name: str) -> None:
                              if item.partition("=")[0].strip() != name)
 
 
-
 def check_epochs(num_epochs: int, checks: int) -> list[int]:
   """The epochs after which a learner may be assigned (the last epoch excluded:
   its learner would never train): epoch 0 and every (e + 1) % period == 0."""
@@ -203,18 +202,17 @@ def transform(ctx):
   return [keep_learners(ctx.names)]
 
 
-def _shared_keep(params, stepped: tuple, counts: dict, train_learners: bool = True):
-  """Which non-encoder parameters a turn steps: fc_out, and the embedding and
-  (with `train_learners`) active learners of the modalities in `stepped`;
-  everything else (other modalities' heads, unused model layers) is skipped."""
+def _shared_keep(params, m: str, counts: dict, train_learners: bool = True):
+  """Which non-encoder parameters modality m's turn steps: fc_out, its
+  embedding and (with `train_learners`) its active learners; everything else
+  (other modalities' heads, unused model layers) is skipped."""
   def stepped_layer(name: str):
-    if name == "fc_out" or name in {f"embedding_{m}" for m in stepped}:
+    if name in ("fc_out", f"embedding_{m}"):
       return jnp.bool_(True)
-    if not train_learners:
-      return jnp.bool_(False)
     kind, _, k = name.rpartition("_")             # learner_<m>_<k>: on while k < n_m
-    return next((counts[m] > int(k) for m in stepped if kind == f"learner_{m}"),
-                jnp.bool_(False))
+    if train_learners and kind == f"learner_{m}":
+      return counts[m] > int(k)
+    return jnp.bool_(False)
 
   keep = jax.tree.map(lambda _: jnp.bool_(False),
                       {k: v for k, v in params.items() if k != "encoders"})
@@ -257,7 +255,7 @@ def sub_steps(ctx):
       updates, opt_state = sub.update(
           grads, opt_state, params, outputs, so_far, probe_state,
           encoder_mask={n: jnp.bool_(n == m) for n in names},
-          shared_keep=_shared_keep(params, (m,), counts, train_learners),
+          shared_keep=_shared_keep(params, m, counts, train_learners),
           aug_scores={n: (scores[m] if n == m else jnp.float32(0.0)) for n in names})
       params = optax.apply_updates(params, updates)
       total_grads = jax.tree.map(jnp.add, total_grads, grads)

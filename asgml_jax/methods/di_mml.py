@@ -30,7 +30,7 @@ sums the ordered pairs.
 Stage 2 (`main_CFT_stage2.py`), epochs [S, num_epochs): the encoders (inference
 mode) and every other layer are frozen, the concat fusion layer is trained on
 CE(fusion(f_1, …, f_N)) alone (its updates are zero in stage 1, the others'
-in stage 2).
+in stage 2: each stage's optimizer skips the other stage's parameters).
 
 Prediction (`valid_combine_classifier`): with c_k = max softmax of the logits
 of u_1 … u_N and the fusion, per example, w = softmax_k(c_k / τ₂) (τ₂ = 1) and
@@ -180,25 +180,23 @@ class DIMMLState(NamedTuple):
   di_mml_top: dict          # {m: (D,) float 0/1}, T_m (all 0 before epoch E)
 
 
-def stage_masks(names, first_fusion: int, steps_per_epoch: int):
-  """Holds T_m; zeroes the fusion layer's updates in stage 1 and every other in stage 2."""
+def hold_own_dimensions(names):
+  """Holds T_m in the optimizer state (written by the epoch hook; the updates
+  pass unchanged: which parameters a stage steps is the loss hook's
+  `encoder_mask` / `shared_keep`)."""
   def init_fn(params):
     width = params["fusion"]["kernel"].shape[0] // len(names)   # D, every modality's
     dims = {m: jnp.zeros((width,), jnp.float32) for m in names}
     return DIMMLState(dims)
 
-  def update_fn(updates, state, params=None, *, step, **extra):
-    fusion_stage = step // steps_per_epoch >= first_fusion
-    out = {k: jax.tree.map(lambda u: jnp.where(fusion_stage == (k == "fusion"), u, 0.0), v)
-           for k, v in updates.items()}
-    return out, state
+  def update_fn(updates, state, params=None, **extra):
+    return updates, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def transform(ctx):
-  first_fusion, _ = schedule(ctx.config)
-  return [stage_masks(ctx.names, first_fusion, ctx.steps_per_epoch)]
+  return [hold_own_dimensions(ctx.names)]
 
 
 def fused_loss(ctx):
@@ -244,7 +242,7 @@ def fused_loss(ctx):
     metrics = {**{f"di_mml/align_{m}": v for m, v in align.items()},
                **{f"di_mml/contrast_{m}": v for m, v in con.items()},
                **{f"di_mml/own_dims_{m}": exclusive_count(top, m) for m in names},
-               "di_mml/fusion_stage": (epoch >= first_fusion).astype(jnp.float32)}
+               "di_mml/fusion_stage": fusion_stage.astype(jnp.float32)}
     return total, {"metrics": metrics, "tx_args": stepped}
   return loss
 

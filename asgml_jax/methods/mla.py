@@ -11,9 +11,10 @@ pins torch 1.8.1 (requirements.txt), whose `optimizer.zero_grad()` leaves
 zero gradients: a later turn of the batch steps the earlier turns' encoders
 too (weight decay and momentum on a zero gradient) until `del p.grad` at the
 batch's end; `method.protocol=reference` sets that
-(`optimizer.zero_grad=zeros_per_batch`, asgml_jax/transforms/zero_grad.py). Turn k of the batch
-sees the head after turns < k. Before each update but the run's very first,
-the head's weight gradient goes through the gradient-search projector P
+(`optimizer.zero_grad=zeros_per_batch`, asgml_jax/transforms/zero_grad.py).
+Turn k of the batch sees the head after turns < k. Before each update but
+the run's very first, the head's weight gradient goes through the
+gradient-search projector P
 (orthogonal weight modification), with r the mean of f_m over the batch and
 α = 0.1^(b / steps_per_epoch + 1) for batch b of the epoch:
 

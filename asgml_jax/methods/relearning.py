@@ -49,7 +49,7 @@ from asgml_jax.methods.base import (PARAMS, Epoch, Logging, Method, Optax, Proto
 def defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       move_lambda=3.0,       # λ: α = tanh(λ·purity gap)
-      reinit_epoch=-1,       # re-initialise after epochs k, 2k, ... (0-based); -1: k = round(E·20/90)
+      reinit_epoch=-1,       # re-init after epochs k, 2k, ... (0-based); -1: k = round(E·20/90)
       reinit_num=3,          # ... at most this many times
   ))
 
