@@ -19,6 +19,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from asgml_jax import methods as method_registry
+from asgml_jax import optim
 from asgml_jax.config_checks import (ConfigError, modality_names, parse_named_floats,  # noqa: F401
                                      require as _require, one_of as _one_of, set_dotted,
                                      positive as _positive)
@@ -26,6 +27,7 @@ from asgml_jax.methods import stack as method_stack
 from asgml_jax.models.encoders import ENCODERS, stage_count
 from asgml_jax.models.fusion import FUSIONS
 from asgml_jax.models.mid_fusion import POSITIONS as mmtm_positions
+from asgml_jax.transforms.torch_optimizers import KINDS as OPTIMIZER_KINDS
 from asgml_jax.transforms.zero_grad import ZERO_GRAD_SCOPES
 from data_prep.registry import DATASETS
 
@@ -156,11 +158,20 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.optimizer = ml_collections.ConfigDict(dict(
+      # sgd: PyTorch's SGD (momentum, weight decay added to the gradient) |
+      # adam: PyTorch's Adam (weight decay added to the gradient) | adamw:
+      # PyTorch's AdamW (decoupled decay); Adam's betas/eps: PyTorch's defaults.
+      kind="sgd",
       learning_rate=1e-3,
-      momentum=0.9,
+      momentum=0.9,       # sgd
       weight_decay=1e-4,
-      lr_step_epochs=40,  # StepLR(step_size, gamma) in epochs
+      # step: StepLR(lr_step_epochs, lr_decay) in epochs | piecewise: the
+      # learning rate is multiplied by each factor of lr_piecewise
+      # ("epoch:factor,...", 0-based epochs; "" = constant) from that epoch on.
+      schedule="step",
+      lr_step_epochs=40,
       lr_decay=0.1,
+      lr_piecewise="",
       # what a parameter group without a gradient gets (transforms/zero_grad.py):
       # set_to_none: skipped (PyTorch >= 2) | zeros_per_batch: a zero-gradient step if
       # it was stepped earlier in the batch | zeros: ... earlier in the run (PyTorch < 2)
@@ -187,6 +198,11 @@ def base_config() -> ml_collections.ConfigDict:
       #   (its variant's settings and its `reference` options forced).
       protocol="design",
       seed_code=False,   # the older switch for protocol=seed_code (kept for old runs)
+      # True: the optimizer, learning-rate schedule, epochs and batch size the
+      # stack's reference scripts train this dataset with (each method module's
+      # `optimizers`, docs/methods.md), forced whatever optimizer.*, num_epochs
+      # and batch_size say; refused where a reference names none.
+      reference_optimizer=False,
       # Unimodal teachers of two-stage methods (UMT; asgml_jax/teachers.py):
       # the folder holding unimodal_<m>/seed_<s>/ runs; empty: the launcher's
       # default (<workdir>/teachers, or the sweep's folder: its unimodal_<m> rows).
@@ -265,6 +281,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(config.optimizer.weight_decay >= 0, "optimizer.weight_decay",
            f"must be >= 0, got {config.optimizer.weight_decay!r}")
   _one_of(config.optimizer.zero_grad, tuple(ZERO_GRAD_SCOPES), "optimizer.zero_grad")
+  _one_of(config.optimizer.kind, OPTIMIZER_KINDS, "optimizer.kind")
+  _one_of(config.optimizer.schedule, optim.SCHEDULES, "optimizer.schedule")
+  optim.piecewise_milestones(config.optimizer.lr_piecewise)   # ConfigError naming the key
+  _one_of(config.method.reference_optimizer, (True, False), "method.reference_optimizer")
   _require(0.0 < config.optimizer.lr_decay <= 1.0, "optimizer.lr_decay",
            f"must be in (0, 1], got {config.optimizer.lr_decay!r}")
   _require(config.loss.unimodal_weight >= 0, "loss.unimodal_weight",
@@ -412,16 +432,21 @@ def protocol_of(config) -> str:
 def effective_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The config a run uses: its protocol's settings forced (for seed_code the
   seeds' settings, docs/methods.md, protocols; for reference each stacked
-  method's reference settings)."""
+  method's reference settings), then, with `method.reference_optimizer`, the
+  stack's reference optimizer for the dataset (after the protocol: which
+  reference code a method follows may be one of its settings)."""
   protocol = protocol_of(config)
-  if protocol == "design":
+  if protocol == "design" and not config.method.reference_optimizer:
     return config
   out = ml_collections.ConfigDict(config.to_dict())
   if protocol == "seed_code":
     for key, value in SEED_CODE_PRESET:
       set_dotted(out, key, value)
-  else:
+  elif protocol == "reference":
     for key, value in method_stack.reference_settings(out):
+      set_dotted(out, key, value)
+  if out.method.reference_optimizer:
+    for key, value in method_stack.reference_optimizer_settings(out):
       set_dotted(out, key, value)
   out.lock()
   return validate(out)   # a protocol's settings must make a runnable config too

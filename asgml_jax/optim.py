@@ -1,11 +1,16 @@
 """Builds the optax transformation from the config (its only reader).
 
-The base optimizer is PyTorch's SGD: weight decay added to the gradient, then
-heavy-ball momentum (buf = μ·buf + g, first step buf = g), then −lr. The
-learning rate follows StepLR in epochs, read from the *global* step that the
-train step passes to `tx.update` as the extra arg `step`. It does not come from
-a count in the optimizer state: per-modality interventions that skip an
-encoder freeze that encoder's inner state, and a per-state count would then
+The base optimizer (`optimizer.kind`) is PyTorch's SGD, Adam or AdamW as the
+methods' reference scripts use it (`transforms/torch_optimizers.py`). Adam's
+step count is per encoder (inside the schedule's per-modality state), as
+PyTorch counts steps per parameter.
+
+The learning rate follows StepLR in epochs (`optimizer.schedule=step`) or
+piecewise-constant factors at epochs (`piecewise`: MultiStepLR, a StepLR
+stepped before each epoch, a restarted schedule), read from the *global* step
+that the train step passes to `tx.update` as the extra arg `step`. It does not
+come from a count in the optimizer state: per-modality interventions that skip
+an encoder freeze that encoder's inner state, and a per-state count would then
 shift its learning-rate schedule.
 """
 
@@ -15,12 +20,42 @@ from typing import NamedTuple
 
 import optax
 
+from asgml_jax.config_checks import ConfigError
 from asgml_jax.transforms.schedule import modality_schedule
+from asgml_jax.transforms.torch_optimizers import torch_direction
+
+SCHEDULES = ("step", "piecewise")
+
+
+def piecewise_milestones(text: str) -> tuple[tuple[int, float], ...]:
+  """"epoch:factor,..." -> ((epoch, factor), ...) in epoch order; ConfigError
+  naming `optimizer.lr_piecewise` for anything else."""
+  out = []
+  for item in filter(None, (t.strip() for t in str(text).split(","))):
+    epoch, sep, factor = item.partition(":")
+    try:
+      pair = (int(epoch), float(factor))
+    except ValueError:
+      pair = None
+    if not sep or pair is None or pair[0] < 1 or not pair[1] > 0:
+      raise ConfigError(f"config.optimizer.lr_piecewise: {item!r} is not epoch:factor with "
+                        "an epoch >= 1 and a factor > 0 (e.g. \"70:0.1,140:0.1\")")
+    out.append(pair)
+  epochs = [e for e, _ in out]
+  if len(set(epochs)) != len(epochs):
+    raise ConfigError(f"config.optimizer.lr_piecewise: an epoch appears twice in {text!r}")
+  return tuple(sorted(out))
 
 
 def lr_schedule(config, steps_per_epoch: int) -> optax.Schedule:
-  """StepLR(step_size=lr_step_epochs, gamma=lr_decay), stepped once per epoch."""
+  """The learning rate at a global step: StepLR(step_size=lr_step_epochs,
+  gamma=lr_decay) stepped once per epoch, or the piecewise factors."""
   opt = config.optimizer
+  if opt.schedule == "piecewise":
+    return optax.piecewise_constant_schedule(
+        init_value=opt.learning_rate,
+        boundaries_and_scales={epoch * steps_per_epoch: factor
+                               for epoch, factor in piecewise_milestones(opt.lr_piecewise)})
   return optax.exponential_decay(
       init_value=opt.learning_rate,
       transition_steps=opt.lr_step_epochs * steps_per_epoch,
@@ -69,14 +104,18 @@ def encoder_lr_scales(config) -> dict[str, float]:
   return {m: v for m, v in scales.items() if v != 1.0}
 
 
-def base_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
-  """SGD with momentum and (coupled, PyTorch-style) weight decay."""
+def direction(config) -> list:
+  """The base optimizer before the learning rate, as a list of transformations:
+  what `optimizer.kind` makes of a gradient (the update is −lr times this)."""
   opt = config.optimizer
-  return optax.chain(
-      optax.add_decayed_weights(opt.weight_decay),
-      optax.trace(decay=opt.momentum, nesterov=False),
-      scale_by_global_schedule(lr_schedule(config, steps_per_epoch)),
-  )
+  return torch_direction(opt.kind, opt.weight_decay, opt.momentum)
+
+
+def base_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
+  """`direction` (SGD with momentum or Adam(W), PyTorch-style weight decay),
+  then −lr of the global step's schedule, in one flat chain."""
+  return optax.chain(*direction(config),
+                     scale_by_global_schedule(lr_schedule(config, steps_per_epoch)))
 
 
 def joint_schedule(inner) -> optax.GradientTransformationExtraArgs:
@@ -90,7 +129,7 @@ def make_optimizer(config, parts: list) -> optax.GradientTransformationExtraArgs
       chain(combiner?, edits by rank..., schedule(inner), post..., lr_scales?)
 
   `parts` are the stack's transformations in stage order, the schedule already
-  wrapped around inner = `base_optimizer` (weight decay + SGD momentum + lr;
+  wrapped around inner = `base_optimizer` (weight decay + SGD momentum or Adam(W) + lr;
   `joint_schedule` when the stack has no schedule, so the baseline is
   chain(joint(inner))); lr_scales are the per-encoder learning-rate factors
   (`modalities.<m>.lr_scale`) when any is not 1. Gradient edits come before

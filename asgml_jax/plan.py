@@ -185,12 +185,16 @@ def with_seed(config, seed: int):
 
 def teacher_config(config, modality: str):
   """The config of modality `modality`'s teacher: this config with no method,
-  that modality alone (the `unimodal_<m>` variant)."""
+  that modality alone (the `unimodal_<m>` variant). It keeps the student's
+  optimizer settings, so a student's `method.reference_optimizer` (already
+  applied to `config`) is its teachers' too, as G2D's teacher.py trains with
+  the student's config."""
   cfg = copy.deepcopy(config)
   with cfg.unlocked():
     cfg.method.name = "baseline"
     cfg.method.stack = ""
     cfg.method.teachers.dir = ""
+    cfg.method.reference_optimizer = False
   return methods.only_modality(cfg, modality)
 
 

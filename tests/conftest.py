@@ -76,7 +76,7 @@ TIERS = {
     "methods": ("test_baselines", "test_balancebenchmark_methods", "test_reference_fidelity",
                 "test_aug", "test_dgl", "test_di_mml", "test_g2d", "test_greedy", "test_iprm",
                 "test_mslr", "test_valuation", "test_method_stacks", "test_golden_variants",
-                "test_seed_code"),
+                "test_seed_code", "test_reference_optimizer"),
     "integration": ("test_train_end_to_end", "test_sweep", "test_parallel", "test_multiprocess",
                     "test_stop_signals_and_lock", "test_one_line_errors",
                     "test_checkpoint_integrity", "test_compile_cache", "test_data_prep",

@@ -13,10 +13,12 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from asgml_jax import loop
 from asgml_jax.plan import Plan
+from asgml_jax.transforms.torch_optimizers import torch_direction
 from conftest import jitted_step, tiny_config, tiny_mlp_config, variant_record
 
 
@@ -697,7 +699,8 @@ def test_gblend_estimate_measures_each_tasks_train_and_holdout_loss(tfds_dir):
   train_idx, holdout_idx = gblend.split_train(setup.data.num_train, jax.random.PRNGKey(3), 0.08)
   assert len(holdout_idx) == round(192 * 0.08) and not set(train_idx) & set(holdout_idx)
   assert len(train_idx) + len(holdout_idx) == 192
-  trainer = gblend.BranchTrainer(setup.model, 1e-4, 0.9, {})
+  trainer = gblend.BranchTrainer(
+      setup.model, optax.chain(*torch_direction("sgd", 1e-4, 0.9)), {})
   rows = lambda idx: jax.tree.map(lambda x: jnp.take(x, jnp.asarray(idx), axis=0),
                                   setup.data.train)
   result = gblend.estimate_weights(trainer, state.variables(), rows, train_idx, holdout_idx,

@@ -49,6 +49,7 @@ from asgml_jax import config_checks as cc
 from asgml_jax.losses import cross_entropy
 from asgml_jax.methods.base import (Evaluation, Logging, Method, Optax, Protocols, Requirement,
                                     Settings, Signal, Step)
+from asgml_jax.methods.reference_optimizers import BALANCEBENCHMARK
 
 _MASK_SALT = 0xA3C0
 EVAL_LOGITS = ("sum", "mixer")
@@ -178,8 +179,9 @@ AMCO = Method(
                               "amco masks the split logits of the fusion layer"),
                   Requirement("model.logit_mixer", True, "amco predicts with M(Σ_m u_m)")),
         preset=preset),
-    protocols=Protocols(reference=(("loss.unimodal_weight", 1.0),
-                                   ("method.amco.eval_logits", "sum"))),
+    protocols=Protocols(
+        optimizers=BALANCEBENCHMARK,
+        reference=(("loss.unimodal_weight", 1.0), ("method.amco.eval_logits", "sum"))),
     optax=Optax(stage="post", transform=transform),
     step=Step(fused_loss=fused_loss, unimodal_logits=unimodal_logits),
     evaluation=Evaluation(eval_logits=eval_logits),

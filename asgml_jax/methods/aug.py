@@ -70,7 +70,8 @@ import optax
 from asgml_jax import config_checks as cc
 from asgml_jax.losses import batch_scores, cross_entropy
 from asgml_jax.methods.base import (Epoch, Evaluation, Logging, Method, Optax, Plot, Protocols,
-                                    Settings, Signal, Step, SubStepResult)
+                                    ReferenceOptimizer, Settings, Signal, Step, SubStepResult,
+                                    steplr_milestones)
 from asgml_jax.methods.common import forward_with_vjp
 from asgml_jax.models.encoders import dense_init
 
@@ -328,14 +329,26 @@ class Learners:
     return fields
 
 
+# njustkmg/NeurIPS25-AUG data/crema.json:16-35 (200 epochs, batch 64, SGD momentum 0.9, lr
+# 1e-2, weight decay 1e-4, StepLR `patience` 70), train_CREMAD.py:201-202 (StepLR(70,
+# 0.1)), :210-212 (`scheduler.step()` before each epoch's batches: the decays come one
+# epoch early, at epochs 69 and 139).
+OPTIMIZERS = {"cremad": ReferenceOptimizer(
+    source="njustkmg/NeurIPS25-AUG data/crema.json:16-35, train_CREMAD.py:201-202,210-212",
+    kind="sgd", learning_rate=1e-2, weight_decay=1e-4, num_epochs=200, batch_size=64,
+    lr_milestones=steplr_milestones(70, 0.1, 200, stepped_before_epoch=True))}
+
+
 AUG = Method(
     name="aug",
     summary="AUG: a classifier shared by the modalities, each step one update per modality, "
             "and boosting learners assigned to the modality that classifies worse",
     settings=Settings(block="aug", defaults=defaults, check_block=check_block,
                       drop_modality=drop_modality),
-    protocols=Protocols(reference=(("optimizer.zero_grad", "zeros_per_batch"),
-                                   ("method.aug.train_learners", False))),
+    protocols=Protocols(
+        optimizers=OPTIMIZERS,
+        reference=(("optimizer.zero_grad", "zeros_per_batch"),
+                   ("method.aug.train_learners", False))),
     optax=Optax(stage="post", transform=transform),
     step=Step(sub_steps=sub_steps, layers=layers),
     evaluation=Evaluation(eval_logits=eval_logits),

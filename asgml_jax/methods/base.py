@@ -284,6 +284,60 @@ class Settings(_Record):
 
 
 @dataclasses.dataclass(frozen=True)
+class ReferenceOptimizer:
+  """The optimizer, learning-rate schedule, epochs and batch size a reference
+  script trains one dataset with (`method.reference_optimizer=True` sets
+  them; `asgml_jax/optim.py` builds them).
+
+  source: where the values are written (repository, file:line).
+  kind: sgd (PyTorch's SGD, momentum, weight decay added to the gradient) |
+    adam (PyTorch's Adam: weight decay added to the gradient) | adamw
+    (PyTorch's AdamW: decoupled decay); Adam's betas and eps are PyTorch's
+    defaults (0.9, 0.999, 1e-8) in every reference here.
+  lr_milestones: ((epoch, factor), ...): from that (0-based) epoch on the
+    learning rate is multiplied by factor. PyTorch's StepLR and MultiStepLR
+    reduce to this (`steplr_milestones`), including where a script calls
+    `scheduler.step()` before an epoch's batches, which moves every decay one
+    epoch earlier; () is a constant learning rate.
+  """
+  source: str
+  kind: str
+  learning_rate: float
+  weight_decay: float
+  num_epochs: int
+  batch_size: int
+  lr_milestones: tuple[tuple[int, float], ...] = ()
+  momentum: float = 0.9
+
+  @property
+  def repository(self) -> str:
+    return self.source.split(" ", 1)[0]
+
+  def settings(self) -> tuple[tuple[str, Any], ...]:
+    """(dotted key, value) pairs that set it on a config."""
+    out = [("optimizer.kind", self.kind), ("optimizer.learning_rate", self.learning_rate),
+           ("optimizer.weight_decay", self.weight_decay), ("optimizer.schedule", "piecewise"),
+           ("optimizer.lr_piecewise", ",".join(f"{e}:{f:g}" for e, f in self.lr_milestones)),
+           ("num_epochs", self.num_epochs), ("batch_size", self.batch_size)]
+    if self.kind == "sgd":
+      out.append(("optimizer.momentum", self.momentum))
+    return tuple(out)
+
+
+def steplr_milestones(step_size: int, gamma: float, num_epochs: int, *,
+                      stepped_before_epoch: bool = False) -> tuple[tuple[int, float], ...]:
+  """PyTorch's StepLR(step_size, gamma) over `num_epochs` epochs as milestones.
+
+  StepLR's lr after k calls of `scheduler.step()` is lr0·gamma^(k // step_size).
+  A script that steps after each epoch trains epoch e after e calls (decays
+  from epoch step_size on); one that steps before the epoch's batches trains
+  it after e + 1 calls (decays from epoch step_size − 1 on)."""
+  shift = 1 if stepped_before_epoch else 0
+  return tuple((k - shift, gamma) for k in range(step_size, num_epochs + shift, step_size)
+               if k - shift < num_epochs)
+
+
+@dataclasses.dataclass(frozen=True)
 class Protocols(_Record):
   """What the protocols force (dotted key, value).
 
@@ -293,10 +347,19 @@ class Protocols(_Record):
     hyperparameters; reference_fn(config): the same for settings that depend
     on the config (e.g. its modalities). The module docstring names the
     repository, file and function.
+  optimizers: {dataset name: ReferenceOptimizer} of the reference's scripts
+    (what `method.reference_optimizer=True` sets), or config -> that mapping
+    when it depends on the config (LFM's two reference codes).
   """
   seed_code: Sequence[tuple[str, Any]] = ()
   reference: Sequence[tuple[str, Any]] = ()
   reference_fn: Callable[[Any], None] | None = None
+  optimizers: Mapping[str, ReferenceOptimizer] | Callable[[Any], Mapping] | None = None
+
+  def optimizers_for(self, config) -> Mapping[str, ReferenceOptimizer] | None:
+    if callable(self.optimizers):
+      return self.optimizers(config)
+    return self.optimizers
 
 
 @dataclasses.dataclass(frozen=True)

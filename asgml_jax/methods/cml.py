@@ -31,6 +31,7 @@ import ml_collections
 from asgml_jax import config_checks as cc
 from asgml_jax.losses import cross_entropy
 from asgml_jax.methods.base import Logging, Method, Plot, Protocols, Requirement, Settings, Step
+from asgml_jax.methods.reference_optimizers import BALANCEBENCHMARK
 
 _ORDER_SALT = 0xC411
 
@@ -108,6 +109,8 @@ CML = Method(
                   Requirement("model.unimodal_heads", "split",
                               "cml reads each modality's share off the fusion layer")),
         preset=preset),
-    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0),)),
+    protocols=Protocols(
+        optimizers=BALANCEBENCHMARK,
+        reference=(("loss.unimodal_weight", 0.0),)),
     step=Step(fused_loss=fused_loss),
     logging=Logging(plots=(Plot("cml/penalty", "CML penalty, modality removed"),)))

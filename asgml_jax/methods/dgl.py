@@ -33,8 +33,8 @@ import ml_collections
 import optax
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import (Evaluation, Method, Optax, Protocols, Requirement, Settings,
-                                    Step)
+from asgml_jax.methods.base import (Evaluation, Method, Optax, Protocols, ReferenceOptimizer,
+                                    Requirement, Settings, Step)
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -105,6 +105,18 @@ def transform(ctx):
   return [optax.clip_by_global_norm(ctx.config.method.dgl.clip_norm)]
 
 
+# shicaiwei123/ICCV2025-GDL cramed_dgl.sh:9 and ks_dgl.sh:11 (--learning_rate 0.002),
+# main_dgl.py:40-46 (batch 64, 100 epochs, sgd, MultiStepLR([70], 0.1)), :249-250 (SGD
+# momentum 0.9, weight decay 1e-4), :72-74 (`scheduler.step()` at the start of each
+# epoch: the decay comes at epoch 69).
+_DGL_OPTIMIZER = ReferenceOptimizer(
+    source="shicaiwei123/ICCV2025-GDL cramed_dgl.sh:9, ks_dgl.sh:11, "
+           "main_dgl.py:40-46,72-74,249-250",
+    kind="sgd", learning_rate=2e-3, weight_decay=1e-4, num_epochs=100, batch_size=64,
+    lr_milestones=((69, 0.1),))
+OPTIMIZERS = {"cremad": _DGL_OPTIMIZER, "kinetics_sounds": _DGL_OPTIMIZER}
+
+
 DGL = Method(
     name="dgl",
     summary="DGL: the fused loss trains the fusion layer only; the encoders learn from their "
@@ -114,7 +126,9 @@ DGL = Method(
         requires=(Requirement("model.fusion", "concat",
                               "dgl's unimodal logits are the concat layer on one modality"),),
         preset=preset),
-    protocols=Protocols(reference=(("loss.unimodal_weight", 4.0),)),
+    protocols=Protocols(
+        optimizers=OPTIMIZERS,
+        reference=(("loss.unimodal_weight", 4.0),)),
     optax=Optax(stage="edit", rank=80, transform=transform),
     step=Step(feature_gate=feature_gate, unimodal_logits=unimodal_logits),
     evaluation=Evaluation(eval_logits=eval_logits))

@@ -65,7 +65,8 @@ import optax
 from asgml_jax import config_checks as cc
 from asgml_jax.losses import cross_entropy
 from asgml_jax.methods.base import (Epoch, Evaluation, Logging, Method, Optax, Plot, Protocols,
-                                    Requirement, Settings, Step)
+                                    ReferenceOptimizer, Requirement, Settings, Step,
+                                    steplr_milestones)
 from asgml_jax.models.encoders import dense_init
 
 
@@ -94,6 +95,11 @@ def check_block(config) -> None:
 def check(config) -> None:
   cc.require(config.model.fusion_dim is None, "model.fusion_dim",
              "di_mml's stage 2 trains the concat layer straight to the classes: use None")
+  restarts_at_150 = config.method.di_mml.fusion_epochs in (-1, 20)
+  cc.require(not config.method.reference_optimizer or restarts_at_150,
+             "method.di_mml.fusion_epochs",
+             "the reference optimizer restarts the learning rate where stage 2 starts, epoch 150 "
+             "of 170 (main_CFT_stage2.py's fresh SGD): leave it at -1 or 20")
 
 
 def preset(config) -> None:
@@ -289,6 +295,19 @@ class OwnDimensions:
     return self._top(state) if next_epoch == self.contrast_epoch else {}
 
 
+# fanyunfeng-bit/DI-MML README.md:23-28 (CREMAD, AVE): stage 1 main_CFT.py:26-34 (batch
+# 16, 150 epochs, lr 1e-3, StepLR(70, 0.1)), :250-251, :103 (stepped after each epoch);
+# stage 2 main_CFT_stage2.py:27-35 (batch 16, 20 epochs, lr 1e-3, StepLR(70, 0.1)) with a
+# fresh SGD and scheduler (:284-286): one run of 150 + 20 epochs whose lr is back at 1e-3
+# when stage 2 starts (1e-3 · 0.1 · 0.1 · 100).
+_DI_MML_OPTIMIZER = ReferenceOptimizer(
+    source="fanyunfeng-bit/DI-MML README.md:23-28, main_CFT.py:26-34,103,250-251, "
+           "main_CFT_stage2.py:27-35,120,284-286",
+    kind="sgd", learning_rate=1e-3, weight_decay=1e-4, num_epochs=170, batch_size=16,
+    lr_milestones=steplr_milestones(70, 0.1, 150) + ((150, 100.0),))
+OPTIMIZERS = {"cremad": _DI_MML_OPTIMIZER, "ave": _DI_MML_OPTIMIZER}
+
+
 DI_MML = Method(
     name="di_mml",
     summary="DI-MML: unimodal models trained apart (own heads, a shared aligning classifier, "
@@ -300,7 +319,9 @@ DI_MML = Method(
                               "di_mml's unimodal models each have their own Linear(D -> C) head"),
                   Requirement("model.fusion", "concat",
                               "di_mml's stage 2 trains the concat fusion layer")), preset=preset),
-    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0),)),
+    protocols=Protocols(
+        optimizers=OPTIMIZERS,
+        reference=(("loss.unimodal_weight", 0.0),)),
     optax=Optax(stage="post", transform=transform),
     step=Step(fused_loss=fused_loss, layers=layers),
     evaluation=Evaluation(eval_logits=eval_logits),

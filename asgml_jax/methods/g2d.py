@@ -50,7 +50,7 @@ import optax
 from asgml_jax import config_checks as cc
 from asgml_jax.losses import batch_scores, kl_divergence
 from asgml_jax.methods.base import (Composition, Epoch, Logging, Method, Optax, Plot, Protocols,
-                                    Settings, Signal, Step)
+                                    ReferenceOptimizer, Settings, Signal, Step, steplr_milestones)
 from asgml_jax.methods.common import held_teachers, held_variables, teacher_models, teacher_outputs
 from asgml_jax.transforms.ogm_ge import in_epoch_window, is_modulated_leaf
 
@@ -153,12 +153,23 @@ def loss_term(ctx):
   return term
 
 
+# rAIson-Lab/G2D config.py:35-43 (CREMAD: batch 16, 300 epochs, StepLR(200, 0.1), lr 1e-3,
+# sgd, weight decay 1e-4), student.py:249 (SGD momentum 0.9), :252, :310 (stepped after
+# each epoch); its teachers (teacher.py:158-161) train with the same config.
+OPTIMIZERS = {"cremad": ReferenceOptimizer(
+    source="rAIson-Lab/G2D config.py:35-43, student.py:249-252,310",
+    kind="sgd", learning_rate=1e-3, weight_decay=1e-4, num_epochs=300, batch_size=16,
+    lr_milestones=steplr_milestones(200, 0.1, 300))}
+
+
 G2D = Method(
     name="g2d",
     summary="G2D: distillation from unimodal teachers (logits and features); only the "
             "modality with the weakest teacher on the batch updates its encoder",
     settings=Settings(block="g2d", defaults=defaults, check_block=check_block, preset=preset),
-    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0), ("method.g2d.leaves", "conv"))),
+    protocols=Protocols(
+        optimizers=OPTIMIZERS,
+        reference=(("loss.unimodal_weight", 0.0), ("method.g2d.leaves", "conv"))),
     optax=Optax(stage="edit", rank=45, transform=transform),
     step=Step(loss_term=loss_term),
     epoch=Epoch(teachers=True),

@@ -48,6 +48,7 @@ from asgml_jax.losses import FUSED_TASK, loss_terms
 from asgml_jax.methods.base import (Epoch, Logging, Method, Optax, Protocols, Requirement,
                                     Settings, Signal)
 from asgml_jax.transforms.gblend import blending_weights, gblend
+from asgml_jax.transforms.torch_optimizers import torch_direction
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -86,12 +87,11 @@ def split_train(num_train: int, key, holdout_fraction: float) -> tuple[np.ndarra
 class BranchTrainer:
   """Jitted train/eval steps of one task's copy (the task index is an argument)."""
 
-  def __init__(self, model, weight_decay: float, momentum: float, frame_sizes):
+  def __init__(self, model, base: optax.GradientTransformation, frame_sizes):
     self.model = model
     self.names = tuple(model.modality_names)
     self.frame_sizes = frame_sizes
-    self.base = optax.chain(optax.add_decayed_weights(weight_decay),
-                            optax.trace(decay=momentum, nesterov=False))
+    self.base = base
     self.train_step = jax.jit(self._train_step)
     self.eval_losses = jax.jit(self._eval_losses)
 
@@ -178,7 +178,9 @@ class BlendingWeights:
   def __init__(self, ctx):
     opt = ctx.config.optimizer
     self.ctx = ctx
-    self.trainer = BranchTrainer(ctx.model, opt.weight_decay, opt.momentum, ctx.frame_sizes)
+    self.trainer = BranchTrainer(
+        ctx.model, optax.chain(*torch_direction(opt.kind, opt.weight_decay, opt.momentum)),
+        ctx.frame_sizes)
 
   def _weights(self, state, data_key, epoch: int) -> dict:
     ctx = self.ctx

@@ -62,6 +62,7 @@ import optax
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import (Logging, Method, Optax, Protocols, Requirement, Settings,
                                     Signal, Step)
+from asgml_jax.methods.reference_optimizers import BALANCEBENCHMARK
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -187,8 +188,10 @@ GREEDY = Method(
         requires=(Requirement("model.mid_fusion", "mmtm",
                               "greedy measures the learning speed of the MMTM bypass paths"),),
         preset=preset),
-    protocols=Protocols(reference=(("model.mid_fusion", "mmtm"), ("model.mmtm_after", "all"),
-                                   ("loss.unimodal_weight", 0.0))),
+    protocols=Protocols(
+        optimizers=BALANCEBENCHMARK,
+        reference=(("model.mid_fusion", "mmtm"), ("model.mmtm_after", "all"),
+                   ("loss.unimodal_weight", 0.0))),
     optax=Optax(stage="edit", rank=1, transform=transform),
     step=Step(mid_fusion_control=mid_fusion_control),
     logging=Logging(signals=(Signal("greedy_curated", "greedy/curated",

@@ -52,7 +52,8 @@ import optax
 from asgml_jax import config_checks as cc
 from asgml_jax.losses import cross_entropy, kl_divergence
 from asgml_jax.methods.base import (Evaluation, Logging, Method, Optax, Plot, Protocols,
-                                    Requirement, Settings, Step)
+                                    ReferenceOptimizer, Requirement, Settings, Step,
+                                    steplr_milestones)
 from asgml_jax.models.encoders import dense_init
 
 
@@ -182,6 +183,15 @@ def eval_logits(ctx):
   return replace
 
 
+# njustkmg/IJCAI25-IPRM README.md:8 (CREMAD, batch 64, 100 epochs), main_av.py:30-36 (sgd,
+# lr 0.01, StepLR(70, 0.1)), :240 (SGD momentum 0.9, weight decay 1e-4), :245, :155
+# (stepped after each epoch).
+OPTIMIZERS = {"cremad": ReferenceOptimizer(
+    source="njustkmg/IJCAI25-IPRM README.md:8, main_av.py:30-36,155,240,245",
+    kind="sgd", learning_rate=1e-2, weight_decay=1e-4, num_epochs=100, batch_size=64,
+    lr_milestones=steplr_milestones(70, 0.1, 100))}
+
+
 IPRM = Method(
     name="iprm",
     summary="IPRM: geodesic mixup of the modalities' features, each step probed (KL of each "
@@ -191,7 +201,9 @@ IPRM = Method(
         requires=(Requirement("model.unimodal_heads", "separate",
                               "iprm's unimodal heads are Linear(D -> C) per modality"),),
         preset=preset),
-    protocols=Protocols(reference=(("loss.unimodal_weight", 1.0),)),
+    protocols=Protocols(
+        optimizers=OPTIMIZERS,
+        reference=(("loss.unimodal_weight", 1.0),)),
     optax=Optax(stage="post", transform=transform),
     step=Step(fused_loss=fused_loss, layers=layers),
     evaluation=Evaluation(eval_logits=eval_logits),

@@ -64,7 +64,9 @@ from asgml_jax import augment
 from asgml_jax import config_checks as cc
 from asgml_jax.losses import cross_entropy
 from asgml_jax.models.encoders import first_weight
-from asgml_jax.methods.base import Epoch, Method, Optax, Protocols, Requirement, Settings, Step
+from asgml_jax.methods.base import (Epoch, Method, Optax, Protocols, ReferenceOptimizer,
+                                    Requirement, Settings, Step, steplr_milestones)
+from asgml_jax.methods.reference_optimizers import BALANCEBENCHMARK
 
 CODES = ("balancebenchmark", "neurips")
 ALPHA_INIT = {"balancebenchmark": (0.95, 0.05), "neurips": (0.05, 0.95)}   # (CE, alignment)
@@ -230,6 +232,21 @@ class LearnedAlpha:
     return self._alpha(state, next_epoch)
 
 
+# njustkmg/NeurIPS24-LFM data/crema.json:16-35 (200 epochs, batch 64, SGD momentum 0.9, lr
+# 1e-2, weight decay 1e-4, StepLR `patience` 70), Crema_epoch_learnable.py:242-248
+# (StepLR(70, 0.1)), :252-255 (`scheduler.step()` before each epoch's batches: the decays
+# come at epochs 69 and 139). `code=balancebenchmark` trains with BalanceBenchmark's.
+NEURIPS_OPTIMIZERS = {"cremad": ReferenceOptimizer(
+    source="njustkmg/NeurIPS24-LFM data/crema.json:16-35, Crema_epoch_learnable.py:242-255",
+    kind="sgd", learning_rate=1e-2, weight_decay=1e-4, num_epochs=200, batch_size=64,
+    lr_milestones=steplr_milestones(70, 0.1, 200, stepped_before_epoch=True))}
+
+
+def optimizers(config):
+  """The optimizer of the reference code the run follows (`method.lfm.code`)."""
+  return NEURIPS_OPTIMIZERS if config.method.lfm.code == "neurips" else BALANCEBENCHMARK
+
+
 LFM = Method(
     name="lfm", summary="LFM: CE mixed with a prediction alignment, the mix learned per epoch",
     settings=Settings(
@@ -237,8 +254,10 @@ LFM = Method(
         requires=(Requirement("model.unimodal_heads", "split",
                               "lfm aligns the unimodal logits of the fusion layer's split heads"),),
         preset=preset),
-    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0), ("method.lfm.code", "neurips"),
-                                   ("model.fusion", "sum"))),
+    protocols=Protocols(
+        optimizers=optimizers,
+        reference=(("loss.unimodal_weight", 0.0), ("method.lfm.code", "neurips"),
+                   ("model.fusion", "sum"))),
     optax=Optax(stage="post", transform=transform),
     step=Step(fused_loss=fused_loss),
     epoch=Epoch(hook=LearnedAlpha))

@@ -34,6 +34,7 @@ import ml_collections
 
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import Method, Protocols, Settings, Step
+from asgml_jax.methods.reference_optimizers import BALANCEBENCHMARK
 
 RS_ON = ("auto", "logits", "probabilities")
 
@@ -95,6 +96,8 @@ MBSD = Method(
     name="mbsd", summary="MBSD: the weaker modality distils from the stronger where one is right",
     settings=Settings(
         block="mbsd", defaults=defaults, check_block=check_block, check=check, preset=preset),
-    protocols=Protocols(reference=(("loss.unimodal_weight", 1.0), ("model.unimodal_heads", "split"),
-                                   ("method.mbsd.rs_on", "auto"))),
+    protocols=Protocols(
+        optimizers=BALANCEBENCHMARK,
+        reference=(("loss.unimodal_weight", 1.0), ("model.unimodal_heads", "split"),
+                   ("method.mbsd.rs_on", "auto"))),
     step=Step(loss_term=loss_term))

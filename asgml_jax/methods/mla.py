@@ -56,7 +56,8 @@ import optax
 from asgml_jax import config_checks as cc
 from asgml_jax.losses import cross_entropy
 from asgml_jax.methods.base import (Evaluation, Logging, Method, Optax, Plot, Protocols,
-                                    Requirement, Settings, Step, SubStepResult)
+                                    ReferenceOptimizer, Requirement, Settings, Step, SubStepResult,
+                                    steplr_milestones)
 from asgml_jax.methods.common import forward_with_vjp
 
 PROJECTIONS = ("replace", "add", "none")
@@ -196,6 +197,17 @@ def eval_logits(ctx):
   return replace
 
 
+# Cecile-hi/Multimodal-Learning-with-Alternating-Unimodal-Adaptation: README.md:62
+# (CREMA-D: --batch_size 64 --epochs 100 --lorb base), main.py:31-34 (sgd, lr 1e-3,
+# StepLR(70, 0.1)), main.py:749 (SGD momentum 0.9, weight decay 1e-4), main.py:760,481
+# (StepLR stepped after each epoch).
+OPTIMIZERS = {"cremad": ReferenceOptimizer(
+    source="Cecile-hi/Multimodal-Learning-with-Alternating-Unimodal-Adaptation README.md:62, "
+           "main.py:28-34,481,749,760",
+    kind="sgd", learning_rate=1e-3, weight_decay=1e-4, num_epochs=100, batch_size=64,
+    lr_milestones=steplr_milestones(70, 0.1, 100))}
+
+
 MLA = Method(
     name="mla",
     summary="MLA: modalities take turns through a shared head, projected; entropy-fused",
@@ -206,8 +218,9 @@ MLA = Method(
                   Requirement("model.unimodal_heads", "split",
                               "mla's unimodal predictions are the shared head on each modality")),
         preset=preset),
-    protocols=Protocols(reference=(("method.mla.projection", "none"),
-                                   ("optimizer.zero_grad", "zeros_per_batch"))),
+    protocols=Protocols(
+        optimizers=OPTIMIZERS,
+        reference=(("method.mla.projection", "none"), ("optimizer.zero_grad", "zeros_per_batch"))),
     optax=Optax(stage="edit", rank=5, transform=transform),
     step=Step(sub_steps=sub_steps),
     evaluation=Evaluation(eval_logits=eval_logits),

@@ -32,8 +32,9 @@ import ml_collections
 
 from asgml_jax import config_checks as cc
 from asgml_jax.losses import cross_entropy
-from asgml_jax.methods.base import (Evaluation, Logging, Method, Plot, Protocols, Requirement,
-                                    Settings, Step)
+from asgml_jax.methods.base import (Evaluation, Logging, Method, Plot, Protocols,
+                                    ReferenceOptimizer, Requirement, Settings, Step,
+                                    steplr_milestones)
 
 EVAL_LOGITS = ("cosine", "plain")
 
@@ -125,6 +126,15 @@ def eval_logits(ctx):
   return replace
 
 
+# GeWu-Lab/MMCosine_ICASSP23 main_CD.py:60-66 (batch 32, 200 epochs, sgd, lr 1e-3,
+# StepLR(100, 0.1)), :262 (SGD momentum 0.9, weight decay 1e-4), :265, :310 (stepped
+# after each epoch); CREMA-D is the only dataset of main_CD.py (:159-163).
+OPTIMIZERS = {"cremad": ReferenceOptimizer(
+    source="GeWu-Lab/MMCosine_ICASSP23 main_CD.py:60-66,262,265,310",
+    kind="sgd", learning_rate=1e-3, weight_decay=1e-4, num_epochs=200, batch_size=32,
+    lr_milestones=steplr_milestones(100, 0.1, 200))}
+
+
 MMCOSINE = Method(
     name="mmcosine", summary="MMCosine: scaled cosine logits per modality, trained on their sum",
     settings=Settings(
@@ -134,6 +144,7 @@ MMCOSINE = Method(
             "mmcosine reads each modality's class weights off the fusion kernel"),),
         preset=preset),
     protocols=Protocols(
+        optimizers=OPTIMIZERS,
         reference=(("loss.unimodal_weight", 0.0), ("method.mmcosine.eval_logits", "plain"))),
     step=Step(fused_loss=fused_loss, unimodal_logits=unimodal_logits),
     evaluation=Evaluation(eval_logits=eval_logits),

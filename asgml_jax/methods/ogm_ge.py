@@ -30,8 +30,8 @@ from __future__ import annotations
 import ml_collections
 
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import (Composition, Logging, Method, Optax, Protocols, Settings,
-                                    Signal)
+from asgml_jax.methods.base import (Composition, Logging, Method, Optax, Protocols,
+                                    ReferenceOptimizer, Settings, Signal, steplr_milestones)
 from asgml_jax.transforms.ogm_ge import ogm_ge
 
 
@@ -92,7 +92,18 @@ def _transform(gradient_noise: bool):
 
 _SETTINGS = Settings(block="ogm", defaults=defaults, check_block=check_block,
                      check=check_leaves_exist, preset=preset)
+# GeWu-Lab/OGM-GE_CVPR2022 main.py:21-22 (CREMAD, KineticSound, AVE), :33-39 (batch 64,
+# 100 epochs, sgd, lr 1e-3, StepLR(70, 0.1)), :246-247 (SGD momentum 0.9, weight decay
+# 1e-4), :159 (stepped after each epoch).
+_OGM_OPTIMIZER = ReferenceOptimizer(
+    source="GeWu-Lab/OGM-GE_CVPR2022 main.py:33-39,159,246-247",
+    kind="sgd", learning_rate=1e-3, weight_decay=1e-4, num_epochs=100, batch_size=64,
+    lr_milestones=steplr_milestones(70, 0.1, 100))
+OPTIMIZERS = {name: _OGM_OPTIMIZER for name in ("cremad", "kinetics_sounds", "ave")}
+
+
 _PROTOCOLS = Protocols(
+    optimizers=OPTIMIZERS,
     seed_code=(("method.ogm.leaves", "min_2d"), ("method.ogm.noise_on", "dominant"),
                ("method.ogm.ratio_to", "all")),
     reference=(("method.ogm.leaves", "conv"), ("method.ogm.noise_on", "all"),

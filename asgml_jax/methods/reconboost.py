@@ -44,6 +44,7 @@ import ml_collections
 from asgml_jax import config_checks as cc
 from asgml_jax.losses import cross_entropy
 from asgml_jax.methods.base import Method, Protocols, Requirement, Settings, Step
+from asgml_jax.methods.reference_optimizers import BALANCEBENCHMARK
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -137,6 +138,7 @@ RECONBOOST = Method(
                   Requirement("model.unimodal_heads", "split",
                               "reconboost's learners are the shared head on each modality")),
         preset=preset),
-    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0),
-                                   ("optimizer.zero_grad", "zeros"))),
+    protocols=Protocols(
+        optimizers=BALANCEBENCHMARK,
+        reference=(("loss.unimodal_weight", 0.0), ("optimizer.zero_grad", "zeros"))),
     step=Step(fused_loss=fused_loss))

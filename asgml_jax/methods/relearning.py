@@ -42,8 +42,8 @@ import optax
 
 from asgml_jax import clustering
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import (PARAMS, Epoch, Logging, Method, Optax, Protocols, Settings,
-                                    Signal)
+from asgml_jax.methods.base import (PARAMS, Epoch, Logging, Method, Optax, Protocols,
+                                    ReferenceOptimizer, Settings, Signal)
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -153,12 +153,24 @@ class Relearning:
             "relearning_val_purity": f32(p_val), PARAMS: params}
 
 
+# GeWu-Lab/Diagnosing_Relearning_ECCV2024 code/script/ours.sh (CREMAD, 90 epochs),
+# code/ours.py:34,38 (batch 64, lr 0.002), :368 (SGD momentum 0.9, weight decay 1e-4);
+# ours.py builds no scheduler (its --lr_decay_step is never read): a constant lr.
+# CREMA-D is the only dataset it loads (:353-356).
+OPTIMIZERS = {"cremad": ReferenceOptimizer(
+    source="GeWu-Lab/Diagnosing_Relearning_ECCV2024 code/script/ours.sh:2-11, "
+           "code/ours.py:34-38,368",
+    kind="sgd", learning_rate=2e-3, weight_decay=1e-4, num_epochs=90, batch_size=64)}
+
+
 RELEARNING = Method(
     name="relearning",
     summary="Diagnosing & Re-learning: over-fitting encoders moved back toward their init",
     settings=Settings(block="relearning", defaults=defaults, check_block=check_block,
                       preset=preset),
-    protocols=Protocols(reference=(("loss.unimodal_weight", 0.0),)),
+    protocols=Protocols(
+        optimizers=OPTIMIZERS,
+        reference=(("loss.unimodal_weight", 0.0),)),
     optax=Optax(stage="post", transform=transform),
     epoch=Epoch(hook=Relearning),
     logging=Logging(

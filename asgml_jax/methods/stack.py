@@ -218,3 +218,40 @@ def reference_settings(config) -> tuple[tuple[str, Any], ...]:
             f"stack: their references set {key} to {owner[key][1]!r} and {value!r}")
       owner[key] = (method.name, value)
   return tuple((k, v) for k, (_, v) in owner.items())
+
+
+def reference_optimizer(config):
+  """The `ReferenceOptimizer` the stack's references train `config`'s dataset
+  with. ConfigError (naming `method.reference_optimizer`) when the stack is
+  empty, a method's reference names none for the dataset, or two methods'
+  references train differently."""
+  key = "config.method.reference_optimizer"
+  stacked = resolve(config.method)
+  if not stacked:
+    raise cc.ConfigError(f"{key}: the baseline has no reference script; name a method "
+                         "(method.name or method.stack) or set optimizer.* yourself")
+  dataset = config.dataset.name
+  chosen = None
+  for method in stacked:
+    table = method.protocols.optimizers_for(config)
+    if not table:
+      raise cc.ConfigError(f"{key}: {method.name}'s reference names no optimizer "
+                           f"(docs/methods.md); set optimizer.* yourself")
+    if dataset not in table:
+      named = ", ".join(sorted(table))
+      raise cc.ConfigError(
+          f"{key}: {method.name}'s reference ({next(iter(table.values())).repository}) names "
+          f"no optimizer for dataset {dataset} (its scripts train {named}); set optimizer.* "
+          "yourself")
+    found = table[dataset]
+    if chosen is not None and chosen[1].settings() != found.settings():
+      raise cc.ConfigError(
+          f"{key}: {chosen[0]} and {method.name} cannot stack: their references train "
+          f"{dataset} differently ({chosen[1].source} and {found.source})")
+    chosen = chosen or (method.name, found)
+  return chosen[1]
+
+
+def reference_optimizer_settings(config) -> tuple[tuple[str, Any], ...]:
+  """What `method.reference_optimizer=True` forces (dotted key, value)."""
+  return reference_optimizer(config).settings()

@@ -28,6 +28,7 @@ import ml_collections
 
 from asgml_jax import config_checks as cc
 from asgml_jax.methods.base import Epoch, Logging, Method, Optax, Plot, Protocols, Settings, Step
+from asgml_jax.methods.reference_optimizers import BALANCEBENCHMARK
 from asgml_jax.methods.common import held_teachers, held_variables, teacher_features, teacher_models
 
 TEACHER_MODES = ("inference", "train")
@@ -69,6 +70,7 @@ UMT = Method(
     name="umt", summary="UMT: encoders distilled toward unimodal teachers trained first",
     settings=Settings(block="umt", defaults=defaults, check_block=check_block, preset=preset),
     protocols=Protocols(
+        optimizers=BALANCEBENCHMARK,
         reference=(("loss.unimodal_weight", 0.0), ("method.umt.teacher_mode", "train"))),
     optax=Optax(stage="post", transform=held_teachers),
     step=Step(loss_term=loss_term),

@@ -77,8 +77,8 @@ import optax
 
 from asgml_jax import augment
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import (ROW_CODE, Epoch, Logging, Method, Optax, Protocols, Settings,
-                                    Signal, Step)
+from asgml_jax.methods.base import (ROW_CODE, Epoch, Logging, Method, Optax, Protocols,
+                                    ReferenceOptimizer, Settings, Signal, Step, steplr_milestones)
 
 LEVELS = ("sample", "modality")
 _DRAW_SALT = 0x5A3D
@@ -296,6 +296,17 @@ def _make_correct_fn(model, frame_sizes):
   return jax.jit(correct)
 
 
+# GeWu-Lab/Valuate-and-Enhance-Multimodal-Cooperation code/sample_level.py:41-58 (batch
+# 64, 60 epochs, adam, lr 5e-5, StepLR(30, 0.1)), :287-294 (Adam betas (0.9, 0.999), eps
+# 1e-8, weight decay 1e-4), :296-298, :340 (stepped after each epoch); modality_level.py
+# :47-62, :312-323 the same. Both train Kinetics-Sounds only (--dataset KineticSound).
+OPTIMIZERS = {"kinetics_sounds": ReferenceOptimizer(
+    source="GeWu-Lab/Valuate-and-Enhance-Multimodal-Cooperation code/sample_level.py:"
+           "41-58,287-298,340",
+    kind="adam", learning_rate=5e-5, weight_decay=1e-4, num_epochs=60, batch_size=64,
+    lr_milestones=steplr_milestones(30, 0.1, 60))}
+
+
 VALUATION = Method(
     name="valuation",
     summary="Valuation: per-example Shapley contributions of the modalities; low-contribution "
@@ -303,6 +314,7 @@ VALUATION = Method(
     settings=Settings(block="valuation", defaults=defaults, check_block=check_block, check=check,
                       preset=preset),
     protocols=Protocols(
+        optimizers=OPTIMIZERS,
         reference=(("loss.unimodal_weight", 0.0), ("method.valuation.full_weight", 2.0))),
     optax=Optax(stage="post", transform=transform),
     step=Step(feature_gate=feature_gate),
