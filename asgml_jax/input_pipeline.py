@@ -31,6 +31,7 @@ import numpy as np
 from asgml_jax import distributed, parallel
 from asgml_jax.config_checks import ConfigError, modality_names
 from asgml_jax.input_adapters import adapt_splits, check_stored_shapes
+from asgml_jax.methods.base import ROW_CODE
 from data_prep.common import prepare
 from data_prep.registry import builder_for
 
@@ -262,8 +263,6 @@ def epoch_permutation(data_key: jnp.ndarray, epoch: int, num_examples: int) -> j
   return jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
 
 
-# A batch key added when an epoch's order carries row codes (`split_row_codes`).
-ROW_CODE = "row_code"
 
 
 def split_row_codes(idx, num_rows: int):
@@ -272,8 +271,16 @@ def split_row_codes(idx, num_rows: int):
   A method that re-samples the training set (valuation) orders an epoch with
   coded entries, so one row can appear several times with different codes
   (e.g. "only audio kept"); the code reaches the train step as
-  batch["row_code"]. Plain permutations have code 0 everywhere."""
+  batch["row_code"]. Plain permutations have code 0 everywhere; a padding
+  entry (`PAD_ENTRY`, −1) decodes to code −1 (its row, num_rows − 1, is read
+  but never trained: `padding_batch`)."""
   return idx % num_rows, idx // num_rows
+
+
+def padding_batch(batch: dict):
+  """Whether a coded batch is padding (a skipped step): orders put padding
+  entries after every real one, in whole batches."""
+  return batch[ROW_CODE][..., 0] < 0
 
 
 def gather_batch(data: dict, perm: jnp.ndarray, batch_index, batch_size: int,

@@ -118,7 +118,7 @@ def setup_run(plan: Plan) -> RunSetup:
   """Loads the plan's data (onto the device where it fits) and builds its parts."""
   config = plan.config
   data = input_pipeline.load(config)
-  steps_per_epoch = data.num_train // config.batch_size
+  steps_per_epoch = plan.max_epoch_rows(data.num_train) // config.batch_size
   note = probe_schedule_note(config, steps_per_epoch)
   if note:
     run_dir.log(note)
@@ -132,6 +132,15 @@ def setup_run(plan: Plan) -> RunSetup:
                   probe_cfg=plan.probe_config(data.num_classes), example=example,
                   frame_sizes=frame_sizes,
                   eval_logits=plan.evaluation(steps_per_epoch, data.num_classes).eval_logits)
+
+
+def trained_batches(perms, batch_size: int, steps_per_epoch: int) -> int:
+  """How many of an epoch's batches hold rows for some seed: a re-sampling
+  method's order ends in whole batches of padding (`PAD_ENTRY`, negative),
+  which the loop skips without dispatching (a seed whose order is shorter than
+  another's skips its own padding inside the step)."""
+  real = int(np.max(np.sum(np.asarray(perms) >= 0, axis=-1)))
+  return min(steps_per_epoch, -(-real // batch_size))
 
 
 def run_keys(seed: int) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -333,9 +342,10 @@ def _train(runs, plan: Plan, seeds: list[int], seed_axis: str) -> list[dict]:
                                                                 epoch))
     if data.on_device and axis.stacked:
       perms = axis.place(perms)
+    batches = trained_batches(perms, config.batch_size, spe) if plan.resamples else spe
     metrics_acc = axis.empty_metrics(collection)
     pending = None
-    for batch_index in range(spe):
+    for batch_index in range(batches):
       states, metrics_acc = train_fn(states, metrics_acc, *input_pipeline.train_args(
           data, perms, batch_index, config.batch_size, plan.resamples))
       step += 1
@@ -348,7 +358,7 @@ def _train(runs, plan: Plan, seeds: list[int], seed_axis: str) -> list[dict]:
         pending = None
         if len(failed) == num_seeds:
           break
-      if step % config.log_every_steps == 0 or batch_index == spe - 1:
+      if step % config.log_every_steps == 0 or batch_index == batches - 1:
         # Dispatched, not fetched: no host sync here (the state is donated next
         # step, so the health flags are copied out).
         pending = (step, epoch, axis.compute(metrics_acc), jnp.copy(states.health))
@@ -357,6 +367,11 @@ def _train(runs, plan: Plan, seeds: list[int], seed_axis: str) -> list[dict]:
       flush(pending)
     if len(failed) == num_seeds:
       break
+    if batches < spe:  # the order's trailing padding: skipped steps, not dispatched
+      states = axis.place(states.replace(step=states.step + (spe - batches)))
+      for _ in range(spe - batches):   # clu's progress report counts every step
+        step += 1
+        progress(step)
     per_split = {split: programs.evaluate_seeds(axis, eval_fn, states, data, split,
                                                 setup.eval_batch_size, plan.task)
                  for split in ("validation", "test")}

@@ -101,6 +101,12 @@ class Plan:
     """Whether the stack orders the training epochs itself (coded rows)."""
     return any(m.epoch.resamples for m in self.methods)
 
+  def max_epoch_rows(self, num_train: int) -> int:
+    """The most rows one training epoch holds: the training set, or more where
+    a re-sampling method's epochs can be longer (`Epoch.max_rows`)."""
+    return max([num_train] + [m.epoch.max_rows(self.config, num_train) for m in self.methods
+                              if m.epoch.max_rows is not None])
+
   @property
   def epoch_hooks(self) -> tuple:
     """The stack's epoch hooks, unbuilt (`Epoch.hook`: EpochContext -> hook)."""

@@ -67,9 +67,15 @@ def make_train_body(model, tx, parts, config, steps_per_epoch: int, state, examp
     if frame_sizes:
       aug_key = jax.random.fold_in(jax.random.fold_in(state.rng, 0xA06), state.step)
       batch = augment.train_inputs(batch, aug_key, frame_sizes)
-    state, metrics = step_fn(state, batch)
+    new_state, metrics = step_fn(state, batch)
     fields = {metric_field(k): v for k, v in metrics.items()}
-    return state, metrics_acc.merge(collection.single_from_model_output(**fields))
+    merged = metrics_acc.merge(collection.single_from_model_output(**fields))
+    if coded:   # a batch of padding entries is a skipped step: only the step count moves
+      skip = input_pipeline.padding_batch(batch)
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(skip, o, n), new, old)
+      new_state = keep(new_state, state.replace(step=state.step + 1))
+      merged = keep(merged, metrics_acc)
+    return new_state, merged
 
   def gather_body(state, metrics_acc, data, perm, batch_index):
     return batch_body(state, metrics_acc,

@@ -269,3 +269,80 @@ def test_start_epoch_0_resamples_the_first_epoch_from_the_initial_model(tfds_dir
   assert float(optax.tree_utils.tree_get(ready.opt_state, "valuation_active")) == 1.0
   order = np.asarray(optax.tree_utils.tree_get(ready.opt_state, "valuation_order"))
   assert np.any(order >= setup.data.num_train)
+
+
+# ------------------------------------------------------------------ pool-length epochs
+
+
+def test_a_pool_epoch_is_the_whole_pool_once():
+  """The reference trains every entry of the re-sampled set once per epoch:
+  sample_level.py:141-151 builds a DataLoader over `AV_KS_Dataset_sample_level`
+  (the originals, then the copies, dataloader.py:116-185) and `train_epoch`
+  (:164) iterates all of it. Here the last partial batch is dropped and the
+  order padded to the epoch's slots, which the largest pool fills exactly."""
+  from asgml_jax.methods.base import PAD_ENTRY
+  from asgml_jax.methods.valuation import max_rows, pool, whole_pool_order
+  names, length, batch = ("audio", "visual"), 50, 8
+  rng = np.random.default_rng(0)
+  phi = {m: rng.choice([-0.5, 0.0, 0.5, 1.0, 1.5], length) for m in names}
+  coded = pool(phi, names, "sample", 1.0, 0.2, rng)
+  config = variant_config("valuation", **{"method.valuation.epoch_length": "pool"})
+  size = max_rows(config, length)
+  assert size == length * (1 + 3 * 2)
+  order = whole_pool_order(coded, size, batch, np.random.default_rng(1))
+  real = order[order >= 0]
+  assert len(order) == size and len(real) == len(coded) // batch * batch
+  assert np.all(order[len(real):] == PAD_ENTRY)
+  left_out = dict(zip(*np.unique(coded, return_counts=True)))
+  for value in real:
+    left_out[int(value)] -= 1
+  assert min(left_out.values()) >= 0 and sum(left_out.values()) == len(coded) - len(real) < batch
+  worst = {m: np.full(length, -0.5) for m in names}          # 3 copies of every row per modality
+  assert len(pool(worst, names, "sample", 1.0, 0.2, rng)) == size
+  for weight in (1.0, 2.0):                                   # the modality level's largest d
+    config.method.valuation.update(dict(level="modality", full_weight=weight, alpha=1.5))
+    extreme = {"audio": np.full(length, 0.5 + 0.5 * weight), "visual": np.full(length, -0.5)}
+    assert len(pool(extreme, names, "modality", 1.5, 1.0, rng)) <= max_rows(config, length)
+  reference = variant_config("valuation", **{"method.protocol": "reference"})
+  assert reference.method.valuation.epoch_length == "pool"
+  assert variant_config("valuation").method.valuation.epoch_length == "fixed"
+
+
+def test_pool_epochs_train_each_seeds_whole_pool_in_a_sweep(tmp_path, tfds_dir, monkeypatch):
+  """With `epoch_length=pool` an epoch has max_rows // batch slots: epoch 0
+  trains the 192 originals (6 batches), epoch 1 its re-sampled pool; the loop
+  dispatches the batches that hold rows and skips the rest, and in a 2-seed
+  sweep the seed with the shorter pool skips its padding inside the step, so
+  each seed of the sweep ends with the parameters of its own run."""
+  from asgml_jax import checkpointing, sweep, train
+  config = variant_config("valuation", data_dir=tfds_dir, **{
+      "num_epochs": 2, "method.valuation.start_epoch": 1,
+      "method.valuation.epoch_length": "pool", "dataset.placement": "host"})
+  setup = loop.setup_run(Plan.build(config))
+  assert setup.steps_per_epoch == 192 * 7 // 32
+  dispatched, real = [], []
+  counted = loop.trained_batches
+
+  def counting(perms, batch_size, steps):
+    dispatched.append(counted(perms, batch_size, steps))
+    real.append(np.sum(np.asarray(perms) >= 0, axis=-1).tolist())
+    return dispatched[-1]
+  monkeypatch.setattr(loop, "trained_batches", counting)
+  seeds = (42, 7)
+  for seed in seeds:
+    train.train_and_evaluate(with_seed(config, seed), str(tmp_path / f"one_{seed}"))
+  assert dispatched[0] == dispatched[2] == 6 and real[0] == real[2] == 192
+  pools = (real[1], real[3])
+  assert dispatched[1] == pools[0] // 32 > 6 and dispatched[3] == pools[1] // 32
+  assert pools[0] != pools[1]                           # one seed's pool is the shorter
+  dirs = [str(tmp_path / f"sweep_{s}") for s in seeds]
+  sweep.train_sweep(config, seeds, dirs, seed_axis="vmap")
+  assert tuple(real[5]) == pools and dispatched[5] == max(pools) // 32
+  like = loop.fresh_state(setup, 0)
+  for seed, swept_dir in zip(seeds, dirs):
+    one = checkpointing.restore_newest(str(tmp_path / f"one_{seed}"), like)[0]
+    swept = checkpointing.restore_newest(swept_dir, like)[0]
+    assert int(one.step) == int(swept.step) == 2 * setup.steps_per_epoch
+    for x, y in zip(jax.tree.leaves((one.params, one.opt_state, one.batch_stats)),
+                    jax.tree.leaves((swept.params, swept.opt_state, swept.batch_stats))):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)

@@ -64,6 +64,8 @@ PARAMS = "params"
 # A re-sampling method's (`Epoch.resamples`) row codes reach the step as this
 # batch key (the training core's input pipeline decodes the epoch's order).
 ROW_CODE = "row_code"
+# An order entry that is no row: a batch of them is a skipped step (`Epoch`).
+PAD_ENTRY = -1
 
 
 # ---------------------------------------------------------------------------
@@ -460,11 +462,19 @@ class Epoch(_Record):
   resamples: the hook orders the epochs itself (`epoch_rows(state, perm)`):
     the order's entries carry row codes (row + num_train · code), which reach
     the train step as batch[ROW_CODE] (valuation).
+    An order may end in padding entries (`PAD_ENTRY`): each batch of them is a
+    skipped step (the state is unchanged but for its step count, no metrics),
+    so that epochs of different lengths keep one compiled step and the
+    schedule's epochs (valuation's pool-length epochs).
+  max_rows(config, num_train) -> the most rows one epoch trains (the loop's
+    steps per epoch are that // batch_size; default num_train), for a
+    re-sampling method whose epochs can be longer than the training set.
   teachers: the method needs unimodal teachers trained first (UMT): the
     launchers train them before the run, and `BuildContext.teachers` reads them.
   """
   hook: Callable[[EpochContext], Any] | None = _each()
   resamples: bool = _one("both re-sample the training epochs", default=False)
+  max_rows: Callable[[Any, int], int] | None = None
   teachers: bool = False
 
 

@@ -23,16 +23,25 @@ trained on it).
 
 The loss is CE(fused) alone (γ = 0, both references).
 
-**Fixed-length epochs** (deviation, stated): the references train each
-epoch on the whole re-sampled set, L originals + E copies, so the number of
-steps changes every epoch. The project's epoch is one jitted step count
-(its learning-rate schedule, checkpoints and resume count epochs × steps
-per epoch), so here an epoch is steps_per_epoch × batch_size entries drawn
-without replacement from that (L + E)-entry pool: the mix of originals and
-copies is the reference's in expectation, and each epoch has the usual
-length. The draw is a function of (seed, epoch), kept in the optimizer
-state, so a resumed run and a sweep's seeds see what an uninterrupted run
-would.
+**Epoch length** (`epoch_length`). The references train each epoch on the
+whole re-sampled set, L originals + E copies (sample_level.py:141-151 builds a
+new DataLoader over it, :164 iterates all of it), so the number of steps
+changes every epoch:
+- `pool` (what `method.protocol=reference` sets): the same, each entry of the
+  pool once per epoch in random order, the last partial batch dropped (as
+  every epoch here). The loop's epoch is then max_rows // batch_size steps,
+  max_rows the largest pool the level can build (sample level L·(1 + 3N);
+  modality level L·(1 + d_max), d_max = 2/3·α·N/2·(1 + max(1, v(all))), the
+  largest d its gaps allow), and the steps past this epoch's pool are skipped
+  (not dispatched; the learning-rate schedule and checkpoints still count
+  whole epochs). Before `start_epoch` an epoch is the L originals.
+- `fixed` (the default): an epoch is the usual L // batch_size steps, drawn
+  without replacement from that (L + E)-entry pool: the mix of originals and
+  copies is the reference's in expectation at the training set's epoch
+  length, so a run's step count and its comparison with other methods at
+  equal steps do not depend on the contributions.
+The draw is a function of (seed, epoch), kept in the optimizer state, so a
+resumed run and a sweep's seeds see what an uninterrupted run would.
 
 Reference: GeWu-Lab/Valuate-and-Enhance-Multimodal-Cooperation, code/
 sample_level.py (`execute_modulation`: contributions after each epoch from
@@ -77,10 +86,12 @@ import optax
 
 from asgml_jax import augment
 from asgml_jax import config_checks as cc
-from asgml_jax.methods.base import (ROW_CODE, Epoch, Logging, Method, Optax, Protocols,
-                                    ReferenceOptimizer, Settings, Signal, Step, steplr_milestones)
+from asgml_jax.methods.base import (PAD_ENTRY, ROW_CODE, Epoch, Logging, Method, Optax,
+                                    Protocols, ReferenceOptimizer, Settings, Signal, Step,
+                                    steplr_milestones)
 
 LEVELS = ("sample", "modality")
+EPOCH_LENGTHS = ("fixed", "pool")
 _DRAW_SALT = 0x5A3D
 
 
@@ -91,12 +102,16 @@ def defaults() -> ml_collections.ConfigDict:
       full_weight=1.0,      # v(all modalities): 1 (Shapley, BalanceBenchmark) | 2 (paper's code)
       alpha=1.0,            # modality level: scale of the re-sampled share d
       part_ratio=0.2,       # modality level: share of rows the mean contributions come from
+      # fixed: epochs of the training set's length drawn from the pool | pool:
+      # each epoch trains the whole re-sampled pool (the references)
+      epoch_length="fixed",
   ))
 
 
 def check_block(config) -> None:
   v = config.method.valuation
   cc.one_of(v.level, LEVELS, "method.valuation.level")
+  cc.one_of(v.epoch_length, EPOCH_LENGTHS, "method.valuation.epoch_length")
   cc.require(isinstance(v.start_epoch, int) and v.start_epoch >= 0,
              "method.valuation.start_epoch", f"must be an integer >= 0, got {v.start_epoch!r}")
   cc.positive(config, "method.valuation.full_weight")
@@ -173,6 +188,27 @@ def pool(phi: dict, names, level: str, alpha: float, part_ratio: float, rng) -> 
 def epoch_draw(coded_pool: np.ndarray, size: int, rng) -> np.ndarray:
   """`size` entries of the pool without replacement, in random order."""
   return rng.permutation(coded_pool)[:size]
+
+
+def max_rows(config, num_train: int) -> int:
+  """The most entries one epoch holds: the training set for `fixed`; for
+  `pool` the largest pool the level can build (see the module docstring)."""
+  v = config.method.valuation
+  if v.epoch_length == "fixed":
+    return num_train
+  n = len(cc.modality_names(config))
+  if v.level == "sample":
+    return num_train * (1 + 3 * n)
+  d_max = 2 / 3 * v.alpha * n / 2 * (1 + max(1.0, v.full_weight))
+  return num_train + int(d_max * num_train)
+
+
+def whole_pool_order(coded_pool: np.ndarray, size: int, batch_size: int, rng) -> np.ndarray:
+  """The pool in random order, cut to whole batches, then padding entries up to
+  `size` (the loop skips their batches)."""
+  order = rng.permutation(coded_pool)[:size]
+  order = order[:len(order) // batch_size * batch_size]
+  return np.concatenate([order, np.full(size - len(order), PAD_ENTRY, order.dtype)])
 
 
 # ------------------------------------------------------------------ state and step
@@ -260,25 +296,35 @@ class Valuation:
     rng = np.random.default_rng(np.asarray(jax.random.key_data(
         jax.random.fold_in(jax.random.fold_in(data_key, _DRAW_SALT), next_epoch))).ravel())
     coded = pool(phi, names, b.level, b.alpha, b.part_ratio, rng)
-    order = epoch_draw(coded, self.size, rng)
+    if b.epoch_length == "pool":
+      order = whole_pool_order(coded, self.size, self.ctx.config.batch_size, rng)
+    else:
+      order = epoch_draw(coded, self.size, rng)
     length = self.ctx.data.num_train
-    codes = order // length
+    real = order[order >= 0]
+    codes = real // length
     extra = {m: float(np.mean(codes == 1 + i)) for i, m in enumerate(names)}
     mean = {m: float(np.mean(phi[m])) for m in names}
     self.ctx.log(f"valuation before epoch {next_epoch + 1}: contribution "
                  + ", ".join(f"{m} {mean[m]:.3f}" for m in names)
                  + f"; pool {len(coded)} rows ({len(coded) - length} copies), epoch of "
-                 f"{self.size}: " + ", ".join(f"{100 * extra[m]:.0f}% {m}-only" for m in names))
+                 f"{len(real)}: " + ", ".join(f"{100 * extra[m]:.0f}% {m}-only" for m in names))
     f32 = lambda d: {m: np.float32(v) for m, v in d.items()}
     return {"valuation_order": order.astype(np.int32), "valuation_active": np.float32(1.0),
             "valuation_contribution": f32(mean), "valuation_extra": f32(extra)}
 
   def epoch_rows(self, state, perm):
     """This epoch's order: the re-sampled one once active, else the pipeline's
-    permutation cut to the epoch's length (the same shape either way)."""
+    permutation cut to the epoch's length (the same shape either way; for
+    `pool`, the training set then padding)."""
     if float(optax.tree_utils.tree_get(state.opt_state, "valuation_active")) > 0:
       return optax.tree_utils.tree_get(state.opt_state, "valuation_order")
-    return perm[:self.size]
+    if len(perm) >= self.size:
+      return perm[:self.size]
+    batch = self.ctx.config.batch_size
+    real = np.asarray(perm)[:len(perm) // batch * batch]
+    padded = np.concatenate([real, np.full(self.size - len(real), PAD_ENTRY, real.dtype)])
+    return padded if isinstance(perm, np.ndarray) else jnp.asarray(padded)
 
 
 def _make_correct_fn(model, frame_sizes):
@@ -315,10 +361,11 @@ VALUATION = Method(
                       preset=preset),
     protocols=Protocols(
         optimizers=OPTIMIZERS,
-        reference=(("loss.unimodal_weight", 0.0), ("method.valuation.full_weight", 2.0))),
+        reference=(("loss.unimodal_weight", 0.0), ("method.valuation.full_weight", 2.0),
+                   ("method.valuation.epoch_length", "pool"))),
     optax=Optax(stage="post", transform=transform),
     step=Step(feature_gate=feature_gate),
-    epoch=Epoch(hook=Valuation, resamples=True),
+    epoch=Epoch(hook=Valuation, resamples=True, max_rows=max_rows),
     logging=Logging(signals=(Signal("valuation_contribution", "valuation/contribution",
                                     "Valuation: mean Shapley contribution"),
                              Signal("valuation_extra", "valuation/extra",
