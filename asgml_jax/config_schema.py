@@ -284,6 +284,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of(config.optimizer.kind, OPTIMIZER_KINDS, "optimizer.kind")
   _one_of(config.optimizer.schedule, optim.SCHEDULES, "optimizer.schedule")
   optim.piecewise_milestones(config.optimizer.lr_piecewise)   # ConfigError naming the key
+  _require(config.optimizer.schedule == "piecewise" or not config.optimizer.lr_piecewise,
+           "optimizer.lr_piecewise", "is read only with optimizer.schedule=piecewise (the "
+           "schedule is step: StepLR(lr_step_epochs, lr_decay)); set both or neither")
   _one_of(config.method.reference_optimizer, (True, False), "method.reference_optimizer")
   _require(0.0 < config.optimizer.lr_decay <= 1.0, "optimizer.lr_decay",
            f"must be in (0, 1], got {config.optimizer.lr_decay!r}")

@@ -173,6 +173,13 @@ def test_methods_of_one_reference_stack():
   assert (config.optimizer.kind, config.num_epochs, config.batch_size) == ("adamw", 30, 32)
 
 
+def test_piecewise_factors_without_the_piecewise_schedule_are_refused():
+  config = tiny_mlp_config("/tmp/unused")
+  config.optimizer.lr_piecewise = "70:0.1"
+  with pytest.raises(ConfigError, match="^config.optimizer.lr_piecewise: is read only with "):
+    Plan.build(config)
+
+
 @pytest.mark.parametrize("text", ["70", "0:0.1", "70:0", "70:x", "70:0.1,70:0.5"])
 def test_a_bad_piecewise_schedule_is_one_line(text):
   config = tiny_mlp_config("/tmp/unused")
