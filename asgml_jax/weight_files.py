@@ -56,14 +56,41 @@ class _StorageType:
     self.dtype = np.dtype(_STORAGE_DTYPES[name])
 
 
-def _rebuild_tensor(storage, offset, size, stride, *unused):
-  del unused  # requires_grad, backward hooks, metadata
-  if not size:
-    return np.array(storage[offset])
-  itemsize = storage.dtype.itemsize
-  view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
-                                         strides=tuple(s * itemsize for s in stride))
-  return np.ascontiguousarray(view)
+def _is_index(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _tensor_rebuilder(path: str):
+  """`torch._utils._rebuild_tensor_v2` for `path`: the view (offset, size,
+  stride) is checked against its storage before NumPy reads it, so a damaged
+  or crafted file cannot make the reader touch memory outside the storage."""
+
+  def rebuild(storage, offset, size, stride, *unused):
+    del unused  # requires_grad, backward hooks, metadata
+    if not isinstance(storage, np.ndarray):
+      raise BadInputError(f"{path}: a tensor whose storage is {type(storage).__name__}, "
+                          "not a storage record")
+    size, stride = tuple(size), tuple(stride)
+    if not (_is_index(offset) and all(map(_is_index, size)) and all(map(_is_index, stride))
+            and len(size) == len(stride)):
+      raise BadInputError(f"{path}: a tensor with offset {offset!r:.40}, size {size!r:.60} "
+                          f"and stride {stride!r:.60}, which no tensor has; the file is "
+                          "damaged or not torch's")
+    if any(n == 0 for n in size):
+      return np.zeros(size, storage.dtype)
+    last = offset + sum((n - 1) * st for n, st in zip(size, stride))
+    if last >= len(storage):
+      raise BadInputError(f"{path}: a tensor of size {list(size)} (stride {list(stride)}, "
+                          f"offset {offset}) reaches element {last} of a storage of "
+                          f"{len(storage)}; the file is damaged or crafted")
+    if not size:
+      return np.array(storage[offset])
+    itemsize = storage.dtype.itemsize
+    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
+                                           strides=tuple(st * itemsize for st in stride))
+    return np.ascontiguousarray(view)
+
+  return rebuild
 
 
 def _rebuild_parameter(data, *unused):
@@ -85,7 +112,7 @@ class _StateDictUnpickler(pickle.Unpickler):
     if (module, name) == ("collections", "OrderedDict"):
       return collections.OrderedDict
     if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-      return _rebuild_tensor
+      return _tensor_rebuilder(self._path)
     if (module, name) in (("torch._utils", "_rebuild_parameter"),
                           ("torch._utils", "_rebuild_parameter_with_state")):
       return _rebuild_parameter
@@ -132,21 +159,37 @@ def _read_torch_zip(path: str) -> dict:
 
 
 def _read_safetensors(path: str) -> dict:
+  """The safetensors layout, every field of the header checked before it is used."""
   with open(path, "rb") as f:
     blob = f.read()
+  if len(blob) < 8:
+    raise BadInputError(f"{path}: {len(blob)} bytes, shorter than a safetensors header length")
   (header_len,) = struct.unpack("<Q", blob[:8])
   if header_len > len(blob) - 8:
     raise BadInputError(f"{path}: safetensors header says {header_len} bytes, file is shorter")
   header = json.loads(blob[8:8 + header_len])
+  if not isinstance(header, dict):
+    raise BadInputError(f"{path}: the safetensors header is a JSON {type(header).__name__}, "
+                        "not an object of tensors")
   data = memoryview(blob)[8 + header_len:]
   out = {}
   for name, entry in header.items():
     if name == "__metadata__":
       continue
+    if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+            and isinstance(entry.get("shape"), list) and all(map(_is_index, entry["shape"]))
+            and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+            and all(map(_is_index, entry["data_offsets"]))):
+      raise BadInputError(f"{path}: tensor {name!r:.60} is described by {entry!r:.80}, not by "
+                          "dtype, shape (non-negative integers) and two data_offsets")
     if entry["dtype"] not in _SAFETENSORS_DTYPES:
       raise BadInputError(f"{path}: tensor {name!r} has dtype {entry['dtype']}, not supported")
     start, end = entry["data_offsets"]
     dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
+    want = int(np.prod(entry["shape"], dtype=np.int64)) * dtype.itemsize
+    if not start <= end <= len(data) or end - start != want:
+      raise BadInputError(f"{path}: tensor {name!r} of shape {entry['shape']} ({want} bytes) "
+                          f"has data_offsets [{start}, {end}] in {len(data)} bytes of data")
     out[name] = np.frombuffer(data[start:end], dtype).reshape(entry["shape"]).copy()
   return out
 

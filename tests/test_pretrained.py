@@ -5,6 +5,8 @@ the fixture, see tests/torchvision_fixture.py); the expected features are
 torchvision's own eval-mode forward pass. No torch is needed here.
 """
 
+import io
+
 import numpy as np
 import pytest
 
@@ -214,3 +216,103 @@ def test_a_big_endian_pth_reads_the_same_values(tmp_path, pth, state_dict):
   for k in state_dict:
     np.testing.assert_array_equal(big[k], state_dict[k], err_msg=k)
     assert big[k].dtype == state_dict[k].dtype
+
+
+def _crafted_pth(path, numel: int, offset, size, stride) -> str:
+  """A torch.save-layout zip whose one tensor is `_rebuild_tensor_v2(storage of
+  numel float32 values, offset, size, stride)`, pickled as torch pickles it (the
+  global torch._utils._rebuild_tensor_v2 and a persistent storage id), with
+  stand-in `torch` modules so that no torch is needed."""
+  import pickle
+  import sys
+  import types
+  import zipfile
+  torch_mod, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
+  storage_cls = type("FloatStorage", (), {"__module__": "torch"})
+  torch_mod.FloatStorage, torch_mod._utils = storage_cls, utils
+
+  def _rebuild_tensor_v2(*args):
+    raise AssertionError("never called while pickling")
+  _rebuild_tensor_v2.__module__ = "torch._utils"
+  _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+  utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+
+  class Storage:
+    pass
+
+  class Tensor:
+    def __reduce__(self):
+      return (_rebuild_tensor_v2, (Storage(), offset, size, stride, False, None))
+
+  class TorchPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+      return ("storage", storage_cls, "0", "cpu", numel) if isinstance(obj, Storage) else None
+
+  saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
+  sys.modules.update({"torch": torch_mod, "torch._utils": utils})
+  try:
+    buffer = io.BytesIO()
+    TorchPickler(buffer, protocol=2).dump({"w": Tensor()})
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        sys.modules.pop(k)
+      else:
+        sys.modules[k] = v
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("archive/data.pkl", buffer.getvalue())
+    z.writestr("archive/byteorder", "little")
+    z.writestr("archive/data/0", np.arange(numel, dtype=np.float32).tobytes())
+  return str(path)
+
+
+@pytest.mark.parametrize("offset,size,stride,message", [
+    (0, (512, 512, 3, 3), (4608, 9, 3, 1), "reaches element 2359295 of a storage of 10"),
+    (8, (4,), (1,), "reaches element 11 of a storage of 10"),
+    (0, (2, 3), (3, 4), "reaches element 11 of a storage of 10"),
+    (10, (), (), "reaches element 10 of a storage of 10"),
+    (-1, (2,), (1,), "which no tensor has"),
+    (0, (2,), (-1,), "which no tensor has"),
+    (0, ("2",), (1,), "which no tensor has"),
+])
+def test_a_tensor_view_outside_its_storage_is_one_line(tmp_path, offset, size, stride, message):
+  """torch's tensor record (offset, size, stride) is checked against the storage
+  before it is read: a crafted or damaged file is refused, naming it, instead
+  of reading outside the buffer (a segfault, or heap values as weights)."""
+  path = _crafted_pth(tmp_path / "crafted.pth", 10, offset, size, stride)
+  with pytest.raises(BadInputError, match="crafted.pth: ") as err:
+    weight_files.read_state_dict(path)
+  assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_strided_tensor_inside_its_storage_reads_torchs_values(tmp_path):
+  """The same record within bounds reads what torch's as_strided view holds:
+  element [i, j] = storage[offset + i·stride_0 + j·stride_1]."""
+  path = _crafted_pth(tmp_path / "ok.pth", 10, 1, (3, 2), (1, 4))
+  got = weight_files.read_state_dict(path)["w"]
+  want = np.array([[1 + i + 4 * j for j in range(2)] for i in range(3)], np.float32)
+  np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("header,message", [
+    ([1, 2], "the safetensors header is a JSON list"),
+    ({"w": 3}, "tensor 'w' is described by 3"),
+    ({"w": {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}}, "tensor 'w' is described"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0]}}, "tensor 'w' is described"),
+    ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}},
+     "has data_offsets [0, 16] in 8 bytes of data"),
+    ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]}},
+     "of shape [1] (4 bytes) has data_offsets [0, 8]"),
+])
+def test_a_crafted_safetensors_header_is_one_line(tmp_path, header, message):
+  import json
+  import struct
+  text = json.dumps(header).encode()
+  path = tmp_path / "crafted.safetensors"
+  path.write_bytes(struct.pack("<Q", len(text)) + text + np.zeros(2, np.float32).tobytes())
+  with pytest.raises(BadInputError, match="crafted.safetensors: ") as err:
+    weight_files.read_state_dict(str(path))
+  assert message in str(err.value) and "\n" not in str(err.value)
+  (tmp_path / "short.safetensors").write_bytes(b"\x01\x00")
+  with pytest.raises(BadInputError, match="shorter than a safetensors header length"):
+    weight_files.read_state_dict(str(tmp_path / "short.safetensors"))
