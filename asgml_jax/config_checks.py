@@ -7,6 +7,7 @@ which imports the method registry.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -41,16 +42,22 @@ def set_dotted(cfg, key: str, value) -> None:
   node[leaf] = value
 
 
+def _finite_number(value) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
 def positive(cfg, key: str, *, integer: bool = False) -> None:
+  """A finite number > 0 (inf, like nan, is no setting: it trains NaNs)."""
   value = lookup(cfg, key)
   kind = int if integer else (int, float)
-  require(isinstance(value, kind) and not isinstance(value, bool) and value > 0,
+  require(isinstance(value, kind) and _finite_number(value) and value > 0,
           key, f"must be a positive {'integer' if integer else 'number'}, got {value!r}")
 
 
 def at_least(cfg, key: str, low: float) -> None:
   value = lookup(cfg, key)
-  require(value >= low, key, f"must be >= {low}, got {value!r}")
+  require(_finite_number(value) and value >= low, key, f"must be >= {low}, got {value!r}")
 
 
 def in_range(cfg, key: str, low: float, high: float) -> None:

@@ -22,7 +22,7 @@ from asgml_jax import methods as method_registry
 from asgml_jax import optim
 from asgml_jax.config_checks import (ConfigError, modality_names, parse_named_floats,  # noqa: F401
                                      require as _require, one_of as _one_of, set_dotted,
-                                     positive as _positive)
+                                     positive as _positive, at_least)
 from asgml_jax.methods import stack as method_stack
 from asgml_jax.models.encoders import ENCODERS, stage_count
 from asgml_jax.models.fusion import FUSIONS
@@ -278,8 +278,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _positive(config, "optimizer.learning_rate")
   _require(0.0 <= config.optimizer.momentum < 1.0, "optimizer.momentum",
            f"must be in [0, 1), got {config.optimizer.momentum!r}")
-  _require(config.optimizer.weight_decay >= 0, "optimizer.weight_decay",
-           f"must be >= 0, got {config.optimizer.weight_decay!r}")
+  at_least(config, "optimizer.weight_decay", 0)
   _one_of(config.optimizer.zero_grad, tuple(ZERO_GRAD_SCOPES), "optimizer.zero_grad")
   _one_of(config.optimizer.kind, OPTIMIZER_KINDS, "optimizer.kind")
   _one_of(config.optimizer.schedule, optim.SCHEDULES, "optimizer.schedule")
@@ -290,8 +289,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of(config.method.reference_optimizer, (True, False), "method.reference_optimizer")
   _require(0.0 < config.optimizer.lr_decay <= 1.0, "optimizer.lr_decay",
            f"must be in (0, 1], got {config.optimizer.lr_decay!r}")
-  _require(config.loss.unimodal_weight >= 0, "loss.unimodal_weight",
-           f"must be >= 0, got {config.loss.unimodal_weight!r}")
+  at_least(config, "loss.unimodal_weight", 0)
   if config.model.fusion_dim is not None:
     _positive(config, "model.fusion_dim", integer=True)
   _one_of(config.model.unimodal_heads, ("split", "separate"), "model.unimodal_heads")

@@ -40,6 +40,11 @@ def test_default_config_is_valid():
     (lambda c: c.optimizer.update({"momentum": 1.0}), "config.optimizer.momentum"),
     (lambda c: c.method.update({"name": "magic"}), "config.method.name"),
     (lambda c: c.update({"batch_size": 10_000}), "config.batch_size"),
+    (lambda c: c.optimizer.update({"learning_rate": float("inf")}),
+     "config.optimizer.learning_rate"),
+    (lambda c: c.optimizer.update({"weight_decay": float("inf")}),
+     "config.optimizer.weight_decay"),
+    (lambda c: c.loss.update({"unimodal_weight": float("nan")}), "config.loss.unimodal_weight"),
 ])
 def test_impossible_values_name_the_key(mutate, key):
   assert _error(mutate).startswith(key + ":")
