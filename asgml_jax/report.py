@@ -25,7 +25,7 @@ import numpy as np
 
 from asgml_jax.methods import DEFAULT_NAME
 from asgml_jax.methods import stack as method_stack
-from asgml_jax.run_dir import CONFIG_FILE, SUMMARY_FILE
+from asgml_jax.run_dir import CONFIG_FILE, SUMMARY_FILE, log
 from asgml_jax.significance import paired_difference
 
 # (column, path in summary.json, title); fractions are shown in %.
@@ -65,18 +65,42 @@ def signal_plots() -> tuple[tuple[str, str], ...]:
   return method_stack.plots()
 
 
-def find_runs(directories) -> list[str]:
-  """Every run directory (one holding config.json) under the given directories."""
+def find_runs(directories, skipped: list | None = None) -> list[str]:
+  """Every run directory (one holding config.json) under the given
+  directories, each once: a symbolic link below them is not followed (a
+  `latest -> seed_42` link would count a seed twice, a link to a parent every
+  run again), and a directory named twice is read once. What is passed over
+  is added to `skipped` as (path, why, None)."""
+  skipped = [] if skipped is None else skipped
   runs = set()
   for top in directories:
     if not os.path.isdir(top):
       raise FileNotFoundError(f"{top}: no such directory")
-    for path in glob.glob(os.path.join(top, "**", CONFIG_FILE), recursive=True):
-      runs.add(os.path.dirname(os.path.abspath(path)))
+    for root, dirs, files in os.walk(top):
+      links = sorted(d for d in dirs if os.path.islink(os.path.join(root, d)))
+      skipped += [(os.path.join(root, d), "a symbolic link (not followed)", None)
+                  for d in links]
+      dirs[:] = sorted(d for d in dirs if d not in links)
+      if CONFIG_FILE in files:
+        runs.add(os.path.realpath(root))
   if not runs:
     raise FileNotFoundError(f"no run directories (with {CONFIG_FILE}) under "
                             f"{', '.join(directories)}")
   return sorted(runs)
+
+
+def _run_config(path: str) -> tuple[dict | None, str]:
+  """(the run's saved config, "") or (None, why it is no run of this library)."""
+  try:
+    with open(os.path.join(path, CONFIG_FILE)) as f:
+      config = json.load(f)
+  except (OSError, ValueError) as err:
+    return None, f"its {CONFIG_FILE} cannot be read ({type(err).__name__})"
+  if not (isinstance(config, dict) and isinstance(config.get("seed"), int)
+          and isinstance(config.get("method"), dict) and isinstance(config.get("dataset"), dict)):
+    return None, (f"its {CONFIG_FILE} is not a run config of this library (no seed, method "
+                  "or dataset)")
+  return config, ""
 
 
 def _get(tree, path):
@@ -121,21 +145,44 @@ def train_signals(run: str, prefixes) -> dict[str, tuple[np.ndarray, np.ndarray]
   return {tag: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)])) for tag, v in out.items()}
 
 
-def load_runs(directories) -> list[dict]:
+def load_runs(directories, skipped: list | None = None) -> list[dict]:
+  """The runs under `directories`, one per (variant, seed): a copy of a run
+  (the same variant and seed in another folder, e.g. a backup) is read once,
+  from the first folder in path order, and a folder whose config.json is no
+  run of this library is passed over; both are added to `skipped` as
+  (path, why, the folder it copies or None)."""
+  skipped = [] if skipped is None else skipped
   runs = []
-  for path in find_runs(directories):
-    with open(os.path.join(path, CONFIG_FILE)) as f:
-      config = json.load(f)
+  for path in find_runs(directories, skipped):
+    config, why = _run_config(path)
+    if config is None:
+      skipped.append((path, why, None))
+      continue
     summary_path = os.path.join(path, SUMMARY_FILE)
     summary = None
     if os.path.exists(summary_path):
-      with open(summary_path) as f:
-        summary = json.load(f)
+      try:
+        with open(summary_path) as f:
+          summary = json.load(f)
+      except (OSError, ValueError):
+        summary = None     # unreadable: the run is reported as incomplete
     runs.append({"dir": path, "config": config, "summary": summary, "seed": config["seed"]})
+  if not runs:
+    raise FileNotFoundError(f"no runs of this library under {', '.join(directories)}")
   mixed = len({r["config"]["dataset"]["name"] for r in runs}) > 1
+  first: dict[tuple, str] = {}
+  kept = []
   for run in runs:
     run["variant"] = _variant(run["config"], mixed)
-  return runs
+    key = (run["variant"], run["seed"])
+    if key in first:
+      skipped.append((run["dir"], f"the same variant ({key[0]}) and seed ({key[1]}) as the "
+                                  "folder read (set `label` to tell an ablation's arms apart)",
+                      first[key]))
+      continue
+    first[key] = run["dir"]
+    kept.append(run)
+  return kept
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -242,7 +289,7 @@ def _fmt_difference(diff: dict | None) -> str:
 
 
 def write_tables(rows: list[dict], out_dir: str, sources, modalities,
-                 curves_redrawn: bool = True) -> None:
+                 curves_redrawn: bool = True, skipped=()) -> None:
   groups = column_groups(modalities)
   columns = [c for group in groups for c, _ in group]
   with open(os.path.join(out_dir, "report.json"), "w") as f:
@@ -294,6 +341,11 @@ def write_tables(rows: list[dict], out_dir: str, sources, modalities,
   if incomplete:
     lines += ["Left out (no summary yet, or stopped): "
               + ", ".join(f"`{os.path.relpath(d, out_dir)}`" for d in incomplete), ""]
+  if skipped:
+    where = lambda path: f"`{os.path.relpath(path, out_dir)}`"
+    lines += ["Not read (each run counts once): " + "; ".join(
+        f"{where(path)}: {why}" + (f" ({where(other)})" if other else "")
+        for path, why, other in skipped), ""]
   seeds = sorted({s for row in rows for s in row["seeds"]})
   lines += [f"Seeds: {', '.join(map(str, seeds))}.", "", "## Plots", "",
             "Lines: mean over seeds; bands: min–max over seeds.", ""]
@@ -548,7 +600,10 @@ def write_report(directories, out_dir: str, against: str | None = None,
   whose histories it does not hold), see `merge_rows`. `curves=False` draws
   only the ranking and leaves the folder's other plots as they are (adding
   rows to an earlier report in its own folder keeps its runs' curves)."""
-  runs = load_runs(directories)
+  skipped: list[tuple] = []
+  runs = load_runs(directories, skipped)
+  for path, why, other in skipped:
+    log(f"report: skipped {path}: {why}" + (f" ({other})" if other else ""))
   modalities = modalities_of(runs)
   rows = table(runs, against, modalities)
   if rows_from:
@@ -558,5 +613,5 @@ def write_report(directories, out_dir: str, against: str | None = None,
   if curves:
     plot_all(runs, out_dir)
   plot_ranking(rows, out_dir)
-  write_tables(rows, out_dir, directories, modalities, curves_redrawn=curves)
+  write_tables(rows, out_dir, directories, modalities, curves_redrawn=curves, skipped=skipped)
   return rows

@@ -161,3 +161,34 @@ def test_the_ranking_puts_the_best_variant_first_and_leads_the_plots(tmp_path):
   plots = open(os.path.join(out, "report.md")).read().split("## Plots")[1]
   images = [line for line in plots.splitlines() if line.startswith("![")]
   assert images[0] == "![ranking](ranking.png)" and len(images) == len(set(images))
+
+
+def test_each_run_counts_once(tmp_path, capsys):
+  """A `latest -> seed_0` link, a link to a parent, a backup copy of a seed's
+  folder and an unrelated config.json do not add seeds: the report reads each
+  (variant, seed) once and says what it passed over."""
+  import shutil
+  root = str(tmp_path / "grid")
+  for seed, acc in zip((0, 1), (0.5, 0.7)):
+    _run(root, "baseline", seed, acc)
+  os.symlink(os.path.join(root, "baseline", "seed_0"), os.path.join(root, "baseline", "latest"))
+  os.symlink(root, os.path.join(root, "baseline", "up"))
+  shutil.copytree(os.path.join(root, "baseline", "seed_1"), os.path.join(root, "zz_backup"))
+  os.makedirs(os.path.join(root, "notes"))
+  with open(os.path.join(root, "notes", "config.json"), "w") as f:
+    json.dump({"theme": "dark"}, f)
+  os.makedirs(os.path.join(root, "broken"))
+  with open(os.path.join(root, "broken", "config.json"), "w") as f:
+    f.write("{not json")
+  out = str(tmp_path / "report")
+  rows = report.write_report([root, os.path.join(root, "baseline")], out)
+  assert [(r["variant"], r["seeds"]) for r in rows] == [("baseline", [0, 1])]
+  assert rows[0]["test_acc_at_best_val"] == pytest.approx(0.6)
+  printed = capsys.readouterr().out
+  for why in ("latest: a symbolic link (not followed)", "up: a symbolic link (not followed)",
+              "zz_backup: the same variant (baseline) and seed (1) as the folder read",
+              "notes: its config.json is not a run config of this library",
+              "broken: its config.json cannot be read"):
+    assert f"report: skipped {root}" in printed and why in printed, why
+  markdown = open(os.path.join(out, "report.md")).read()
+  assert "Not read (each run counts once): " in markdown and str(tmp_path) not in markdown
