@@ -6,6 +6,11 @@ inside `protected()` (a checkpoint save): there the signal is remembered and
 raised when the save is complete, so a stopped run never leaves a save
 half-done and the next run resumes from it. `Interrupted` derives from
 BaseException, like KeyboardInterrupt, so no `except Exception` swallows it.
+Python itself can: a signal whose handler runs inside a callback (JAX's
+garbage-collector hook, a weakref finalizer) raises there, where the
+exception is printed as "ignored" and dropped. So every signal is also
+recorded, and the training loop calls `check()` at each step: a recorded
+signal whose exception was lost is raised there, at a safe point.
 The launchers print `Interrupted.line()` and exit with 128 + the signal number
 (143 for SIGTERM, 130 for SIGINT), as a shell reports a process a signal
 stopped.
@@ -17,7 +22,7 @@ import contextlib
 import signal
 import threading
 
-_state = {"depth": 0, "deferred": None}
+_state = {"depth": 0, "deferred": None, "pending": None}
 
 
 class Interrupted(BaseException):
@@ -39,6 +44,7 @@ class Interrupted(BaseException):
 
 def _handler(signum, frame):
   del frame
+  _state["pending"] = signum
   if _state["depth"]:
     _state["deferred"] = signum
     return
@@ -46,11 +52,26 @@ def _handler(signum, frame):
 
 
 def install() -> None:
-  """Routes SIGTERM and SIGINT to `Interrupted` (main thread only)."""
+  """Routes SIGTERM and SIGINT to `Interrupted` (main thread only), forgetting
+  any signal an earlier run in this process recorded."""
   if threading.current_thread() is not threading.main_thread():
     return
+  _state["pending"] = _state["deferred"] = None
   signal.signal(signal.SIGTERM, _handler)
   signal.signal(signal.SIGINT, _handler)
+
+
+def check() -> None:
+  """Raises `Interrupted` for a signal that arrived and was not acted on
+  (its exception lost where Python ignores exceptions); outside `protected()`."""
+  if _state["pending"] is not None and not _state["depth"]:
+    signum, _state["pending"] = _state["pending"], None
+    raise Interrupted(signum)
+
+
+def handled() -> None:
+  """The stop was acted on (the launcher reported it): nothing is pending."""
+  _state["pending"] = _state["deferred"] = None
 
 
 @contextlib.contextmanager
@@ -63,4 +84,5 @@ def protected():
     _state["depth"] -= 1
   if _state["depth"] == 0 and _state["deferred"] is not None:
     signum, _state["deferred"] = _state["deferred"], None
+    _state["pending"] = None
     raise Interrupted(signum)

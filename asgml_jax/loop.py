@@ -39,8 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asgml_jax import (augment, compile_cache, distributed, input_pipeline, pretrained,
-                       programs, run_dir)
+from asgml_jax import (augment, compile_cache, distributed, input_pipeline, interrupts,
+                       pretrained, programs, run_dir)
 from asgml_jax.config_checks import ConfigError
 from asgml_jax.epoch_hooks import EpochHooks
 from asgml_jax.plan import Plan
@@ -346,6 +346,7 @@ def _train(runs, plan: Plan, seeds: list[int], seed_axis: str) -> list[dict]:
     metrics_acc = axis.empty_metrics(collection)
     pending = None
     for batch_index in range(batches):
+      interrupts.check()   # a stop signal whose exception Python dropped stops here
       states, metrics_acc = train_fn(states, metrics_acc, *input_pipeline.train_args(
           data, perms, batch_index, config.batch_size, plan.resamples))
       step += 1

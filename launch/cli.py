@@ -118,6 +118,7 @@ def run(main, argv=None) -> None:
   try:
     app.run(main, argv=argv, flags_parser=_parse_flags)
   except interrupts.Interrupted as stop:
+    interrupts.handled()
     print(stop.line(), file=sys.stderr, flush=True)
     sys.exit(stop.exit_code)
   except Exception as err:

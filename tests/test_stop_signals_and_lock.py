@@ -100,3 +100,34 @@ def test_a_second_trainer_is_refused_and_a_killed_holder_leaves_no_stale_lock(tm
   finally:
     first.close()
   run_dir.RunDir(config, workdir, identity).close()  # released on close
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_stop_signal_whose_exception_python_drops_still_stops_at_the_next_step():
+  """A handler that runs inside a garbage-collector callback raises there, where
+  Python prints "Exception ignored" and drops the exception (JAX registers such
+  a callback); the signal stays recorded and `check()`, called by the training
+  loop at every step, raises it."""
+  import gc
+  from asgml_jax import interrupts
+  saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  interrupts.install()
+
+  def send_during_collection(phase, info):
+    if phase == "start":
+      signal.raise_signal(signal.SIGTERM)
+  try:
+    interrupts.check()                            # nothing recorded: no stop
+    gc.callbacks.append(send_during_collection)
+    try:
+      gc.collect()                                # the handler's raise is dropped here
+    finally:
+      gc.callbacks.remove(send_during_collection)
+    with pytest.raises(interrupts.Interrupted) as stop:
+      interrupts.check()
+    assert stop.value.exit_code == 143
+    interrupts.check()                            # acted on once
+  finally:
+    interrupts.handled()
+    for s, handler in saved.items():
+      signal.signal(s, handler)
