@@ -1,19 +1,19 @@
-"""SIGTERM and SIGINT as a clean stop: one line, the conventional exit code.
+"""SIGTERM, SIGINT and SIGHUP as a clean stop: one line, the conventional exit code.
 
-Clusters stop (preempt) jobs with SIGTERM, people with Ctrl-C (SIGINT). Both
-raise `Interrupted` in the main thread at the next Python instruction, except
-inside `protected()` (a checkpoint save): there the signal is remembered and
-raised when the save is complete, so a stopped run never leaves a save
-half-done and the next run resumes from it. `Interrupted` derives from
-BaseException, like KeyboardInterrupt, so no `except Exception` swallows it.
-Python itself can: a signal whose handler runs inside a callback (JAX's
-garbage-collector hook, a weakref finalizer) raises there, where the
-exception is printed as "ignored" and dropped. So every signal is also
-recorded, and the training loop calls `check()` at each step: a recorded
-signal whose exception was lost is raised there, at a safe point.
-The launchers print `Interrupted.line()` and exit with 128 + the signal number
-(143 for SIGTERM, 130 for SIGINT), as a shell reports a process a signal
-stopped.
+Clusters stop (preempt) jobs with SIGTERM, people with Ctrl-C (SIGINT), a
+closed terminal with SIGHUP. Each raises `Interrupted` in the main thread at
+the next Python instruction, except inside `protected()` (a checkpoint save):
+there the signal is remembered and raised when the save is complete, so a
+stopped run never leaves a save half-done and the next run resumes from it.
+`Interrupted` derives from BaseException, like KeyboardInterrupt, so no
+`except Exception` swallows it. Python itself can: a signal whose handler
+runs inside a callback (JAX's garbage-collector hook, a weakref finalizer)
+raises there, where the exception is printed as "ignored" and dropped. So
+every signal is also recorded, and the training loop calls `check()` at each
+step: a recorded signal whose exception was lost is raised there, at a safe
+point. The launchers print `Interrupted.line()` and exit with 128 + the
+signal number (143 for SIGTERM, 130 for SIGINT, 129 for SIGHUP), as a shell
+reports a process a signal stopped.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import signal
 import threading
 
 _state = {"depth": 0, "deferred": None, "pending": None}
+# SIGHUP: the terminal the run was started from was closed (exit 129).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Interrupted(BaseException):
@@ -52,13 +54,13 @@ def _handler(signum, frame):
 
 
 def install() -> None:
-  """Routes SIGTERM and SIGINT to `Interrupted` (main thread only), forgetting
+  """Routes the stop signals to `Interrupted` (main thread only), forgetting
   any signal an earlier run in this process recorded."""
   if threading.current_thread() is not threading.main_thread():
     return
   _state["pending"] = _state["deferred"] = None
-  signal.signal(signal.SIGTERM, _handler)
-  signal.signal(signal.SIGINT, _handler)
+  for signum in STOP_SIGNALS:
+    signal.signal(signum, _handler)
 
 
 def check() -> None:

@@ -110,7 +110,7 @@ def test_a_stop_signal_whose_exception_python_drops_still_stops_at_the_next_step
   loop at every step, raises it."""
   import gc
   from asgml_jax import interrupts
-  saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  saved = {s: signal.getsignal(s) for s in interrupts.STOP_SIGNALS}
   interrupts.install()
 
   def send_during_collection(phase, info):
@@ -127,6 +127,9 @@ def test_a_stop_signal_whose_exception_python_drops_still_stops_at_the_next_step
       interrupts.check()
     assert stop.value.exit_code == 143
     interrupts.check()                            # acted on once
+    with pytest.raises(interrupts.Interrupted) as hangup:   # the terminal was closed
+      signal.raise_signal(signal.SIGHUP)
+    assert (hangup.value.exit_code, hangup.value.line()) == (129, "stopped by SIGHUP")
   finally:
     interrupts.handled()
     for s, handler in saved.items():
