@@ -108,6 +108,39 @@ class Checkpoints:
       if is_best:
         _save(self.best, step, state, meta, facts)
 
+  def repair_best(self, best_step: int | None, restored: tuple[Any, dict], like_state: Any,
+                  log: Callable[[str], None] = print) -> None:
+    """Makes the best checkpoint the one of `best_step` (the resumed history's
+    best epoch; None before any). A stop between an epoch's latest save and
+    its best save leaves no best for an epoch that was best, and a best saved
+    beyond the restored step belongs to epochs being trained again; so a
+    resume removes such a best and re-saves the right one from its latest
+    copy (the restored state, or a step the latest checkpoints keep). Where
+    no copy is left, says so in one line."""
+    state, meta = restored
+    restored_step = int(state.step)
+    have = set(self.best.all_steps())
+    if best_step is None or best_step in have:
+      return
+    with interrupts.protected():
+      for step in sorted(s for s in have if s > restored_step):
+        self.best.delete(step)
+      if best_step == restored_step:
+        source = (state, meta)
+      elif best_step in self.latest.all_steps():
+        source = restore_step(self.latest, like_state, best_step,
+                              config_hash=self.config_hash)[:2]
+      else:
+        log(f"{self.workdir}: the best checkpoint (step {best_step}) was lost and no copy of "
+            "it is kept; a later epoch that beats it will write one")
+        return
+      best_state, best_meta = source
+      facts = {"step": best_step, "epoch": best_meta["epoch"],
+               "history_length": len(best_meta["history"]), "config_hash": self.config_hash}
+      _save(self.best, best_step, best_state, best_meta, facts)
+    log(f"{self.workdir}: the best checkpoint (step {best_step}, epoch {best_meta['epoch']}) "
+        "was missing; saved again from its latest copy")
+
   def restore_latest(self, like_state: Any, *, at_most: int | None = None,
                      steps_per_epoch: int | None = None,
                      log: Callable[[str], None] = print) -> tuple[Any, dict] | None:

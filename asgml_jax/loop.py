@@ -237,6 +237,8 @@ def restore_common(runs, setup: RunSetup, seeds) -> list:
     if int(states[i].step) != common:
       raise RuntimeError(f"{run.workdir}: its checkpoint at step {common} is damaged, and the "
                          "other seeds resume from it; start the sweep in a new --workdir")
+  for run, state, f in zip(runs, states, fresh):
+    run.repair_best(state, f, spe)
   return states
 
 

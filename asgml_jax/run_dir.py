@@ -256,6 +256,20 @@ class RunDir:
       return checkpointing.restore_init_from(self.config.init_from, fresh_state)
     return fresh_state
 
+  def repair_best(self, state, fresh_state, steps_per_epoch: int) -> None:
+    """After the resume: the best checkpoint is that of the history's best
+    epoch (the first with the highest selection metric, as `end_epoch` saves
+    it); see `Checkpoints.repair_best`."""
+    if not self.history:
+      return
+    metric = self.identity.selection_metric
+    scores = [h["validation"][metric] for h in self.history]
+    best_epoch = self.history[scores.index(max(scores))]["epoch"]
+    self.checkpoints.repair_best(best_epoch * steps_per_epoch,
+                                 (state, {"epoch": self.history[-1]["epoch"],
+                                          "history": list(self.history)}),
+                                 fresh_state, log=log if self.primary else lambda line: None)
+
   def write_hparams(self) -> None:
     self.writer.write_hparams({k: v for k, v in
                                flatten(json.loads(self.config.to_json_best_effort())).items()

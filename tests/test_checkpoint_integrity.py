@@ -198,3 +198,45 @@ def test_a_checkpoint_from_another_config_is_damaged_not_restored(finished, tmp_
   state, _ = _restore(config, workdir, lines)
   assert int(state.step) == 12
   assert "saved by a run with another config" in lines[0]
+
+
+def _best_steps(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, checkpointing.BEST_DIR))
+                if d.isdigit())
+
+
+@pytest.mark.parametrize("lost", ["best save", "latest save"])
+def test_a_stop_between_an_epochs_two_saves_keeps_the_right_best(finished, tmp_path, lost, capsys):
+  """`end_epoch` saves the latest step, then (for a best epoch) the best one.
+  A stop between them leaves the best epoch without a best checkpoint ("best
+  save" lost); in the other order, a best from an epoch the resume trains again
+  ("latest save" lost). The resume repairs either from the latest copy, so
+  `restore_best` gives the history's best epoch, equal to the latest copy."""
+  import numpy as np
+  import jax
+  config, workdir = _copy(finished, tmp_path)
+  best_epoch = finished[2]["best_val_epoch"]
+  best_step = best_epoch * STEPS_PER_EPOCH
+  like = loop.fresh_state(loop.setup_run(Plan.build(config)), config.seed)
+  if lost == "best save":
+    shutil.rmtree(os.path.join(workdir, checkpointing.BEST_DIR))
+    os.makedirs(os.path.join(workdir, checkpointing.BEST_DIR))
+  else:   # stopped after a later epoch's best save, before its latest saves
+    for step in (12, 18):
+      shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
+    if best_step != LATEST:
+      shutil.rmtree(os.path.join(workdir, checkpointing.BEST_DIR, str(best_step)))
+      shutil.copytree(os.path.join(finished[1], "checkpoints", str(LATEST)),
+                      os.path.join(workdir, checkpointing.BEST_DIR, str(LATEST)))
+  os.remove(os.path.join(workdir, "summary.json"))
+  resumed = train.train_and_evaluate(config, workdir)
+  assert resumed["best_val_epoch"] == best_epoch
+  assert _best_steps(workdir) == [best_step]
+  state, meta = checkpointing.restore_best(workdir, like)
+  assert meta["epoch"] == best_epoch
+  with_best = checkpointing.restore_best(finished[1], like)[0]
+  for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(with_best.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  repaired = 6 if lost == "latest save" else best_step     # the resumed history's best
+  assert (f"the best checkpoint (step {repaired}, epoch {repaired // STEPS_PER_EPOCH}) was "
+          "missing; saved again from its latest copy") in capsys.readouterr().out
