@@ -108,6 +108,12 @@ class Checkpoints:
       if is_best:
         _save(self.best, step, state, meta, facts)
 
+  def prune(self, keep: int) -> None:
+    """Deletes the oldest latest steps beyond `keep`."""
+    with interrupts.protected():
+      for step in sorted(self.latest.all_steps())[:-keep]:
+        self.latest.delete(step)
+
   def repair_best(self, best_step: int | None, restored: tuple[Any, dict], like_state: Any,
                   log: Callable[[str], None] = print) -> None:
     """Makes the best checkpoint the one of `best_step` (the resumed history's

@@ -41,6 +41,7 @@ import numpy as np
 
 from asgml_jax import (augment, compile_cache, distributed, input_pipeline, interrupts,
                        pretrained, programs, run_dir)
+from asgml_jax.checkpointing import CheckpointError
 from asgml_jax.config_checks import ConfigError
 from asgml_jax.epoch_hooks import EpochHooks
 from asgml_jax.plan import Plan
@@ -208,6 +209,7 @@ def open_run_dirs(plan: Plan, seeds, workdirs) -> list[run_dir.RunDir]:
     for s, w in zip(seeds, workdirs):
       seeded = plan.with_seed(s)
       runs.append(run_dir.RunDir(seeded.config, w, seeded.identity))
+      runs[-1].keep_margin = 1 if len(seeds) > 1 else 0
   except BaseException:
     for run in runs:
       run.close()
@@ -229,14 +231,14 @@ def restore_common(runs, setup: RunSetup, seeds) -> list:
     if int(state.step) == common:
       continue
     if common and not run.has_step(common):
-      raise RuntimeError(
+      raise CheckpointError(
           f"{run.workdir}: the other seeds resume from step {common}, but this seed kept only "
-          f"later checkpoints ({run.checkpoints.latest.all_steps()}); raise "
-          f"config.checkpoint_keep or start the sweep in a new --workdir")
+          f"later checkpoints ({run.checkpoints.latest.all_steps()}); start the sweep in a new "
+          "--workdir")
     states[i] = run.restore(fresh[i], at_most=common, steps_per_epoch=spe)
     if int(states[i].step) != common:
-      raise RuntimeError(f"{run.workdir}: its checkpoint at step {common} is damaged, and the "
-                         "other seeds resume from it; start the sweep in a new --workdir")
+      raise CheckpointError(f"{run.workdir}: its checkpoint at step {common} is damaged, and "
+                            "the other seeds resume from it; start the sweep in a new --workdir")
   for run, state, f in zip(runs, states, fresh):
     run.repair_best(state, f, spe)
   return states
@@ -389,6 +391,8 @@ def _train(runs, plan: Plan, seeds: list[int], seed_axis: str) -> list[dict]:
         record["sweep_seconds"] = seconds
       run.end_epoch(step, axis.unstack(states, s), record)
       run_dir.log(plan.task.epoch_line(record, names, prefix=prefixes[s]))
+    for run in runs:   # every seed has saved this epoch: the extra step may go
+      run.prune_to_keep()
   for run in runs:
     run.checkpoints.wait()
   summaries = []

@@ -205,15 +205,24 @@ class RunDir:
     self.history: list[dict] = []
     self.best_val = -1.0
     self.training = False  # set once the run trains: a failure then gets a summary
+    # A sweep's seeds save one after another: each keeps one step more than
+    # checkpoint_keep until every seed has saved the epoch (`prune_to_keep`),
+    # so a stop between two seeds' saves leaves every seed the previous epoch.
+    self.keep_margin = 0
 
   @property
   def checkpoints(self) -> checkpointing.Checkpoints:
     """The checkpoint managers, created at first use (they create directories)."""
     if self._checkpoints is None:
       self._checkpoints = checkpointing.Checkpoints(
-          self.workdir, self.config.checkpoint_keep,
+          self.workdir, self.config.checkpoint_keep + self.keep_margin,
           config_hash(self.config, self.identity.defaults))
     return self._checkpoints
+
+  def prune_to_keep(self) -> None:
+    """Down to `checkpoint_keep` latest steps (after every seed of a sweep saved)."""
+    if self.keep_margin:
+      self.checkpoints.prune(self.config.checkpoint_keep)
 
   @property
   def writer(self):

@@ -128,6 +128,37 @@ def test_sweep_resumes_from_the_epoch_all_seeds_saved(tmp_path, tfds_dir):
     assert a["num_epochs"] == b["num_epochs"] == 3
 
 
+def test_a_stop_between_two_seeds_saves_resumes_with_checkpoint_keep_1(tmp_path, tfds_dir,
+                                                                       monkeypatch):
+  """Seeds save one after another; a stop after seed 1 saved epoch 2 and before
+  seed 2 did leaves them an epoch apart. Each seed keeps one step more than
+  checkpoint_keep until all have saved the epoch, so even with keep 1 the
+  rerun finds the common epoch and ends where an unbroken sweep does."""
+  from asgml_jax import interrupts, run_dir, sweep
+  config = tiny_mlp_config(tfds_dir, num_epochs=3)
+  config.checkpoint_keep = 1
+  seeds = (1, 2)
+  straight = sweep.train_sweep(config, seeds, [str(tmp_path / f"a{s}") for s in seeds])
+  for s in seeds:   # a finished sweep keeps checkpoint_keep steps
+    assert len([d for d in os.listdir(tmp_path / f"a{s}" / "checkpoints") if d.isdigit()]) == 1
+  dirs = [str(tmp_path / f"b{s}") for s in seeds]
+  end_epoch = run_dir.RunDir.end_epoch
+
+  def stopped_before_seed_2_saves_epoch_2(self, step, state, record):
+    if self.workdir == dirs[1] and record["epoch"] == 2:
+      raise interrupts.Interrupted(15)
+    return end_epoch(self, step, state, record)
+  monkeypatch.setattr(run_dir.RunDir, "end_epoch", stopped_before_seed_2_saves_epoch_2)
+  with pytest.raises(interrupts.Interrupted):
+    sweep.train_sweep(config, seeds, dirs)
+  monkeypatch.setattr(run_dir.RunDir, "end_epoch", end_epoch)
+  resumed = sweep.train_sweep(config, seeds, dirs)
+  for a, b in zip(straight, resumed):
+    assert a["final"] == b["final"]
+    assert a["best_val_epoch"] == b["best_val_epoch"]
+    assert a["num_epochs"] == b["num_epochs"] == 3
+
+
 def test_host_fed_data_train_like_device_resident_data(tmp_path, tfds_dir):
   """The host fallback for large datasets gathers the same per-seed batches as
   the device path: a single run and a 2-seed sweep end where their
