@@ -282,7 +282,60 @@ def restore_newest(workdir: str, like_state: Any, what: str = "checkpoint") -> t
                             what)
 
 
+def _stored_shapes(state_dir: str, keys) -> dict[str, tuple] | None:
+  """{leaf path: shape} of the `keys` subtrees a saved state holds (from its
+  metadata, nothing read); None where the metadata cannot be read."""
+  try:
+    with _orbax_quiet():
+      metadata = ocp.StandardCheckpointer().metadata(state_dir)
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    return {jax.tree_util.keystr((jax.tree_util.DictKey(k),) + path): tuple(leaf.shape)
+            for k in keys for path, leaf in jax.tree_util.tree_leaves_with_path(tree[k])}
+  except Exception:  # orbax raises many kinds: the restore below names the damage
+    return None
+
+
 def restore_init_from(workdir: str, like_state: Any):
-  """Params and batch stats of another run's newest intact checkpoint, for a warm start."""
-  other, _ = restore_newest(workdir, like_state, "config.init_from")
-  return like_state.replace(params=other.params, batch_stats=other.batch_stats)
+  """Params and batch stats of another run's newest intact checkpoint, for a
+  warm start. Only those two are read (the other run may have trained another
+  method, whose optimizer state differs); every parameter of this model must
+  be there with its shape, else one line says where the models differ."""
+  key = "config.init_from"
+  directory = os.path.join(os.path.expanduser(workdir), LATEST_DIR)
+  steps = (sorted((int(d) for d in os.listdir(directory) if d.isdigit()), reverse=True)
+           if os.path.isdir(directory) else [])
+  if not steps:
+    raise FileNotFoundError(f"{key}: no checkpoints in {directory}")
+  target = {"params": like_state.params, "batch_stats": like_state.batch_stats}
+  want = {jax.tree_util.keystr(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(target)}
+  damaged = []
+  for step in steps:
+    path = os.path.join(directory, str(step))
+    try:
+      integrity.verify(path)
+    except integrity.CheckpointDamaged as err:
+      damaged.append(f"step {step}: {err}")
+      continue
+    stored = _stored_shapes(os.path.join(path, "state"), target)
+    if stored is not None:
+      for leaf, shape in want.items():
+        if stored.get(leaf) != shape:
+          have = "absent" if leaf not in stored else f"shape {stored[leaf]}"
+          raise CheckpointError(
+              f"{key}: {workdir} is a run of another model ({leaf}: {have} there, shape "
+              f"{shape} here); a warm start needs the same encoders, feature_dim, fusion and "
+              "classes")
+    abstract = _abstract(target)
+    try:
+      with _orbax_quiet():
+        restored = ocp.PyTreeCheckpointer().restore(
+            os.path.join(path, "state"), args=ocp.args.PyTreeRestore(
+                item=abstract, partial_restore=True,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)))
+    except Exception as err:  # orbax/tensorstore raise many kinds; all mean unreadable
+      damaged.append(f"step {step}: orbax cannot read it ({_first_line(err)})")
+      continue
+    return like_state.replace(params=restored["params"], batch_stats=restored["batch_stats"])
+  raise CheckpointError(f"{key}: {directory} has no intact checkpoint ({'; '.join(damaged)})")

@@ -340,8 +340,17 @@ class RunDir:
       self.lock.release()
 
   def _remove_what_an_untrained_run_created(self) -> None:
-    if self._checkpoints is not None:  # orbax may still be listing its directories
-      return
+    """A run that stops before it trains (a refused init_from, a data error)
+    leaves nothing a corrected command would be refused by: its config.json,
+    its empty checkpoint folders (made when it looked for a checkpoint to
+    resume) and a workdir it created go."""
+    if self._checkpoints is not None:   # closed by now
+      if self._checkpoints.latest.all_steps() or self._checkpoints.best.all_steps():
+        return
+      for name in (checkpointing.LATEST_DIR, checkpointing.BEST_DIR):
+        folder = os.path.join(self.workdir, name)
+        if os.path.isdir(folder) and not os.listdir(folder):
+          os.rmdir(folder)
     if self._created_config and self._writer is None:
       os.remove(os.path.join(self.workdir, CONFIG_FILE))
     if self._created_workdir and set(os.listdir(self.workdir)) <= {".lock"}:

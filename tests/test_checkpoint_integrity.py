@@ -240,3 +240,35 @@ def test_a_stop_between_an_epochs_two_saves_keeps_the_right_best(finished, tmp_p
   repaired = 6 if lost == "latest save" else best_step     # the resumed history's best
   assert (f"the best checkpoint (step {repaired}, epoch {repaired // STEPS_PER_EPOCH}) was "
           "missing; saved again from its latest copy") in capsys.readouterr().out
+
+
+def test_init_from_warm_starts_another_methods_run_and_refuses_another_model(finished,
+                                                                              tmp_path):
+  """`init_from` reads only the other run's params and batch stats: a boost run
+  starts from a baseline run's parameters (its optimizer state differs); a run
+  of another model is refused in one line naming the first parameter that
+  differs, and the refused run leaves no config.json (nor workdir) behind."""
+  import numpy as np
+  import jax
+  from configs.variants import apply_variant
+  config, source, _ = finished
+  boosted = apply_variant(config.copy_and_resolve_references(), "boost")
+  boosted.init_from = source
+  setup = loop.setup_run(Plan.build(boosted))
+  like = loop.fresh_state(setup, boosted.seed)
+  warm = checkpointing.restore_init_from(source, like)
+  newest = checkpointing.restore_newest(source, loop.fresh_state(
+      loop.setup_run(Plan.build(config)), config.seed))[0]
+  for x, y in zip(jax.tree.leaves(warm.params), jax.tree.leaves(newest.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert jax.tree.structure(warm.opt_state) == jax.tree.structure(like.opt_state)
+  other = config.copy_and_resolve_references()
+  other.model.feature_dim = 4
+  other.init_from = source
+  workdir = str(tmp_path / "refused")
+  with pytest.raises(checkpointing.CheckpointError) as err:
+    train.train_and_evaluate(other, workdir)
+  message = str(err.value)
+  assert message.startswith(f"config.init_from: {source} is a run of another model (")
+  assert "shape (8,) there, shape (4,) here" in message and "\n" not in message
+  assert not os.path.exists(workdir)
