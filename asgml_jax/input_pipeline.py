@@ -20,6 +20,7 @@ that zeroes the padding in the metrics.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 
 from absl import logging
@@ -364,3 +365,31 @@ def eval_args(data: LoadedData, split: str, start: int, batch_size: int) -> tupl
   if jax.process_count() > 1:
     return (_process_batch(arrays, np.arange(start, start + batch_size)),)
   return (jax.device_put({k: v[start:start + batch_size] for k, v in arrays.items()}),)
+
+
+FINGERPRINT_ROWS = 64   # rows per array whose bytes a data fingerprint hashes
+
+
+def fingerprint(data: LoadedData) -> dict:
+  """What identifies the data a run trains and is evaluated on: each split's
+  size, every array's shape and dtype, and a SHA-256 over every split's labels
+  and the bytes of FINGERPRINT_ROWS evenly spaced rows of each array (all of a
+  large dataset would take minutes to hash; relabelled, added, removed or
+  reordered rows, and most edited features, change it)."""
+  digest = hashlib.sha256()
+  arrays = {}
+  splits = {"train": data.train, **data.eval_splits}
+  for split in sorted(splits):
+    for name in sorted(splits[split]):
+      values = splits[split][name]
+      arrays[f"{split}/{name}"] = [list(values.shape), str(values.dtype)]
+      digest.update(f"{split}/{name}".encode())
+      if isinstance(values, jax.Array) and not values.is_fully_addressable:
+        continue   # spread over processes: its shape is recorded, its values not
+      rows = np.unique(np.linspace(0, len(values) - 1, FINGERPRINT_ROWS).astype(np.int64))
+      picked = values if name == "label" else values[rows]
+      digest.update(np.ascontiguousarray(np.asarray(picked)).tobytes())
+  return {"num_train": int(data.num_train), "eval_sizes": dict(data.eval_sizes),
+          "num_classes": int(data.num_classes), "arrays": arrays,
+          "sha256": digest.hexdigest()}
+

@@ -290,6 +290,9 @@ def _train(runs, plan: Plan, seeds: list[int], seed_axis: str) -> list[dict]:
   axis = programs.SeedAxis.for_run(config, num_seeds, seed_axis)
   prefixes = [f"seed {s}: " if axis.stacked else "" for s in seeds]
 
+  fingerprint = input_pipeline.fingerprint(data)
+  for run in runs:   # before the restore: changed data is not a damaged checkpoint
+    run.check_data(fingerprint)
   seed_states = restore_common(runs, setup, seeds)
   start_step = int(seed_states[0].step)
   check_epochs_left(runs[0], start_step // spe, config.num_epochs)
@@ -297,6 +300,7 @@ def _train(runs, plan: Plan, seeds: list[int], seed_axis: str) -> list[dict]:
     if start_step < total_steps:
       run.discard_stale_summary()
     run.training = True
+    run.record_data(fingerprint)
     if int(state.step) == 0:
       run.write_hparams()
   data = axis.place_data(data)

@@ -36,6 +36,7 @@ REMOVED_KEYS = {
 }
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
+DATA_FILE = "data.json"  # the fingerprint of the data the run trains on
 
 
 class RunIdentity(NamedTuple):
@@ -278,6 +279,40 @@ class RunDir:
                                  (state, {"epoch": self.history[-1]["epoch"],
                                           "history": list(self.history)}),
                                  fresh_state, log=log if self.primary else lambda line: None)
+
+  def check_data(self, fingerprint: dict) -> None:
+    """Refuses, in one line, to resume on data that changed since the run
+    began (`input_pipeline.fingerprint`, kept in data.json): its checkpoints
+    and history came from the old data."""
+    path = os.path.join(self.workdir, DATA_FILE)
+    if not os.path.exists(path):
+      return
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+    except (OSError, ValueError):
+      raise WorkdirError(f"--workdir {self.workdir}: {DATA_FILE} is unreadable; it records "
+                         "the data this run trained on: use a new --workdir") from None
+    if saved == fingerprint:
+      return
+    what = next((k for k in ("num_train", "eval_sizes", "num_classes", "arrays", "sha256")
+                 if saved.get(k) != fingerprint.get(k)), "sha256")
+    details = {"num_train": lambda: f"{saved.get('num_train')} training rows then, "
+                                    f"{fingerprint['num_train']} now",
+               "eval_sizes": lambda: f"evaluation splits {saved.get('eval_sizes')} then, "
+                                     f"{fingerprint['eval_sizes']} now",
+               "num_classes": lambda: f"{saved.get('num_classes')} classes then, "
+                                      f"{fingerprint['num_classes']} now",
+               "arrays": lambda: "other arrays or shapes",
+               "sha256": lambda: "the same shapes, other values (labels or features)"}[what]()
+    raise WorkdirError(f"--workdir {self.workdir}: the data changed since this run began "
+                       f"({details}); its checkpoints and history are of the old data: "
+                       "use a new --workdir, or restore the data")
+
+  def record_data(self, fingerprint: dict) -> None:
+    """Keeps the data's fingerprint with the run (once it trains)."""
+    if self.primary and not os.path.exists(os.path.join(self.workdir, DATA_FILE)):
+      _write_json_atomically(os.path.join(self.workdir, DATA_FILE), fingerprint)
 
   def write_hparams(self) -> None:
     self.writer.write_hparams({k: v for k, v in

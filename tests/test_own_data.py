@@ -84,3 +84,43 @@ def test_the_npz_config_trains_on_own_data_from_the_command_line(tmp_path):
   assert missing.returncode == 2
   assert missing.stderr.strip() == ("error: --config=configs/npz.py: set $ASGML_NPZ_DIR to the "
                                     "folder holding your train.npz and test.npz")
+
+
+def test_data_edited_in_place_is_refused_on_resume(tmp_path, monkeypatch):
+  """The same npz folder edited after a run began (labels shuffled; rows added)
+  builds another dataset: the resume is refused in one line saying the data
+  changed (not a damaged checkpoint), and the run's files stay as they were."""
+  from asgml_jax import train
+  from asgml_jax.run_dir import DATA_FILE, WorkdirError
+  from configs import npz
+  raw = _own_data(str(tmp_path / "mine"))
+  monkeypatch.setenv("ASGML_NPZ_DIR", raw)
+
+  def config(epochs):
+    c = npz.get_config()
+    c.dataset.data_dir = str(tmp_path / "tfds")
+    c.num_epochs, c.batch_size, c.eval_batch_size = epochs, 16, 16
+    c.modalities.frame.cnn_width = c.modalities.mfcc.cnn_width = 4
+    return c
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config(1), workdir)
+  assert os.path.exists(os.path.join(workdir, DATA_FILE))
+  before = sorted(os.listdir(workdir))
+  with np.load(os.path.join(raw, "train.npz")) as f:
+    arrays = {k: f[k] for k in f.files}
+  np.savez(os.path.join(raw, "train.npz"),
+           **{**arrays, "label": np.random.default_rng(1).permutation(arrays["label"])})
+  with pytest.raises(WorkdirError) as err:
+    train.train_and_evaluate(config(2), workdir)
+  assert str(err.value) == (
+      f"--workdir {workdir}: the data changed since this run began (the same shapes, other "
+      "values (labels or features)); its checkpoints and history are of the old data: use a "
+      "new --workdir, or restore the data")
+  more = {k: np.concatenate([v, v[:24]]) for k, v in arrays.items()}
+  np.savez(os.path.join(raw, "train.npz"), **more)
+  with pytest.raises(WorkdirError, match=r"the data changed since this run began \(\d+ training "
+                                         r"rows then, \d+ now\)"):
+    train.train_and_evaluate(config(2), workdir)
+  assert sorted(os.listdir(workdir)) == before
+  np.savez(os.path.join(raw, "train.npz"), **arrays)           # restored: it resumes
+  assert train.train_and_evaluate(config(2), workdir)["num_epochs"] == 2
