@@ -72,9 +72,12 @@ def main(argv=None) -> int:
     print(f"building {builder.name}/{builder.builder_config.name} from {raw} into "
           f"{builder.data_dir}", flush=True)
     prepare(builder, raw_dir=raw, announce=False)
-  except (BadInputError, ConfigError) as e:
+  except ConfigError as e:     # the command line or an option: 2, as the launchers
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except BadInputError as e:   # the raw data: 1 (docs/faults.md, exit codes)
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   for split, info in builder.info.splits.items():
     print(f"  {split}: {info.num_examples} examples")
   bad = getattr(builder, "bad_files", None)
