@@ -43,14 +43,41 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
   out = {}
   with archive as f:
     for key in f.files:
+      _check_declared_size(path, f.zip, key)
       try:
         out[key] = f[key]
-      except ValueError as e:  # object arrays need pickle, which is never enabled
-        raise BadInputError(f"{path}: '{key}' cannot be read without pickle ({e}); store "
-                            "numeric arrays") from None
+      except ValueError as e:
+        if "pickle" in str(e).lower():  # object arrays need pickle, which is never enabled
+          raise BadInputError(f"{path}: '{key}' cannot be read without pickle ({e}); store "
+                              "numeric arrays") from None
+        raise BadInputError(f"{path}: '{key}' is damaged ({e})") from None
       except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise BadInputError(f"{path}: '{key}' is damaged ({e})") from None
   return out
+
+
+def _check_declared_size(path: str, archive: zipfile.ZipFile, key: str) -> None:
+  """Refuses an array whose header declares more bytes than its member holds
+  (a truncated file, or a header claiming terabytes) before NumPy allocates them."""
+  member = f"{key}.npy"
+  if member not in archive.namelist():
+    return
+  stored = archive.getinfo(member).file_size
+  try:
+    with archive.open(member) as handle:
+      version = np.lib.format.read_magic(handle)
+      read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                     else np.lib.format.read_array_header_2_0)
+      shape, _, dtype = read_header(handle)
+      stored -= handle.tell()   # the bytes after the header
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    raise BadInputError(f"{path}: '{key}' has no readable array header ({e})") from None
+  if dtype.hasobject:
+    return   # refused as needing pickle when read
+  declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+  if declared > stored:
+    raise BadInputError(f"{path}: '{key}' declares shape {tuple(shape)} of {dtype} "
+                        f"({declared} bytes) but holds {stored} bytes of data; the file is damaged")
 
 
 def _fingerprint(paths: list[str]) -> str:

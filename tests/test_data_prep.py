@@ -534,3 +534,27 @@ def test_dataset_config_errors_name_the_key():
   c.dataset.cremad.pad_mode = "zeros"
   with pytest.raises(ConfigError, match="config.dataset.cremad.pad_mode: unknown value 'zeros'"):
     validate(c)
+
+
+def test_an_npz_array_shorter_than_its_header_says_is_damaged_not_pickled(tmp_path):
+  """A truncated array, or a header claiming terabytes, is refused before NumPy
+  allocates it, naming the array and both sizes (it was reported as needing
+  pickle, or ran out of memory)."""
+  import io
+  import zipfile
+  path = str(tmp_path / "train.npz")
+  full = io.BytesIO()
+  np.save(full, np.zeros((50, 8), np.float32))
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("x.npy", full.getvalue()[:-864])
+  with pytest.raises(BadInputError, match=r"'x' declares shape \(50, 8\) of float32 \(1600 "
+                                          r"bytes\) but holds 736 bytes of data; the file is "
+                                          "damaged"):
+    npz.load_npz(path)
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(
+      header, {"descr": "<f4", "fortran_order": False, "shape": (4_000_000_000, 4000)})
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("x.npy", header.getvalue() + b"\0" * 64)
+  with pytest.raises(BadInputError, match=r"\(64000000000000 bytes\) but holds 64 bytes"):
+    npz.load_npz(path)
