@@ -76,6 +76,22 @@ def prepare_workdir(workdir: str) -> str:
     if isinstance(err, FileExistsError) or (os.path.exists(path) and not os.path.isdir(path)):
       what = "exists and is not a directory"
     raise WorkdirError(f"--workdir {path}: {what}") from None
+  for name, want_dir in (("checkpoints", True), ("checkpoints_best", True),
+                         ("checkpoints_damaged", True), (".lock", False)):
+    entry = os.path.join(path, name)
+    if not os.path.lexists(entry):
+      continue
+    try:
+      is_dir = os.path.isdir(entry)
+      if is_dir:
+        os.listdir(entry)
+    except OSError as err:   # a symbolic-link loop, no permission
+      raise WorkdirError(f"--workdir {path}: {name} cannot be read ({err.strerror or err}); "
+                         "use a new --workdir, or repair it") from None
+    if is_dir != want_dir or (want_dir and not os.path.exists(entry)):
+      kind = "a folder" if want_dir else "a file"
+      raise WorkdirError(f"--workdir {path}: {name} should be {kind} and is not (a damaged "
+                         "workdir); use a new --workdir, or repair it")
   return path
 
 
@@ -113,8 +129,15 @@ def check_config_matches_workdir(config, workdir: str, defaults: dict,
   path = os.path.join(workdir, CONFIG_FILE)
   current = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+      if not isinstance(saved, dict):
+        raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+    except (OSError, ValueError) as err:
+      raise WorkdirError(f"--workdir {workdir}: its {CONFIG_FILE} is unreadable ({err}); it "
+                         "says which experiment the workdir holds: use a new --workdir, or put "
+                         "the file back") from None
     old, new = flatten(saved), flatten(current)
     for key, (inert, replacement) in REMOVED_KEYS.items():
       if key in old and key not in new:

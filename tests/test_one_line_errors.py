@@ -62,6 +62,31 @@ def test_a_workdir_that_is_a_file_is_refused_before_the_data_is_loaded(tmp_path)
   assert not_a_dir.read_text() == "precious"
 
 
+@pytest.mark.parametrize("damage, problem", [
+    (lambda w: (w / "checkpoints").write_text(""), "checkpoints should be a folder and is not"),
+    (lambda w: (w / ".lock").mkdir(), ".lock should be a file and is not"),
+    (lambda w: os.symlink(w / "checkpoints_best", w / "checkpoints_best"),
+     "checkpoints_best should be a folder and is not"),
+    (lambda w: (w / "config.json").write_text(""), "its config.json is unreadable (Expecting"),
+    (lambda w: (w / "config.json").write_text("[1]"),
+     "its config.json is unreadable (a JSON list, not an object)"),
+])
+def test_a_damaged_workdir_is_one_line(tmp_path, damage, problem):
+  """Workdir structure damage (a file where a folder belongs, a link loop, a
+  garbage config.json) is refused before anything is read, and left as it was."""
+  from asgml_jax.plan import Plan
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  damage(workdir)
+  before = sorted(os.listdir(workdir))
+  plan = Plan.build(tiny_mlp_config(str(tmp_path / "tfds")))
+  with pytest.raises(run_dir.WorkdirError) as err:
+    run_dir.RunDir(plan.config, str(workdir), plan.identity)
+  assert str(err.value).startswith(f"--workdir {workdir}: {problem}")
+  assert "\n" not in str(err.value)
+  assert sorted(set(os.listdir(workdir)) - {".lock"}) == sorted(set(before) - {".lock"})
+
+
 def test_bad_input_under_launch_train_is_one_line(tmp_path):
   raw = tmp_path / "mine"
   raw.mkdir()
