@@ -33,6 +33,7 @@ import zipfile
 import numpy as np
 
 from asgml_jax.config_schema import base_config, modality_config
+from data_prep.common import MODALITY_NAME, RESERVED_NAMES
 from configs.variants import apply_variant
 
 ENV = "ASGML_NPZ_DIR"
@@ -81,8 +82,13 @@ def get_config(arg: str | None = None):
   config.dataset.raw_dir = raw
   config.dataset.npz.name = os.path.basename(os.path.normpath(os.path.expanduser(raw)))
   for name, (shape, dtype) in sorted(stored.items()):
-    if name != "label":
-      config.modalities[name] = modality_for(shape, dtype)
+    if name == "label":
+      continue
+    if name in RESERVED_NAMES or not MODALITY_NAME.fullmatch(name):
+      raise ValueError(f"{train}: array {name!r} cannot be a modality (names are letters, "
+                       f"digits and _, starting with a letter, and not "
+                       f"{' or '.join(RESERVED_NAMES)}); rename it")
+    config.modalities[name] = modality_for(shape, dtype)
   config.model.feature_dim = 64
   config.optimizer.learning_rate = 1e-2
   config.num_epochs = 20

@@ -25,6 +25,12 @@ import shutil
 import numpy as np
 from absl import logging
 
+# What an array of the user's own data may be called: it becomes a config key
+# (modalities.<name>) and a batch key beside the input pipeline's own ones
+# (the evaluation padding mask, the row codes of a re-sampling method).
+RESERVED_NAMES = ("mask", "row_code")
+MODALITY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
 
 class BadInputError(ValueError):
   """A raw file (or directory) that cannot be built; the message is "<file>: <problem>"."""

@@ -23,13 +23,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import zipfile
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_prep.common import build_identity, BadFiles, BadInputError, carve_validation, require_dir
+from data_prep.common import (MODALITY_NAME, RESERVED_NAMES, build_identity, BadFiles,
+                              BadInputError, carve_validation, require_dir)
 
 SPLIT_FILES = {"train": "train.npz", "validation": "validation.npz", "test": "test.npz"}
 LABEL_GAP_SLACK = 2
@@ -126,6 +126,13 @@ def scan(raw_dir: str) -> NpzLayout:
     mods = {k: v for k, v in arrs.items() if k != "label"}
     if not mods:
       raise BadInputError(f"{path}: holds no modality arrays besides 'label'")
+    for k in mods:
+      if k in RESERVED_NAMES:
+        raise BadInputError(f"{path}: an array may not be named '{k}' (the input pipeline's "
+                            f"own key); rename it")
+      if not MODALITY_NAME.fullmatch(k):
+        raise BadInputError(f"{path}: array name {k!r} is not a modality name (letters, digits "
+                            "and _, starting with a letter: it becomes a config key); rename it")
     for k, v in mods.items():
       if not (np.issubdtype(v.dtype, np.integer) or np.issubdtype(v.dtype, np.floating)
               or v.dtype == np.bool_):

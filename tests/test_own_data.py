@@ -124,3 +124,23 @@ def test_data_edited_in_place_is_refused_on_resume(tmp_path, monkeypatch):
   assert sorted(os.listdir(workdir)) == before
   np.savez(os.path.join(raw, "train.npz"), **arrays)           # restored: it resumes
   assert train.train_and_evaluate(config(2), workdir)["num_epochs"] == 2
+
+
+@pytest.mark.parametrize("name", ["mask", "row_code", "my audio", "a/b", "1st"])
+def test_an_npz_array_name_that_cannot_be_a_modality_is_one_line(tmp_path, monkeypatch, name):
+  """'mask' is the evaluation padding mask's key, 'row_code' a re-sampling
+  method's; a space, a slash or a leading digit cannot be a config key: each
+  is refused when the config is made and when the dataset is built."""
+  from configs import npz
+  from data_prep.npz import scan
+  from data_prep.common import BadInputError
+  raw = str(tmp_path / "mine")
+  os.makedirs(raw)
+  for split, n in (("train", 12), ("test", 6)):
+    np.savez(os.path.join(raw, f"{split}.npz"),
+             **{"label": np.arange(n) % 3, name: np.zeros((n, 4), np.float32)})
+  monkeypatch.setenv("ASGML_NPZ_DIR", raw)
+  with pytest.raises(ValueError, match=f"array {name!r} cannot be a modality"):
+    npz.get_config()
+  with pytest.raises(BadInputError, match="rename it"):
+    scan(raw)
