@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 
 from absl import logging
 
@@ -33,7 +34,7 @@ from asgml_jax import distributed, parallel
 from asgml_jax.config_checks import ConfigError, modality_names
 from asgml_jax.input_adapters import adapt_splits, check_stored_shapes
 from asgml_jax.methods.base import ROW_CODE
-from data_prep.common import prepare
+from data_prep.common import BadInputError, prepare
 from data_prep.registry import builder_for
 
 
@@ -111,9 +112,20 @@ def label_key(config) -> str:
 
 
 def _read_split(builder, split: str) -> dict[str, np.ndarray]:
-  import tensorflow_datasets as tfds  # heavy: only when a dataset is read
-  ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False)
-  return {k: np.asarray(v) for k, v in tfds.as_numpy(ds).items()}
+  """The split's arrays; a prepared dataset whose files are damaged (a
+  truncated or overwritten shard) is a BadInputError saying how to rebuild it."""
+  import tensorflow as tf  # heavy: only when a dataset is read
+  import tensorflow_datasets as tfds
+  try:
+    ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False)
+    return {k: np.asarray(v) for k, v in tfds.as_numpy(ds).items()}
+  except (tf.errors.OpError, OSError, ValueError) as err:
+    text = re.sub(r"\{\{function_node[^}]*\}\}\s*", "", str(getattr(err, "message", "") or err))
+    first = (text.strip().splitlines() or [""])[0][:200]
+    raise BadInputError(
+        f"{builder.data_dir}: the prepared {split} split cannot be read "
+        f"({type(err).__name__}: {first}); the prepared files are damaged: delete "
+        f"{builder.data_dir} and rerun to build it again") from None
 
 
 def _check_shapes(config, arrays: dict, split: str) -> None:

@@ -177,3 +177,27 @@ def test_splits_that_do_not_fit_the_free_memory_go_to_the_host_or_are_refused():
     input_pipeline.check_memory(config, "device", 5 * gib, 1, 4 * gib)
   with pytest.raises(ConfigError, match="the largest batch needs 13.30 GiB"):
     input_pipeline.check_memory(config, "host", 0, int(13.3 * gib), 4 * gib)
+
+
+def test_a_damaged_prepared_dataset_says_how_to_rebuild_it(tfds_dir, tmp_path):
+  """A truncated TFDS shard is one line naming the prepared folder and saying
+  to delete it and rerun (it was a TensorFlow traceback)."""
+  import glob
+  import shutil
+  from asgml_jax import loop
+  from asgml_jax.plan import Plan
+  from data_prep.common import BadInputError
+  input_pipeline.prepared_builder(tiny_mlp_config(tfds_dir))   # built once per session
+  copy = str(tmp_path / "tfds")
+  shutil.copytree(tfds_dir, copy)
+  shard = sorted(glob.glob(os.path.join(copy, "**", "*-train.tfrecord-*"), recursive=True))[0]
+  data = open(shard, "rb").read()
+  open(shard, "wb").write(data[:len(data) // 2])
+  with pytest.raises(BadInputError) as err:
+    loop.setup_run(Plan.build(tiny_mlp_config(copy)))
+  folder = os.path.dirname(shard)
+  message = str(err.value)
+  assert message.startswith(f"{folder}: the prepared train split cannot be read (")
+  assert message.endswith(f"the prepared files are damaged: delete {folder} and rerun to "
+                          "build it again")
+  assert "\n" not in message and "function_node" not in message
