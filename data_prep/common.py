@@ -16,6 +16,7 @@ either holds a complete dataset or does not exist.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -138,15 +139,48 @@ def prepare(builder, *, raw_dir: str | None = None, announce: bool = True) -> No
   removed, so nothing half-written is left to be mistaken for a dataset;
   datasets prepared earlier (other configs or versions) are not touched.
   """
-  import contextlib
-  import io
-  import sys
-
   import tensorflow_datasets as tfds
   if builder.is_prepared():
+    _read_info(builder)
     return
   if raw_dir:
     require_dir(raw_dir, f"{builder.name} raw")
+  with _build_lock(builder):
+    if builder.is_prepared():   # built by another process while this one waited
+      _read_info(builder)
+      return
+    _build(builder, raw_dir, announce, tfds)
+
+
+def _read_info(builder) -> None:
+  """A builder made before another process finished building its dataset
+  holds no split information yet: read it from what was built."""
+  if not builder.info.splits:
+    builder.info.read_from_directory(builder.data_dir)
+
+
+@contextlib.contextmanager
+def _build_lock(builder):
+  """One build of a dataset (config and version) at a time: two first runs at
+  once would write the same folders (one failed with FileExistsError, and its
+  clean-up removed the other's temporary files). The second waits, saying so."""
+  import fcntl
+  folder = os.path.dirname(builder.data_dir)
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, f".{os.path.basename(builder.data_dir)}.build.lock"), "w") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      print(f"waiting for another process that is building {builder.name} into "
+            f"{builder.data_dir}", flush=True)
+      fcntl.flock(f, fcntl.LOCK_EX)
+    yield
+
+
+def _build(builder, raw_dir, announce: bool, tfds) -> None:
+  """`download_and_prepare`, quiet, cleaning up after a failure (see `prepare`)."""
+  import io
+  import sys
   if announce:
     print(f"building dataset {builder.name}/{builder.builder_config.name} into "
           f"{builder.data_dir} (once: later runs reuse it; choose the folder with "

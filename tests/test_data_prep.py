@@ -558,3 +558,22 @@ def test_an_npz_array_shorter_than_its_header_says_is_damaged_not_pickled(tmp_pa
     z.writestr("x.npy", header.getvalue() + b"\0" * 64)
   with pytest.raises(BadInputError, match=r"\(64000000000000 bytes\) but holds 64 bytes"):
     npz.load_npz(path)
+
+
+def test_two_first_builds_of_one_dataset_at_once_both_succeed(tmp_path):
+  """Two `data_prep.build` processes started together on a dataset nobody
+  built yet: one builds, the other waits for it (saying so) and reuses it;
+  both exit 0 with the same dataset (one failed with FileExistsError)."""
+  import subprocess
+  import sys
+  from conftest import ROOT
+  raw = _npz_dir(str(tmp_path / "mine"))
+  command = [sys.executable, "-m", "data_prep.build", "npz", "--raw_dir", raw,
+             "--data_dir", str(tmp_path / "tfds"), "--option", "name=mine"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  procs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
+  for out, err, code in results:
+    assert code == 0, err[-2000:]
+    assert "train: 36 examples" in out and "Traceback" not in err
