@@ -3,6 +3,7 @@ traceback, a non-zero exit code, and nothing half-written; and a run that
 cannot do what was asked says so instead of reporting something else."""
 
 import errno
+import re
 import json
 import os
 import subprocess
@@ -201,3 +202,20 @@ def test_a_damaged_prepared_dataset_says_how_to_rebuild_it(tfds_dir, tmp_path):
   assert message.endswith(f"the prepared files are damaged: delete {folder} and rerun to "
                           "build it again")
   assert "\n" not in message and "function_node" not in message
+
+
+def test_a_tfds_folder_that_is_a_file_or_read_only_is_one_line(tmp_path, monkeypatch):
+  from asgml_jax import input_pipeline as pipeline
+  from asgml_jax.plan import Plan
+  a_file = tmp_path / "tfds"
+  a_file.write_text("")
+  for where, named in ((a_file, f"{a_file}"), (a_file / "sub", f"{a_file} (in {a_file}/sub)")):
+    with pytest.raises(ConfigError, match=re.escape(
+        f"config.dataset.data_dir: {named} is a file, not a folder")):
+      pipeline.prepared_builder(Plan.build(tiny_mlp_config(str(where))).config)
+  folder = tmp_path / "read_only"
+  folder.mkdir()
+  monkeypatch.setattr(pipeline.os, "access", lambda path, mode: False)   # root ignores chmod
+  with pytest.raises(ConfigError, match=re.escape(
+      f"config.dataset.data_dir: {folder} is not writable, and synthetic has to be built")):
+    pipeline.prepared_builder(Plan.build(tiny_mlp_config(str(folder))).config)
