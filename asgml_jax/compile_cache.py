@@ -24,6 +24,7 @@ can say, after the first step, whether its programs were loaded or compiled.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 
@@ -80,8 +81,16 @@ def enable() -> str | None:
   if _enabled_dir != folder:
     try:
       os.makedirs(folder, exist_ok=True)
-    except OSError:
-      return None      # an unwritable cache is not worth failing a run for: compile as before
+      handle, probe = tempfile.mkstemp(dir=folder, prefix=".write_test_")
+      os.close(handle)
+      os.remove(probe)
+    except OSError as err:
+      # An unwritable cache is not worth failing a run for: compile as before,
+      # saying so once (JAX would warn at every compilation it cannot store).
+      print(f"note: the compilation cache {folder} cannot be written "
+            f"({err.strerror or type(err).__name__}); compiling without it (set "
+            f"ASGML_COMPILATION_CACHE to another folder, or to {OFF})", flush=True)
+      return None
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

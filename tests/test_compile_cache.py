@@ -49,3 +49,22 @@ def test_where_the_cache_goes(monkeypatch, tmp_path):
   monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
   assert compile_cache.chosen_dir() == str(tmp_path / "xdg" / "asgml_jax" / "xla")
+
+
+def test_an_unwritable_cache_is_one_note_and_compiling_goes_on(monkeypatch, tmp_path, capsys):
+  """A cache folder that cannot be written (read-only mount; root ignores
+  chmod, so the write itself is made to fail) is one note, and the cache stays
+  off (JAX would warn at each compilation it cannot store: 66 lines)."""
+  import jax
+  before = jax.config.jax_compilation_cache_dir
+  monkeypatch.setenv("ASGML_COMPILATION_CACHE", str(tmp_path / "ro"))
+
+  def refuse(**kwargs):
+    raise PermissionError(13, "Permission denied")
+  monkeypatch.setattr(compile_cache.tempfile, "mkstemp", refuse)
+  assert compile_cache.enable() is None
+  out = capsys.readouterr().out.strip().splitlines()
+  assert out == [f"note: the compilation cache {tmp_path / 'ro'} cannot be written (Permission "
+                 "denied); compiling without it (set ASGML_COMPILATION_CACHE to another folder, "
+                 "or to off)"]
+  assert jax.config.jax_compilation_cache_dir == before
