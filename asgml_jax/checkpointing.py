@@ -104,9 +104,15 @@ class Checkpoints:
     facts = {"step": step, "epoch": meta["epoch"], "history_length": len(meta["history"]),
              "config_hash": self.config_hash}
     with interrupts.protected():
-      _save(self.latest, step, state, meta, facts)
-      if is_best:
-        _save(self.best, step, state, meta, facts)
+      try:
+        _save(self.latest, step, state, meta, facts)
+        if is_best:
+          _save(self.best, step, state, meta, facts)
+      except OSError as err:   # a full disk, a folder gone read-only
+        raise CheckpointError(
+            f"{self.workdir}: saving step {step} failed ({err.strerror or err}); the checkpoints "
+            "saved before it are intact: make room (or fix the folder) and rerun the same "
+            "command to resume") from None
 
   def prune(self, keep: int) -> None:
     """Deletes the oldest latest steps beyond `keep`."""

@@ -202,4 +202,8 @@ def _build(builder, raw_dir, announce: bool, tfds) -> None:
                   if bad is not None and bad.skipped else "")
       raise BadInputError(f"{raw_dir or builder.name}: the {empty.group(1)} split has no "
                           f"examples{left_out}") from None
+    if isinstance(err, OSError) and err.errno is not None:   # a full disk, no permission
+      raise BadInputError(f"{builder.data_dir}: building {builder.name} failed "
+                          f"({err.strerror or err}); nothing half-written is kept: make room "
+                          "(or fix the folder) and rerun") from None
     raise

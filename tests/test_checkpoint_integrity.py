@@ -272,3 +272,30 @@ def test_init_from_warm_starts_another_methods_run_and_refuses_another_model(fin
   assert message.startswith(f"config.init_from: {source} is a run of another model (")
   assert "shape (8,) there, shape (4,) here" in message and "\n" not in message
   assert not os.path.exists(workdir)
+
+
+def test_a_full_disk_at_a_save_is_one_line_and_the_rerun_resumes(finished, tmp_path,
+                                                                 monkeypatch):
+  """ENOSPC while an epoch is saved: one line saying the earlier checkpoints are
+  intact, and the rerun (space freed) ends where an uninterrupted run ends."""
+  import errno
+  config, workdir = _copy(finished, tmp_path)
+  for step in (12, 18):
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
+  os.remove(os.path.join(workdir, "summary.json"))
+  real_save = checkpointing._save
+
+  def disk_full(manager, step, *args):
+    if step == LATEST:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_save(manager, step, *args)
+  monkeypatch.setattr(checkpointing, "_save", disk_full)
+  with pytest.raises(checkpointing.CheckpointError) as err:
+    train.train_and_evaluate(config, workdir)
+  assert str(err.value) == (f"{workdir}: saving step {LATEST} failed (No space left on device); "
+                            "the checkpoints saved before it are intact: make room (or fix the "
+                            "folder) and rerun the same command to resume")
+  monkeypatch.setattr(checkpointing, "_save", real_save)
+  resumed = train.train_and_evaluate(config, workdir)
+  for key in ("best_val_epoch", "at_best_val", "final", "num_epochs"):
+    assert resumed[key] == finished[2][key], key

@@ -577,3 +577,20 @@ def test_two_first_builds_of_one_dataset_at_once_both_succeed(tmp_path):
   for out, err, code in results:
     assert code == 0, err[-2000:]
     assert "train: 36 examples" in out and "Traceback" not in err
+
+
+def test_a_full_disk_during_a_build_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+  import errno
+  import tensorflow_datasets as tfds
+  raw = _npz_dir(str(tmp_path / "mine"))
+
+  def disk_full(self, *args, **kwargs):
+    os.makedirs(os.path.join(os.path.dirname(self.data_dir), "1.0.0.incomplete.x"))
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", disk_full)
+  assert build.main(["npz", "--raw_dir", raw, "--data_dir", str(tmp_path / "tfds"),
+                     "--option", "name=mine"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and "failed (No space left on device); nothing half-written " \
+      "is kept: make room (or fix the folder) and rerun" in err and "\n" not in err
+  assert not glob.glob(str(tmp_path / "tfds" / "**" / "*incomplete*"), recursive=True)
