@@ -135,6 +135,34 @@ def setup_run(plan: Plan) -> RunSetup:
                   eval_logits=plan.evaluation(steps_per_epoch, data.num_classes).eval_logits)
 
 
+# What one parameter costs in training: itself, its gradient, its update, and
+# the optimizer's slots (SGD momentum: 1; Adam: 2).
+_COPIES_PER_PARAMETER = {"sgd": 4, "adam": 5, "adamw": 5}
+
+
+def check_model_memory(setup: RunSetup, num_seeds: int) -> None:
+  """Refuses, in one line, a model whose parameters with their gradients and
+  optimizer state (per seed) exceed the free memory, before anything is
+  allocated (a feature_dim of 1e6 was killed by the kernel without a word).
+  Activations are not counted: they are known only after compiling."""
+  free = input_pipeline.free_device_bytes()
+  if free is None:
+    return
+  shapes = jax.eval_shape(
+      lambda key: setup.model.init({"params": key, "dropout": key}, setup.example, train=False),
+      jax.random.PRNGKey(0))
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+  need = count * 4 * _COPIES_PER_PARAMETER[setup.config.optimizer.kind] * num_seeds
+  if need > input_pipeline.MEMORY_HEADROOM * free:
+    gib = lambda n: f"{n / 2**30:.2f} GiB"
+    seeds = f" for {num_seeds} seeds" if num_seeds > 1 else ""
+    raise ConfigError(
+        f"config.model: the model has {count:,} parameters, {gib(need)} with their gradients "
+        f"and optimizer state{seeds}, more than the {gib(free)} free on "
+        f"{jax.default_backend()}; make it smaller (model.feature_dim, the encoders' widths)"
+        + (" or train fewer seeds at once" if num_seeds > 1 else ""))
+
+
 def trained_batches(perms, batch_size: int, steps_per_epoch: int) -> int:
   """How many of an epoch's batches hold rows for some seed: a re-sampling
   method's order ends in whole batches of padding (`PAD_ENTRY`, negative),
@@ -288,6 +316,7 @@ def _train(runs, plan: Plan, seeds: list[int], seed_axis: str) -> list[dict]:
   spe, num_seeds = setup.steps_per_epoch, len(seeds)
   total_steps = spe * config.num_epochs
   axis = programs.SeedAxis.for_run(config, num_seeds, seed_axis)
+  check_model_memory(setup, num_seeds)
   prefixes = [f"seed {s}: " if axis.stacked else "" for s in seeds]
 
   fingerprint = input_pipeline.fingerprint(data)

@@ -219,3 +219,26 @@ def test_a_tfds_folder_that_is_a_file_or_read_only_is_one_line(tmp_path, monkeyp
   with pytest.raises(ConfigError, match=re.escape(
       f"config.dataset.data_dir: {folder} is not writable, and synthetic has to be built")):
     pipeline.prepared_builder(Plan.build(tiny_mlp_config(str(folder))).config)
+
+
+def test_a_model_too_large_for_the_free_memory_is_one_line(tfds_dir, tmp_path, monkeypatch):
+  """The parameters x (itself, gradient, update, momentum) x seeds against the
+  free memory, before anything is allocated: refused in one line, no workdir."""
+  from asgml_jax import loop
+  from asgml_jax.plan import Plan
+  config = tiny_mlp_config(tfds_dir)
+  setup = loop.setup_run(Plan.build(config))
+  import jax
+  shapes = jax.eval_shape(lambda k: setup.model.init({"params": k, "dropout": k}, setup.example,
+                                                     train=False), jax.random.PRNGKey(0))
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+  need = count * 4 * 4 * 2                                   # float32, SGD, 2 seeds
+  monkeypatch.setattr(input_pipeline, "free_device_bytes", lambda: int(need / 0.8) - 1)
+  workdirs = [str(tmp_path / f"seed_{s}") for s in (1, 2)]
+  with pytest.raises(ConfigError) as err:
+    loop.train_seeds(Plan.build(config), (1, 2), workdirs)
+  assert str(err.value).startswith(f"config.model: the model has {count:,} parameters, ")
+  assert "for 2 seeds" in str(err.value) and "train fewer seeds at once" in str(err.value)
+  assert not any(os.path.exists(w) for w in workdirs)
+  monkeypatch.setattr(input_pipeline, "free_device_bytes", lambda: int(need / 0.8) + 1024)
+  loop.check_model_memory(setup, 2)                          # just fits: no refusal
