@@ -278,6 +278,11 @@ class RunDir:
                                              steps_per_epoch=steps_per_epoch, log=log))
     if found is not None:
       state, meta = found
+      saved_on, now = meta.get("devices"), jax.device_count()
+      if saved_on is not None and saved_on != now and self.primary:
+        log(f"note: {self.workdir} was saved training on {saved_on} device(s) and resumes on "
+            f"{now}: the batch is split differently, so the results drift from an "
+            "uninterrupted run's in the last bits")
       self.history = list(meta["history"])
       self.best_val = max((h["validation"][self.identity.selection_metric]
                            for h in self.history), default=-1.0)
@@ -355,7 +360,8 @@ class RunDir:
     is_best = score > self.best_val
     self.best_val = max(self.best_val, score)
     if not self.has_step(step):  # a resumed sweep may re-reach a step a seed already saved
-      self.checkpoints.save(step, state, {"epoch": record["epoch"], "history": self.history},
+      self.checkpoints.save(step, state, {"epoch": record["epoch"], "history": self.history,
+                                          "devices": jax.device_count()},
                             is_best=is_best)
     self.writer.flush()
 

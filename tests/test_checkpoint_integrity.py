@@ -299,3 +299,27 @@ def test_a_full_disk_at_a_save_is_one_line_and_the_rerun_resumes(finished, tmp_p
   resumed = train.train_and_evaluate(config, workdir)
   for key in ("best_val_epoch", "at_best_val", "final", "num_epochs"):
     assert resumed[key] == finished[2][key], key
+
+
+def test_a_resume_on_another_device_count_says_so(finished, tmp_path, monkeypatch, capsys):
+  """Each checkpoint records how many devices trained it; a resume on another
+  count notes that results drift in the last bits (it was silent)."""
+  import jax
+  from asgml_jax import run_dir
+
+  class FourDevices:
+    def __getattr__(self, name):
+      return (lambda: 4) if name == "device_count" else getattr(jax, name)
+  config, workdir = _copy(finished, tmp_path)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", str(LATEST)))
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "12"))
+  os.remove(os.path.join(workdir, "summary.json"))
+  config.num_epochs = 2
+  monkeypatch.setattr(run_dir, "jax", FourDevices())
+  train.train_and_evaluate(config, workdir)                 # epoch 2 saved "on 4 devices"
+  monkeypatch.setattr(run_dir, "jax", jax)
+  config.num_epochs = 3
+  capsys.readouterr()
+  train.train_and_evaluate(config, workdir)
+  assert (f"note: {workdir} was saved training on 4 device(s) and resumes on "
+          f"{jax.device_count()}: the batch is split differently") in capsys.readouterr().out
