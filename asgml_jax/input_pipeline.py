@@ -34,7 +34,7 @@ from asgml_jax import distributed, parallel
 from asgml_jax.config_checks import ConfigError, modality_names
 from asgml_jax.input_adapters import adapt_splits, check_stored_shapes
 from asgml_jax.methods.base import ROW_CODE
-from data_prep.common import BadInputError, prepare
+from data_prep.common import BadInputError, available_host_bytes, prepare
 from data_prep.registry import builder_for
 
 
@@ -198,14 +198,7 @@ def free_device_bytes() -> int | None:
   stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
   if stats and "bytes_limit" in stats:
     return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return None
+  return available_host_bytes()
 
 
 MEMORY_HEADROOM = 0.8  # of the free bytes; the rest is for parameters and activations

@@ -33,6 +33,18 @@ RESERVED_NAMES = ("mask", "row_code")
 MODALITY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
+
+def available_host_bytes() -> int | None:
+  """The host's MemAvailable (None where /proc/meminfo is not there)."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
 class BadInputError(ValueError):
   """A raw file (or directory) that cannot be built; the message is "<file>: <problem>"."""
 

@@ -25,6 +25,9 @@ import json
 import numpy as np
 import tensorflow_datasets as tfds
 
+from asgml_jax.config_checks import ConfigError
+from data_prep.common import available_host_bytes
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -92,9 +95,28 @@ def class_templates(spec: SyntheticSpec) -> dict[str, np.ndarray]:
           for m in spec.modalities}
 
 
+# Bytes per generated element at the peak: float64 noise and its float64 sum,
+# then the float32 array kept.
+_GENERATION_BYTES = 8 + 8 + 4
+
+
+def _check_generation_memory(spec: SyntheticSpec, split: str, n: int) -> None:
+  """A split too large to generate in memory is one line before it is tried
+  (it was an out-of-memory kill or a MemoryError)."""
+  free = available_host_bytes()
+  elements = n * sum(int(np.prod(m.shape)) for m in spec.modalities)
+  need = elements * _GENERATION_BYTES
+  if free is not None and need > 0.8 * free:
+    key = "num_train" if split == "train" else f"num_{split}"
+    raise ConfigError(f"config.dataset.synthetic.{key}: generating the {split} split ({n:,} "
+                      f"examples) needs about {need / 2**30:.1f} GiB, more than the "
+                      f"{free / 2**30:.1f} GiB free; make it smaller")
+
+
 def generate_split(spec: SyntheticSpec, split: str) -> dict[str, np.ndarray]:
   """All examples of one split: {modality: (n, *shape) float32, "label": (n,) int64}."""
   n = spec.split_size(split)
+  _check_generation_memory(spec, split, n)
   rng = np.random.default_rng([spec.seed, SPLITS.index(split) + 1])
   labels = rng.integers(0, spec.num_classes, size=n)
   templates = class_templates(spec)

@@ -594,3 +594,18 @@ def test_a_full_disk_during_a_build_is_one_line_and_leaves_nothing(tmp_path, mon
   assert err.startswith("error: ") and "failed (No space left on device); nothing half-written " \
       "is kept: make room (or fix the folder) and rerun" in err and "\n" not in err
   assert not glob.glob(str(tmp_path / "tfds" / "**" / "*incomplete*"), recursive=True)
+
+
+def test_a_synthetic_split_too_large_to_generate_is_one_line(monkeypatch):
+  from asgml_jax.config_checks import ConfigError
+  from data_prep import synthetic
+  from data_prep.synthetic import ModalitySpec, SyntheticSpec
+  spec = SyntheticSpec(modalities=(ModalitySpec("audio", (10,), 0.5),), num_classes=2,
+                       num_train=1000)
+  need = 1000 * 10 * (8 + 8 + 4)
+  monkeypatch.setattr(synthetic, "available_host_bytes", lambda: int(need / 0.8) - 1)
+  with pytest.raises(ConfigError, match=r"^config.dataset.synthetic.num_train: generating the "
+                                        r"train split \(1,000 examples\) needs about"):
+    synthetic.generate_split(spec, "train")
+  monkeypatch.setattr(synthetic, "available_host_bytes", lambda: int(need / 0.8) + 1024)
+  assert synthetic.generate_split(spec, "train")["audio"].shape == (1000, 10)
