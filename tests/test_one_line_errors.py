@@ -188,10 +188,11 @@ def test_a_damaged_prepared_dataset_says_how_to_rebuild_it(tfds_dir, tmp_path):
   from asgml_jax import loop
   from asgml_jax.plan import Plan
   from data_prep.common import BadInputError
-  input_pipeline.prepared_builder(tiny_mlp_config(tfds_dir))   # built once per session
+  builder = input_pipeline.prepared_builder(tiny_mlp_config(tfds_dir))   # built once per session
   copy = str(tmp_path / "tfds")
   shutil.copytree(tfds_dir, copy)
-  shard = sorted(glob.glob(os.path.join(copy, "**", "*-train.tfrecord-*"), recursive=True))[0]
+  prepared = os.path.join(copy, os.path.relpath(builder.data_dir, tfds_dir))
+  shard = sorted(glob.glob(os.path.join(prepared, "*-train.tfrecord-*")))[0]
   data = open(shard, "rb").read()
   open(shard, "wb").write(data[:len(data) // 2])
   with pytest.raises(BadInputError) as err:
