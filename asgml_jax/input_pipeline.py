@@ -72,8 +72,9 @@ def _hide_gpus_from_tensorflow() -> None:
     pass
 
 
-def _check_data_dir(path: str) -> None:
-  """The TFDS folder must be a folder (or be makeable): one line otherwise."""
+def _check_data_dir(path: str, name: str | None = None) -> None:
+  """The TFDS folder must be a folder (or be makeable under one) and, when
+  `name` is to be built there, writable: one line otherwise."""
   existing = path
   while not os.path.lexists(existing):
     existing = os.path.dirname(existing)
@@ -81,6 +82,9 @@ def _check_data_dir(path: str) -> None:
     where = existing if existing == path else f"{existing} (in {path})"
     raise ConfigError(f"config.dataset.data_dir: {where} is a file, not a folder; name the "
                       "folder that holds (or will hold) the prepared datasets")
+  if name is not None and not os.access(existing, os.W_OK):
+    raise ConfigError(f"config.dataset.data_dir: {existing} is not writable, and {name} has to "
+                      "be built there; name a writable folder")
 
 
 def prepared_builder(config):
@@ -93,7 +97,7 @@ def prepared_builder(config):
     raise ConfigError(f"config.dataset.raw_dir: {config.dataset.name} is not prepared in "
                       f"{data_dir(config)} and no raw directory is set to build it from")
   if not builder.is_prepared():
-    _check_writable(data_dir(config), config.dataset.name)
+    _check_data_dir(data_dir(config), config.dataset.name)
   if distributed.is_primary():
     prepare(builder, raw_dir=raw_dir)
   if distributed.process_count() > 1:
@@ -106,16 +110,6 @@ def prepared_builder(config):
   if bad_files is not None and bad_files.skipped:
     print(bad_files.summary(), flush=True)
   return builder
-
-
-def _check_writable(path: str, name: str) -> None:
-  """A dataset about to be built needs a folder it can write."""
-  existing = path
-  while not os.path.isdir(existing):
-    existing = os.path.dirname(existing)
-  if not os.access(existing, os.W_OK):
-    raise ConfigError(f"config.dataset.data_dir: {existing} is not writable, and {name} has to "
-                      "be built there; name a writable folder")
 
 
 def declared_shapes(builder) -> dict[str, tuple]:
